@@ -1,0 +1,56 @@
+"""The whole captioner: encoder + decoder, built from a `CaptionerConfig`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from model.config import CaptionerConfig
+from model.decoder import DecoderRNN
+from model.encoder import EncoderCNN
+
+
+class Captioner(nn.Module):
+    """ResNet-34 encoder feeding an LSTM decoder.
+
+    `forward` returns logits and, given targets, the loss, so training and
+    evaluation share one code path; decoding lives in `model.decoding`.
+    """
+
+    def __init__(self, config: CaptionerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = EncoderCNN(config.embed_size, train_backbone=config.train_backbone)
+        self.decoder = DecoderRNN(
+            config.embed_size, config.hidden_size, config.vocab_size, config.num_layers, config.dropout
+        )
+
+    def forward(
+        self,
+        images: torch.Tensor | None,
+        captions: torch.Tensor,
+        lengths: torch.Tensor,
+        *,
+        features: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits and cross-entropy loss.
+
+        Args:
+            images: (B, 3, H, W), or None when `features` are given.
+            captions: (B, T) padded token ids starting with `<start>`.
+            lengths: (B,) caption lengths.
+            features: optional precomputed (B, 512) backbone features (frozen backbone).
+        Returns:
+            (logits (N, V), mean loss over the N real tokens).
+        """
+        if features is None:
+            features = self.encoder.backbone_features(images)
+        logits = self.decoder(self.encoder.project(features), captions, lengths)
+        targets = pack_padded_sequence(captions, lengths.cpu(), batch_first=True, enforce_sorted=False).data
+        return logits, F.cross_entropy(logits, targets)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, E) image embeddings for decoding."""
+        return self.encoder(images)

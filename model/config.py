@@ -1,0 +1,67 @@
+"""The captioner's hyperparameters, which travel with the weights in `config.json`.
+
+Everything needed to rebuild the network and its preprocessing lives here, so
+the handler never repeats a setting by hand (the classic size-mismatch bug).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class CaptionerConfig:
+    """Hyperparameters of the ResNet-34 + LSTM captioner.
+
+    Args:
+        vocab_size: number of tokens in the vocabulary, special tokens included.
+        embed_size: size of the image embedding and of the word embeddings.
+        hidden_size: LSTM hidden state size.
+        num_layers: stacked LSTM layers.
+        dropout: dropout between LSTM layers (only used when num_layers > 1).
+        max_length: most tokens a caption may have when decoding, `<end>` included.
+        image_size: side of the square image the encoder sees.
+        mean: per-channel normalisation mean (ImageNet by default).
+        std: per-channel normalisation standard deviation.
+        train_backbone: whether the ResNet-34 backbone is fine-tuned or frozen.
+    """
+
+    vocab_size: int
+    embed_size: int = 256
+    hidden_size: int = 512
+    num_layers: int = 1
+    dropout: float = 0.0
+    max_length: int = 20
+    image_size: int = 224
+    mean: tuple[float, float, float] = field(default=IMAGENET_MEAN)
+    std: tuple[float, float, float] = field(default=IMAGENET_STD)
+    train_backbone: bool = False
+
+    def __post_init__(self) -> None:
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+        if self.vocab_size < 5:
+            raise ValueError(f"vocab_size must hold the 4 special tokens and a word, got {self.vocab_size}")
+        for name in ("embed_size", "hidden_size", "num_layers", "max_length", "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("mean and std need one value per RGB channel")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "CaptionerConfig":
+        """Rebuild from `to_dict()` output; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown captioner config keys {unknown}; was this export made by a newer version?")
+        return cls(**values)

@@ -1,0 +1,59 @@
+"""LSTM caption decoder: the image embedding is the first input, then word embeddings."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+LSTMState = tuple[torch.Tensor, torch.Tensor]
+
+
+class DecoderRNN(nn.Module):
+    """Embedding -> LSTM -> Linear over the vocabulary.
+
+    Args:
+        embed_size: size of word and image embeddings.
+        hidden_size: LSTM hidden size.
+        vocab_size: number of output classes.
+        num_layers: stacked LSTM layers.
+        dropout: dropout between stacked layers.
+    """
+
+    def __init__(self, embed_size: int, hidden_size: int, vocab_size: int, num_layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_size)
+        self.lstm = nn.LSTM(
+            embed_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
+        )
+        self.linear = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, image_embeddings: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing over packed sequences.
+
+        Step 0 sees the image and predicts `captions[:, 0]` (`<start>`); step t
+        sees `captions[:, t-1]` and predicts `captions[:, t]`.
+
+        Args:
+            image_embeddings: (B, E).
+            captions: (B, T) padded ids `<start> ... <end>`.
+            lengths: (B,) true lengths (<= T).
+        Returns:
+            logits over the packed (non-padding) positions, (N, V), in the order of
+            `pack_padded_sequence(captions, lengths, enforce_sorted=False).data`.
+        """
+        words = self.embed(captions[:, :-1])  # (B, T-1, E)
+        inputs = torch.cat([image_embeddings.unsqueeze(1), words], dim=1)  # (B, T, E)
+        packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        hidden, _ = self.lstm(packed)
+        return self.linear(hidden.data)  # (N, V)
+
+    def start(self, image_embeddings: torch.Tensor) -> LSTMState:
+        """Run the image step; returns the LSTM state that decoding continues from."""
+        _, state = self.lstm(image_embeddings.unsqueeze(1))
+        return state
+
+    def step(self, tokens: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
+        """One decoding step: (B,) token ids -> (B, V) logits and the new state."""
+        hidden, state = self.lstm(self.embed(tokens).unsqueeze(1), state)  # (B, 1, H)
+        return self.linear(hidden.squeeze(1)), state
