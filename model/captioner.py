@@ -34,20 +34,26 @@ class Captioner(nn.Module):
         lengths: torch.Tensor,
         *,
         features: torch.Tensor | None = None,
+        owners: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced logits and cross-entropy loss.
 
         Args:
             images: (B, 3, H, W), or None when `features` are given.
-            captions: (B, T) padded token ids starting with `<start>`.
-            lengths: (B,) caption lengths.
+            captions: (N, T) padded token ids starting with `<start>`.
+            lengths: (N,) caption lengths.
             features: optional precomputed (B, 512) backbone features (frozen backbone).
+            owners: (N,) image row of each caption when images have several
+                captions; captions[n] describes images[owners[n]]. None means N == B.
         Returns:
             (logits (N, V), mean loss over the N real tokens).
         """
         if features is None:
             features = self.encoder.backbone_features(images)
-        logits = self.decoder(self.encoder.project(features), captions, lengths)
+        embeddings = self.encoder.project(features)  # (B, E)
+        if owners is not None:
+            embeddings = embeddings[owners]  # (N, E): the encoder ran once per image
+        logits = self.decoder(embeddings, captions, lengths)
         targets = pack_padded_sequence(captions, lengths.cpu(), batch_first=True, enforce_sorted=False).data
         return logits, F.cross_entropy(logits, targets)
 

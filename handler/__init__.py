@@ -1,0 +1,1 @@
+"""TorchServe coupling: the caption handler and the loader of exported models."""

@@ -1,0 +1,241 @@
+"""TorchServe handler for the image captioner.
+
+The whole TorchServe batch is encoded in one forward pass and decoded step by
+step together (greedy; beam search per request). A bad request is answered on
+its own with a 4xx and a JSON error; the rest of its batch is captioned as
+usual, and the worker keeps running.
+
+Request and response formats are in README.md ("Calling the service").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from ts.handler_utils.utils import send_intermediate_predict_response
+from ts.torch_handler.base_handler import BaseHandler
+
+from handler.model_loader import load_exported_captioner
+from handler.requests import BadRequest, CaptionRequest, RequestLimits, parse_request
+from model.batch_captioning import DecodeSpec, decode_mixed
+from model.decoding import Caption
+from model.transforms import eval_transform
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_KEY = "captioner"  # section of model-config.yaml read by this handler
+
+
+@dataclass
+class Failed:
+    """A request refused before decoding, with the status to answer it with."""
+
+    error: BadRequest
+
+
+class CaptionHandler(BaseHandler):
+    """Captions images with the exported ResNet-34 + LSTM model packed in the archive."""
+
+    def initialize(self, context) -> None:
+        properties = context.system_properties
+        gpu_id = properties.get("gpu_id")
+        if torch.cuda.is_available() and gpu_id is not None:
+            self.device = torch.device(f"cuda:{gpu_id}")
+        else:
+            self.device = torch.device("cpu")
+        settings = (context.model_yaml_config or {}).get(SETTINGS_KEY, {}) or {}
+        threads = settings.get("torch_threads")
+        if threads and self.device.type == "cpu":
+            torch.set_num_threads(int(threads))
+        self.model, self.vocab = load_exported_captioner(properties["model_dir"], self.device)
+        config = self.model.config
+        if self.device.type == "cpu" and settings.get("channels_last", True):
+            self.model.encoder.to(memory_format=torch.channels_last)
+        self.transform = eval_transform(image_size=config.image_size, mean=config.mean, std=config.std)
+        self.limits = RequestLimits(
+            max_length=int(settings.get("max_length", config.max_length)),
+            max_beam_size=int(settings.get("max_beam_size", RequestLimits.max_beam_size)),
+            max_image_pixels=int(settings.get("max_image_pixels", RequestLimits.max_image_pixels)),
+        )
+        manifest_model = (context.manifest or {}).get("model", {})
+        self.model_name = context.model_name or manifest_model.get("modelName", "captioner")
+        self.model_version = manifest_model.get("modelVersion", "")
+        self.context = context
+        self.initialized = True
+        logger.info(
+            "captioner %s %s loaded on %s (vocab %d, image %d px)",
+            self.model_name, self.model_version, self.device, len(self.vocab), config.image_size,
+        )
+
+    # --- the three stages -------------------------------------------------------------------
+
+    def preprocess(self, data: list[dict[str, Any]]) -> list[CaptionRequest | Failed]:
+        """Parse every request; a bad one becomes `Failed` instead of raising."""
+        parsed: list[CaptionRequest | Failed] = []
+        for row in data:
+            try:
+                parsed.append(parse_request(row, self.limits))
+            except BadRequest as error:
+                parsed.append(Failed(error))
+        return parsed
+
+    @torch.inference_mode()
+    def inference(self, requests: list[CaptionRequest | Failed], *args, **kwargs) -> list[Caption | Failed]:
+        """Encode all good images in one pass, then decode them together."""
+        rows = [i for i, r in enumerate(requests) if isinstance(r, CaptionRequest)]
+        results: list[Caption | Failed] = list(requests)  # Failed entries pass through
+        if not rows:
+            return results
+        images = torch.stack([self.transform(requests[i].image) for i in rows]).to(self.device)
+        if self.device.type == "cpu":
+            images = images.contiguous(memory_format=torch.channels_last)
+        started = time.perf_counter()
+        embeddings = self.model.encode(images)  # (B, E)
+        specs = [
+            DecodeSpec(requests[i].options.max_length, requests[i].options.beam_size, requests[i].options.n_best)
+            for i in rows
+        ]
+        streamer = _WordStreamer(self, rows, requests)
+        captions, steps = decode_mixed(
+            self.model.decoder,
+            embeddings,
+            specs,
+            start_id=self.vocab.start_id,
+            end_id=self.vocab.end_id,
+            on_greedy_step=streamer.on_greedy_step if streamer.active else None,
+        )
+        for row, caption in zip(rows, captions):
+            results[row] = caption
+        streamer.finish(dict(zip(rows, captions)))
+        self._metric_time("CaptionInferenceTime", (time.perf_counter() - started) * 1000)
+        self._metric_counter("CaptionDecodeSteps", steps)
+        self._metric_counter("CaptionImages", len(rows))
+        return results
+
+    def postprocess(self, results: list[Caption | Failed]) -> list[Caption | Failed]:
+        return results  # responses are built in `handle`, which knows each request's options
+
+    # --- TorchServe entry point ------------------------------------------------------------
+
+    def handle(self, data: list[dict[str, Any]], context) -> list[str]:
+        """Answer every request of the batch: a caption, a stream, or a JSON error."""
+        self.context = context
+        started = time.perf_counter()
+        requests = self.preprocess(data)
+        self._metric_time("CaptionPreprocessTime", (time.perf_counter() - started) * 1000)
+        results = self.postprocess(self.inference(requests))
+        responses: list[str] = []
+        errors = 0
+        for idx, (request, result) in enumerate(zip(requests, results)):
+            context.set_response_content_type(idx, "application/json")
+            if isinstance(result, Failed):
+                errors += 1
+                context.set_response_status(result.error.status, _reason(result.error.message), idx)
+                responses.append(_json({"error": result.error.message, "status": result.error.status}))
+                continue
+            body = self.describe(result, request)
+            # Streamed requests already got their result as the last intermediate chunk;
+            # the closing chunk is empty.
+            responses.append("" if request.options.stream else _json(body))
+        if errors:
+            self._metric_counter("CaptionRequestErrors", errors)
+        return responses
+
+    def describe(self, caption: Caption, request: CaptionRequest) -> dict[str, Any]:
+        """The JSON object a client gets for one caption."""
+        options = request.options
+        words = self.vocab.decode(caption.tokens)
+        body = {
+            "caption": " ".join(words),
+            "tokens": words,
+            "scores": [round(s, 5) for s in caption.scores],
+            "score": round(caption.score, 5),
+            "ended": caption.ended,
+            "method": options.method,
+            "beam_size": options.beam_size,
+            "max_length": options.max_length,
+            "model": self.model_name,
+            "version": self.model_version,
+        }
+        if options.n_best > 1:
+            body["alternatives"] = [
+                {"caption": " ".join(self.vocab.decode(a.tokens)), "score": round(a.score, 5)}
+                for a in caption.alternatives
+            ]
+        return body
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _metric_time(self, name: str, milliseconds: float) -> None:
+        metrics = getattr(self.context, "metrics", None)
+        if metrics is not None:
+            metrics.add_time(name, round(milliseconds, 3), None, "ms", [])
+
+    def _metric_counter(self, name: str, value: int) -> None:
+        metrics = getattr(self.context, "metrics", None)
+        if metrics is not None:
+            metrics.add_counter(name, value, None, [])
+
+
+class _WordStreamer:
+    """Sends each streamed request its words as they are decoded, one JSON line per chunk.
+
+    Chunks are `{"index": i, "token": "word"}`; the last one is the full result
+    object, so every stream has at least one chunk (TorchServe's gRPC stream
+    needs one) and the client can check the words against the final caption.
+    """
+
+    def __init__(self, handler: CaptionHandler, rows: list[int], requests: list[CaptionRequest | Failed]) -> None:
+        self.handler = handler
+        self.requests = requests
+        self.stream_rows = {i for i in rows if requests[i].options.stream}
+        self.sent: dict[int, int] = {i: 0 for i in self.stream_rows}
+        self.done: set[int] = set()
+        self.active = bool(self.stream_rows)
+
+    def _send(self, idx: int, payload: dict[str, Any]) -> None:
+        context = self.handler.context
+        send_intermediate_predict_response(
+            {idx: _json(payload) + "\n"},
+            {idx: context.request_ids[idx]},
+            "Intermediate Prediction success",
+            200,
+            context,
+        )
+
+    def on_greedy_step(self, step: int, rows: list[int], tokens: torch.Tensor) -> None:
+        vocab = self.handler.vocab
+        for position, token in zip(rows, tokens.tolist()):
+            if position not in self.stream_rows or position in self.done:
+                continue
+            if token == vocab.end_id or step >= self.requests[position].options.max_length:
+                self.done.add(position)
+                continue
+            for word in vocab.decode([token]):  # nothing for <pad>/<start>, as in the final caption
+                self._send(position, {"index": self.sent[position], "token": word})
+                self.sent[position] += 1
+
+    def finish(self, captions_by_row: dict[int, Caption]) -> None:
+        """Send the words of streamed beam-search captions (known only at the end), then every final result."""
+        for idx in sorted(self.stream_rows):
+            caption, request = captions_by_row[idx], self.requests[idx]
+            words = self.handler.vocab.decode(caption.tokens)
+            for index in range(self.sent[idx], len(words)):
+                self._send(idx, {"index": index, "token": words[index]})
+            self._send(idx, self.handler.describe(caption, request))
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _reason(message: str) -> str:
+    """An HTTP reason phrase: one short line of printable ASCII."""
+    first_line = message.splitlines()[0] if message else ""
+    text = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in first_line)
+    return text[:120] or "Bad Request"

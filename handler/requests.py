@@ -1,0 +1,215 @@
+"""Turn one TorchServe request into a decoded image and validated decoding options.
+
+TorchServe hands the handler one dict per request, shaped by how it arrived:
+
+- raw bytes (`curl --data-binary @img.jpg -H 'Content-Type: image/jpeg'`): {"body": bytearray}
+- JSON (`Content-Type: application/json`): {"body": {"image": "<base64>", "beam_size": 3, ...}}
+- multipart form: one key per field, e.g. {"data": bytearray, "max_length": bytearray(b"12")}
+- gRPC: one key per entry of the `input` map, every value bytes
+
+Everything here is plain Python (no TorchServe import), so it is unit tested
+directly. Problems raise `BadRequest` with an HTTP status and a message that
+says what to fix; the handler answers that request alone with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from PIL import Image, UnidentifiedImageError
+
+from model.transforms import to_rgb
+
+IMAGE_FIELDS = ("data", "image", "file", "body")
+OPTION_FIELDS = ("max_length", "beam_size", "n_best", "stream")
+
+
+class BadRequest(ValueError):
+    """A request the handler refuses; `status` is the HTTP code sent back."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What a single request may ask for; comes from the model's `model-config.yaml`."""
+
+    max_length: int = 20
+    max_beam_size: int = 8
+    max_image_pixels: int = 40_000_000
+
+
+@dataclass(frozen=True)
+class CaptionOptions:
+    max_length: int
+    beam_size: int = 1
+    n_best: int = 1
+    stream: bool = False
+
+    @property
+    def method(self) -> str:
+        return "greedy" if self.beam_size == 1 else "beam"
+
+
+@dataclass
+class CaptionRequest:
+    image: Image.Image  # upright 8-bit RGB
+    options: CaptionOptions
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8").strip()
+        except UnicodeDecodeError as error:
+            raise BadRequest(f"option value is not UTF-8 text: {error}") from error
+    return str(value).strip()
+
+
+def _int_option(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool):
+        raise BadRequest(f"{name} must be an integer, got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int):
+        text = _as_text(value)
+        try:
+            value = int(text)
+        except ValueError:
+            raise BadRequest(f"{name} must be an integer, got {text[:40]!r}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _bool_option(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _as_text(value).lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", ""):
+        return False
+    raise BadRequest(f"{name} must be true or false, got {text[:40]!r}")
+
+
+def parse_options(fields: Mapping[str, Any], limits: RequestLimits) -> CaptionOptions:
+    """Validate decoding options; absent ones take defaults (greedy, the model's max length)."""
+    max_length = limits.max_length
+    if fields.get("max_length") is not None:
+        max_length = _int_option("max_length", fields["max_length"], 1, limits.max_length)
+    beam_size = 1
+    if fields.get("beam_size") is not None:
+        beam_size = _int_option("beam_size", fields["beam_size"], 1, limits.max_beam_size)
+    n_best = 1
+    if fields.get("n_best") is not None:
+        n_best = _int_option("n_best", fields["n_best"], 1, beam_size)
+    stream = _bool_option("stream", fields["stream"]) if fields.get("stream") is not None else False
+    return CaptionOptions(max_length=max_length, beam_size=beam_size, n_best=n_best, stream=stream)
+
+
+def decode_image(data: bytes, limits: RequestLimits) -> Image.Image:
+    """Bytes -> upright RGB PIL image, refusing what cannot or should not be decoded."""
+    if not data:
+        raise BadRequest("empty image: send the image file's bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width < 1 or height < 1:
+                raise BadRequest(f"image has no pixels ({width}x{height})")
+            if width * height > limits.max_image_pixels:
+                raise BadRequest(
+                    f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_image_pixels}",
+                    status=413,
+                )
+            image.load()
+            return to_rgb(image)
+    except BadRequest:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise BadRequest(f"image refused as a decompression bomb: {error}", status=413) from error
+    except UnidentifiedImageError:
+        raise BadRequest(
+            f"body is not an image PIL can read ({len(data)} bytes starting {bytes(data[:8])!r}); "
+            "send JPEG, PNG, GIF, BMP, TIFF or WebP bytes",
+            status=415,
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise BadRequest(f"image could not be decoded (truncated or corrupt?): {error}") from error
+
+
+def _base64_image(value: Any) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise BadRequest('JSON field "image" must be a non-empty base64 string')
+    if value.startswith("data:") and "," in value:  # a data URL from a browser
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise BadRequest(f'JSON field "image" is not valid base64: {error}') from error
+
+
+def _from_json(document: Any, limits: RequestLimits) -> CaptionRequest:
+    if not isinstance(document, dict):
+        raise BadRequest('JSON body must be an object like {"image": "<base64>"}')
+    unknown = sorted(set(document) - {"image", *OPTION_FIELDS})
+    if unknown:
+        raise BadRequest(f"unknown JSON fields {unknown}; allowed: image, {', '.join(OPTION_FIELDS)}")
+    if "image" not in document:
+        raise BadRequest('JSON body lacks "image" (the image file, base64-encoded)')
+    options = parse_options(document, limits)
+    return CaptionRequest(decode_image(_base64_image(document["image"]), limits), options)
+
+
+def _looks_like_json(data: bytes) -> bool:
+    return data[:1] in (b"{", b"[")
+
+
+def parse_request(row: Mapping[str, Any], limits: RequestLimits) -> CaptionRequest:
+    """One TorchServe request dict -> image + options, or `BadRequest`."""
+    if not isinstance(row, Mapping) or not row:
+        raise BadRequest(
+            "empty request: send image bytes with a Content-Type (e.g. image/jpeg), "
+            'a multipart file field "data", or JSON {"image": "<base64>"}'
+        )
+    image_fields = [name for name in IMAGE_FIELDS if name in row]
+    unknown = sorted(set(row) - set(IMAGE_FIELDS) - set(OPTION_FIELDS))
+    if unknown:
+        raise BadRequest(f"unknown fields {unknown}; send the image as 'data' and options {', '.join(OPTION_FIELDS)}")
+    if not image_fields:
+        raise BadRequest("no image in the request: add a file field named 'data'")
+    if len(image_fields) > 1:
+        raise BadRequest(f"one image per request, got fields {image_fields}")
+    value = row[image_fields[0]]
+    if isinstance(value, (dict, list)):
+        if any(name in row for name in OPTION_FIELDS):
+            raise BadRequest("put options inside the JSON body, not beside it")
+        return _from_json(value, limits)
+    if isinstance(value, str):
+        raise BadRequest(
+            "got text where an image was expected: send image bytes with an image/* Content-Type, "
+            'or JSON {"image": "<base64>"} with Content-Type application/json',
+            status=415,
+        )
+    data = bytes(value)
+    if _looks_like_json(data):  # gRPC and untyped bodies carry JSON as bytes
+        try:
+            document = json.loads(data)
+        except ValueError:
+            raise BadRequest("body starts like JSON but is not valid JSON") from None
+        if any(name in row for name in OPTION_FIELDS):
+            raise BadRequest("put options inside the JSON body, not beside it")
+        return _from_json(document, limits)
+    options = parse_options(row, limits)
+    return CaptionRequest(decode_image(data, limits), options)

@@ -1,0 +1,129 @@
+"""COCO captions through pycocotools: any COCO-format caption file plus its image folder.
+
+Used alike for real COCO (`captions_train2017.json` + `train2017/`) and for the
+generated shapes set. Splits are made by image, so no image's captions leak
+from training into evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+
+from model.transforms import to_rgb
+from model.vocabulary import Vocabulary
+
+
+def load_coco(annotation_file: Path | str) -> COCO:
+    """Open a COCO caption file, with a clear error when it is missing."""
+    path = Path(annotation_file)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no COCO annotation file at {path}; run `make data` for the generated set, "
+            "or point --annotations at captions_train2017.json from cocodataset.org"
+        )
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress chatter
+        return COCO(str(path))
+
+
+def split_image_ids(image_ids: Sequence[int], val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Shuffle image ids and cut them into (train, val); an image lands in exactly one split."""
+    ids = sorted(image_ids)
+    random.Random(seed).shuffle(ids)
+    n_val = int(round(len(ids) * val_fraction))
+    return sorted(ids[n_val:]), sorted(ids[:n_val])
+
+
+class CocoCaptions(Dataset):
+    """One item per image: (image tensor, list of caption id tensors, image id).
+
+    All of an image's captions travel together, so training runs the encoder
+    once per image and the decoder over each of its (typically five) captions.
+
+    Args:
+        coco: an opened caption file.
+        image_dir: folder holding the files named by `images[].file_name`.
+        vocab: turns captions into ids.
+        transform: PIL RGB image -> tensor (from `model.transforms`).
+        image_ids: restrict to these images (a split); all when None.
+    """
+
+    def __init__(
+        self,
+        coco: COCO,
+        image_dir: Path | str,
+        vocab: Vocabulary,
+        transform: Callable[[Image.Image], torch.Tensor],
+        image_ids: Sequence[int] | None = None,
+    ) -> None:
+        self.coco = coco
+        self.image_dir = Path(image_dir)
+        self.vocab = vocab
+        self.transform = transform
+        self.image_ids = sorted(coco.imgs) if image_ids is None else sorted(image_ids)
+        missing = [i for i in self.image_ids if not coco.imgToAnns[i]]
+        if missing:
+            raise ValueError(f"{len(missing)} images have no captions, e.g. image id {missing[0]}")
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def load_image(self, image_id: int) -> Image.Image:
+        path = self.image_dir / self.coco.imgs[image_id]["file_name"]
+        with Image.open(path) as image:
+            return to_rgb(image)
+
+    def caption_ids(self, image_id: int) -> list[torch.Tensor]:
+        return [torch.tensor(self.vocab.encode(ann["caption"])) for ann in self.coco.imgToAnns[image_id]]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        image_id = self.image_ids[index]
+        return self.transform(self.load_image(image_id)), self.caption_ids(image_id), image_id
+
+    def references(self) -> dict[int, list[str]]:
+        """Reference captions per image, for BLEU/CIDEr."""
+        return {i: [ann["caption"] for ann in self.coco.imgToAnns[i]] for i in self.image_ids}
+
+
+@dataclass
+class CaptionBatch:
+    """A padded batch: B images (or their features) and N >= B captions.
+
+    `owners[n]` is the row in `images` that caption n describes.
+    """
+
+    images: torch.Tensor  # (B, ...)
+    captions: torch.Tensor  # (N, T)
+    lengths: torch.Tensor  # (N,)
+    owners: torch.Tensor  # (N,)
+    image_ids: torch.Tensor  # (B,)
+
+    def to(self, device: torch.device) -> "CaptionBatch":
+        return CaptionBatch(
+            self.images.to(device, non_blocking=True),
+            self.captions.to(device, non_blocking=True),
+            self.lengths,
+            self.owners.to(device, non_blocking=True),
+            self.image_ids,
+        )
+
+
+def collate_captions(batch: list[tuple[torch.Tensor, list[torch.Tensor], int]], pad_id: int = 0) -> CaptionBatch:
+    """Stack images and pad every caption of every image into one (N, T) tensor."""
+    images, caption_lists, image_ids = zip(*batch)
+    captions = [c for caps in caption_lists for c in caps]
+    owners = torch.tensor([row for row, caps in enumerate(caption_lists) for _ in caps])
+    lengths = torch.tensor([len(c) for c in captions])
+    padded = torch.full((len(captions), int(lengths.max())), pad_id, dtype=torch.long)
+    for row, caption in enumerate(captions):
+        padded[row, : len(caption)] = caption
+    return CaptionBatch(torch.stack(images), padded, lengths, owners, torch.tensor(image_ids))

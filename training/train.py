@@ -1,0 +1,312 @@
+"""Train the captioner on COCO-format captions.
+
+    python -m training.train --annotations data/shapes/annotations/captions_train.json \
+        --val-annotations data/shapes/annotations/captions_val.json --images data/shapes/images \
+        --output-dir build/train --encoder-weights none --train-backbone --image-size 96
+
+Writes `checkpoint.pt` every epoch (model, optimizer, scheduler, epoch,
+arguments, config, vocabulary; resume with `--resume`), `history.json` and
+`loss_curve.png`. With a frozen backbone and no augmentation, backbone features
+are computed once and reused every epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import random
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from model.captioner import Captioner
+from model.config import CaptionerConfig
+from model.transforms import eval_transform, train_transform
+from model.vocabulary import Vocabulary
+from training.checkpoints import load_checkpoint, save_checkpoint
+from training.coco_data import CaptionBatch, CocoCaptions, collate_captions, load_coco, split_image_ids
+from training.encoder_weights import load_encoder_weights
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train the ResNet-34 + LSTM captioner.")
+    data = parser.add_argument_group("data")
+    data.add_argument("--annotations", required=True, help="COCO caption file for training")
+    data.add_argument("--images", required=True, help="folder with the images the annotations name")
+    data.add_argument("--val-annotations", default=None, help="held-out caption file (else split by image)")
+    data.add_argument("--val-images", default=None, help="image folder for --val-annotations (default --images)")
+    data.add_argument("--val-fraction", type=float, default=0.05, help="images held out when no val file")
+    data.add_argument("--min-word-count", type=int, default=4, help="vocabulary frequency threshold")
+    model = parser.add_argument_group("model")
+    model.add_argument("--embed-size", type=int, default=256)
+    model.add_argument("--hidden-size", type=int, default=512)
+    model.add_argument("--num-layers", type=int, default=1)
+    model.add_argument("--max-length", type=int, default=20, help="most tokens per decoded caption")
+    model.add_argument("--image-size", type=int, default=224)
+    model.add_argument("--encoder-weights", default="imagenet", help="imagenet | none | PATH to a state_dict")
+    model.add_argument("--train-backbone", action="store_true", help="fine-tune ResNet-34 (frozen by default)")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, default=5)
+    optim.add_argument("--batch-size", type=int, default=64)
+    optim.add_argument("--lr", type=float, default=1e-3)
+    optim.add_argument("--weight-decay", type=float, default=1e-4)
+    optim.add_argument("--augment", action="store_true", help="random shifts/scales (disables feature cache)")
+    optim.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps")
+    run = parser.add_argument_group("run")
+    run.add_argument("--output-dir", default="build/train")
+    run.add_argument("--resume", default=None, help="checkpoint to continue from")
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    run.add_argument("--workers", type=int, default=1, help="data loader processes")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+class CachedFeatures(Dataset):
+    """`CocoCaptions` items with backbone features (computed once) in place of images."""
+
+    def __init__(self, captions: CocoCaptions, features: dict[int, torch.Tensor]) -> None:
+        self.captions = captions
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        image_id = self.captions.image_ids[index]
+        return self.features[image_id], self.captions.caption_ids(image_id), image_id
+
+
+@torch.inference_mode()
+def compute_backbone_features(
+    model: Captioner, dataset: CocoCaptions, device: torch.device, batch_size: int, quiet: bool
+) -> dict[int, torch.Tensor]:
+    """Run the frozen backbone once over each image of `dataset`."""
+    model.encoder.backbone.eval()
+    features: dict[int, torch.Tensor] = {}
+    image_ids = dataset.image_ids
+    for start in tqdm(range(0, len(image_ids), batch_size), desc="caching backbone features", disable=quiet):
+        chunk = image_ids[start : start + batch_size]
+        images = torch.stack([dataset.transform(dataset.load_image(i)) for i in chunk])
+        out = model.encoder.backbone_features(images.to(device)).float().cpu()
+        features.update(zip(chunk, out))
+    return features
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 mixed precision on CUDA; full precision on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def batch_loss(model: Captioner, batch: CaptionBatch, device: torch.device, uses_features: bool) -> torch.Tensor:
+    """Teacher-forced loss of one batch; `batch.images` holds backbone features when `uses_features`."""
+    with autocast_for(device):
+        if uses_features:
+            _, loss = model(None, batch.captions, batch.lengths, features=batch.images, owners=batch.owners)
+        else:
+            _, loss = model(batch.images, batch.captions, batch.lengths, owners=batch.owners)
+    return loss
+
+
+def train_one_epoch(
+    model: Captioner,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    *,
+    epoch: int,
+    uses_features: bool,
+    max_steps: int | None = None,
+    quiet: bool = False,
+) -> list[float]:
+    """One pass over `loader`; returns the loss of every step."""
+    model.train()
+    losses = []
+    progress = tqdm(loader, desc=f"epoch {epoch}", disable=quiet, unit="batch")
+    for step, batch in enumerate(progress):
+        if max_steps is not None and step >= max_steps:
+            break
+        loss = batch_loss(model, batch.to(device), device, uses_features)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=5.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        progress.set_postfix(loss=f"{losses[-1]:.3f}")
+    return losses
+
+
+@torch.inference_mode()
+def evaluate_loss(model: Captioner, loader: DataLoader, device: torch.device, *, uses_features: bool) -> float:
+    """Mean teacher-forced loss over `loader`."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in loader:
+        loss = batch_loss(model, batch.to(device), device, uses_features)
+        total += loss.item() * len(batch.lengths)
+        count += len(batch.lengths)
+    return total / max(count, 1)
+
+
+def plot_losses(history: dict[str, Any], path: Path) -> None:
+    """Training loss per step (smoothed) and validation loss per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = history["train_loss"]
+    window = max(1, len(steps) // 50)
+    smoothed = [sum(steps[max(0, i - window + 1) : i + 1]) / len(steps[max(0, i - window + 1) : i + 1]) for i in range(len(steps))]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(range(1, len(steps) + 1), smoothed, label="train (smoothed)")
+    if history["val_loss"]:
+        per_epoch = len(steps) / len(history["val_loss"])
+        ax.plot([per_epoch * (i + 1) for i in range(len(history["val_loss"]))], history["val_loss"], "o-", label="val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("captioner training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def build_datasets(args: argparse.Namespace, vocab: Vocabulary | None, config_image_size: int, mean, std):
+    """Training and validation datasets, and the vocabulary (built from training captions if not given)."""
+    coco = load_coco(args.annotations)
+    if args.val_annotations:
+        train_ids = sorted(coco.imgs)
+        val_coco, val_ids = load_coco(args.val_annotations), None
+    else:
+        train_ids, val_ids = split_image_ids(list(coco.imgs), args.val_fraction, args.seed)
+        val_coco = coco
+    if vocab is None:
+        vocab = Vocabulary.build(
+            (ann["caption"] for i in train_ids for ann in coco.imgToAnns[i]), min_count=args.min_word_count
+        )
+    augmenting = args.augment
+    train_tf = train_transform(image_size=config_image_size, mean=mean, std=std, augment=augmenting)
+    val_tf = eval_transform(image_size=config_image_size, mean=mean, std=std)
+    train_set = CocoCaptions(coco, args.images, vocab, train_tf, train_ids)
+    val_set = CocoCaptions(val_coco, args.val_images or args.images, vocab, val_tf, val_ids)
+    return train_set, val_set, vocab
+
+
+def main(args: argparse.Namespace) -> Path:
+    """Train and return the checkpoint path."""
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    device = torch.device(args.device)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    checkpoint = load_checkpoint(args.resume) if args.resume else None
+    if checkpoint is not None:
+        config = CaptionerConfig.from_dict(checkpoint["config"])
+        vocab = Vocabulary.from_dict(checkpoint["vocab"])
+        train_set, val_set, _ = build_datasets(args, vocab, config.image_size, config.mean, config.std)
+    else:
+        config_defaults = CaptionerConfig(vocab_size=5)
+        train_set, val_set, vocab = build_datasets(
+            args, None, args.image_size, config_defaults.mean, config_defaults.std
+        )
+        config = CaptionerConfig(
+            vocab_size=len(vocab),
+            embed_size=args.embed_size,
+            hidden_size=args.hidden_size,
+            num_layers=args.num_layers,
+            max_length=args.max_length,
+            image_size=args.image_size,
+            train_backbone=args.train_backbone,
+        )
+    model = Captioner(config)
+    if checkpoint is None:
+        weights = load_encoder_weights(args.encoder_weights)
+        if weights is not None:
+            model.encoder.load_backbone_state_dict(weights)
+    else:
+        model.load_state_dict(checkpoint["model"])
+    model.to(device)
+
+    uses_features = not config.train_backbone and not args.augment
+    if uses_features:
+        # The backbone is frozen and inputs never change: compute its features once.
+        train_features = compute_backbone_features(model, train_set, device, args.batch_size, args.quiet)
+        val_features = compute_backbone_features(model, val_set, device, args.batch_size, args.quiet)
+        train_data, val_data = CachedFeatures(train_set, train_features), CachedFeatures(val_set, val_features)
+        workers = 0
+    else:
+        train_data, val_data, workers = train_set, val_set, args.workers
+    collate = partial(collate_captions, pad_id=vocab.pad_id)
+    generator = torch.Generator().manual_seed(args.seed)
+    train_loader = DataLoader(
+        train_data, batch_size=args.batch_size, shuffle=True, collate_fn=collate, num_workers=workers,
+        generator=generator, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+    )
+    val_loader = DataLoader(val_data, batch_size=args.batch_size, collate_fn=collate, num_workers=0)
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = len(train_loader) if args.max_steps is None else min(len(train_loader), args.max_steps)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.lr, total_steps=max(1, args.epochs * steps_per_epoch), pct_start=0.15
+    )
+    history: dict[str, Any] = {"train_loss": [], "val_loss": [], "epoch_seconds": []}
+    start_epoch = 0
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        history = checkpoint["history"]
+        start_epoch = checkpoint["epoch"] + 1
+        if start_epoch >= args.epochs:
+            print(f"checkpoint already finished epoch {checkpoint['epoch'] + 1} of {args.epochs}; nothing to do")
+
+    checkpoint_path = output_dir / "checkpoint.pt"
+    for epoch in range(start_epoch, args.epochs):
+        started = time.perf_counter()
+        losses = train_one_epoch(
+            model, train_loader, optimizer, scheduler, device,
+            epoch=epoch + 1, uses_features=uses_features, max_steps=args.max_steps, quiet=args.quiet,
+        )
+        val_loss = evaluate_loss(model, val_loader, device, uses_features=uses_features)
+        history["train_loss"].extend(losses)
+        history["val_loss"].append(val_loss)
+        history["epoch_seconds"].append(time.perf_counter() - started)
+        print(
+            f"epoch {epoch + 1}/{args.epochs}: train loss {sum(losses) / max(len(losses), 1):.4f}, "
+            f"val loss {val_loss:.4f}, {history['epoch_seconds'][-1]:.0f}s",
+            flush=True,
+        )
+        save_checkpoint(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "args": {k: v for k, v in vars(args).items()},
+                "config": config.to_dict(),
+                "vocab": vocab.to_dict(),
+                "history": history,
+            },
+            checkpoint_path,
+        )
+        (output_dir / "history.json").write_text(json.dumps(history))
+        plot_losses(history, output_dir / "loss_curve.png")
+    return checkpoint_path
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
