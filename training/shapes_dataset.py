@@ -60,15 +60,20 @@ def random_scene(rng: random.Random, max_objects: int = 3) -> list[ShapeObject]:
 
 
 def render_scene(objects: list[ShapeObject], rng: random.Random, canvas: int = 128) -> Image.Image:
-    """Draw the objects on a light, slightly tinted background."""
-    background = tuple(rng.randint(205, 245) for _ in range(3))
+    """Draw the objects on a plain light-grey background.
+
+    The background varies only a little: with a strongly tinted one, most of the
+    variance between images is the tint, and the encoder learns the objects slowly.
+    """
+    grey = rng.randint(226, 238)
+    background = (grey, grey, grey)
     image = Image.new("RGB", (canvas, canvas), background)
     draw = ImageDraw.Draw(image)
     column_width = canvas / len(COLUMNS)
     for obj in objects:
-        radius = canvas * (rng.uniform(0.07, 0.09) if obj.size == "small" else rng.uniform(0.13, 0.155))
-        center_x = (COLUMNS.index(obj.column) + 0.5) * column_width + rng.uniform(-0.08, 0.08) * column_width
-        center_y = rng.uniform(radius + canvas * 0.12, canvas - radius - canvas * 0.12)
+        radius = canvas * (rng.uniform(0.085, 0.10) if obj.size == "small" else rng.uniform(0.14, 0.16))
+        center_x = (COLUMNS.index(obj.column) + 0.5) * column_width + rng.uniform(-0.02, 0.02) * canvas
+        center_y = rng.uniform(radius + canvas * 0.08, canvas - radius - canvas * 0.08)
         color = tuple(min(255, max(0, v + rng.randint(-15, 15))) for v in COLORS[obj.color])
         box = (center_x - radius, center_y - radius, center_x + radius, center_y + radius)
         if obj.shape == "circle":

@@ -55,7 +55,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=5)
     optim.add_argument("--batch-size", type=int, default=64)
-    optim.add_argument("--lr", type=float, default=1e-3)
+    optim.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the head and decoder")
+    optim.add_argument("--backbone-lr", type=float, default=None, help="peak rate of a fine-tuned backbone (default --lr)")
     optim.add_argument("--weight-decay", type=float, default=1e-4)
     optim.add_argument("--augment", action="store_true", help="random shifts/scales (disables feature cache)")
     optim.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps")
@@ -66,6 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=1, help="data loader processes")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--eval-captions", action="store_true", help="decode the val set and score it every epoch")
     return parser
 
 
@@ -157,6 +159,17 @@ def evaluate_loss(model: Captioner, loader: DataLoader, device: torch.device, *,
         total += loss.item() * len(batch.lengths)
         count += len(batch.lengths)
     return total / max(count, 1)
+
+
+def caption_metrics(
+    model: Captioner, vocab: Vocabulary, val_set: CocoCaptions, device: torch.device, batch_size: int
+) -> dict[str, Any]:
+    """Greedy captions of the val images, scored as `training.evaluate` does."""
+    from training.evaluate import caption_dataset, score_captions
+
+    predictions = caption_dataset(model, vocab, val_set, device=device, batch_size=batch_size, quiet=True)
+    scenes = {i: val_set.coco.imgs[i].get("objects") for i in val_set.image_ids}
+    return score_captions(predictions, val_set.references(), scenes if all(scenes.values()) else None)
 
 
 def plot_losses(history: dict[str, Any], path: Path) -> None:
@@ -258,13 +271,18 @@ def main(args: argparse.Namespace) -> Path:
     )
     val_loader = DataLoader(val_data, batch_size=args.batch_size, collate_fn=collate, num_workers=0)
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
+    backbone = [p for p in model.encoder.backbone.parameters() if p.requires_grad]
+    others = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.backbone.")]
+    groups = [{"params": others, "lr": args.lr}]
+    if backbone:
+        groups.append({"params": backbone, "lr": args.backbone_lr or args.lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
     steps_per_epoch = len(train_loader) if args.max_steps is None else min(len(train_loader), args.max_steps)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=args.lr, total_steps=max(1, args.epochs * steps_per_epoch), pct_start=0.15
+        optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(1, args.epochs * steps_per_epoch),
+        pct_start=0.05,
     )
-    history: dict[str, Any] = {"train_loss": [], "val_loss": [], "epoch_seconds": []}
+    history: dict[str, Any] = {"train_loss": [], "val_loss": [], "epoch_seconds": [], "val_metrics": []}
     start_epoch = 0
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -285,9 +303,12 @@ def main(args: argparse.Namespace) -> Path:
         history["train_loss"].extend(losses)
         history["val_loss"].append(val_loss)
         history["epoch_seconds"].append(time.perf_counter() - started)
+        metrics = caption_metrics(model, vocab, val_set, device, args.batch_size) if args.eval_captions else {}
+        history["val_metrics"].append(metrics)
         print(
             f"epoch {epoch + 1}/{args.epochs}: train loss {sum(losses) / max(len(losses), 1):.4f}, "
-            f"val loss {val_loss:.4f}, {history['epoch_seconds'][-1]:.0f}s",
+            f"val loss {val_loss:.4f}, {history['epoch_seconds'][-1]:.0f}s"
+            + "".join(f", {k} {v}" for k, v in metrics.items() if k in ("bleu4", "cider", "attribute_accuracy")),
             flush=True,
         )
         save_checkpoint(

@@ -1,0 +1,110 @@
+# The captioning service: install, train, pack, serve, test.
+# `make help` lists the targets.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+STUBS := build/grpc/inference_pb2.py
+
+DATA := data/shapes
+TRAIN_JSON := $(DATA)/annotations/captions_train.json
+VAL_JSON := $(DATA)/annotations/captions_val.json
+TRAIN_DIR := build/train
+EXPORT := build/export
+STORE := build/model_store
+SERVE_DIR := build/serve
+
+MODEL_NAME ?= captioner
+VERSION ?= 1.0
+WORKERS ?= 2
+SAMPLE ?= $(DATA)/images/003001.jpg
+
+# The default recipe: ResNet-34 trained from scratch on the generated shapes set
+# (no ImageNet weights can be downloaded here). See README "Training".
+TRAIN_IMAGES ?= 3000
+VAL_IMAGES ?= 300
+EPOCHS ?= 6
+IMAGE_SIZE ?= 64
+TRAIN_ARGS ?= --encoder-weights none --train-backbone --image-size $(IMAGE_SIZE) --epochs $(EPOCHS) --batch-size 32 --lr 1e-3
+
+CLIENT := $(PY) -m client --key-file $(SERVE_DIR)/key_file.json --model $(MODEL_NAME)
+
+.PHONY: help install test data model eval gallery mar serve stop register scale describe unregister clean
+
+help:
+	@echo "make install      create .venv and install everything (idempotent)"
+	@echo "make test         run the test suite"
+	@echo "make model        generate data, train, export to $(EXPORT), evaluate, draw the gallery"
+	@echo "make eval         evaluate $(EXPORT) on the held-out generated images"
+	@echo "make mar          pack $(STORE)/$(MODEL_NAME).mar"
+	@echo "make serve        start TorchServe on 127.0.0.1 and register the model"
+	@echo "make stop         stop TorchServe and wait until it has exited"
+	@echo "make register | scale WORKERS=n | describe | unregister   management API calls"
+
+install: $(INSTALLED) $(STUBS)
+
+$(INSTALLED): requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	@touch $@
+
+$(STUBS): $(INSTALLED)
+	$(PY) -m client.grpc_stubs --out build/grpc
+
+test: install
+	$(PY) -m pytest tests
+
+data: $(VAL_JSON)
+
+$(VAL_JSON): | $(INSTALLED)
+	$(PY) -m training.shapes_dataset --out $(DATA) --train $(TRAIN_IMAGES) --val $(VAL_IMAGES) --seed 0
+
+model: $(EXPORT)/model.safetensors
+
+$(EXPORT)/model.safetensors: $(VAL_JSON) | $(INSTALLED)
+	$(PY) -m training.train --annotations $(TRAIN_JSON) --val-annotations $(VAL_JSON) --images $(DATA)/images \
+		--output-dir $(TRAIN_DIR) $(TRAIN_ARGS)
+	$(PY) -m training.export --checkpoint $(TRAIN_DIR)/checkpoint.pt --out $(EXPORT)
+	$(PY) -m training.evaluate --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images \
+		| tee build/eval.json
+	$(PY) -m training.gallery --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images \
+		--out build/gallery.png
+
+eval: | $(INSTALLED)
+	$(PY) -m training.evaluate --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images
+
+gallery: | $(INSTALLED)
+	$(PY) -m training.gallery --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images \
+		--out build/gallery.png
+
+mar: $(STORE)/$(MODEL_NAME).mar
+
+$(STORE)/$(MODEL_NAME).mar: $(EXPORT)/model.safetensors $(wildcard handler/*.py handler/*.yaml model/*.py) | $(INSTALLED)
+	$(PY) -m ops.archive --export-dir $(EXPORT) --out $(STORE) --model-name $(MODEL_NAME) --version $(VERSION)
+
+serve: install model mar
+	$(PY) -m ops.server start --workdir $(SERVE_DIR) --model-store $(STORE) --config config.properties
+	$(CLIENT) register $(MODEL_NAME).mar
+	$(CLIENT) caption $(SAMPLE)
+
+stop: | $(INSTALLED)
+	$(PY) -m ops.server stop --workdir $(SERVE_DIR)
+
+register: | $(INSTALLED)
+	$(CLIENT) register $(MODEL_NAME).mar
+
+scale: | $(INSTALLED)
+	$(CLIENT) scale $(WORKERS)
+
+describe: | $(INSTALLED)
+	$(CLIENT) describe
+
+unregister: | $(INSTALLED)
+	$(CLIENT) unregister
+
+clean:
+	rm -rf build

@@ -1,0 +1,136 @@
+"""Command line for the captioning service.
+
+    python -m client caption photo.jpg other.png          # REST, concurrent
+    python -m client caption photo.jpg --grpc --stream    # gRPC, word by word
+    python -m client describe | scale 2 | register captioner.mar | unregister | set-default 2.0
+
+Tokens are read from the server's key file (default build/serve/key_file.json,
+override with --key-file or CAPTION_KEY_FILE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from client.auth import TokenStore, key_file_from_env
+from client.rest import CaptionClient, ServiceError
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m client", description="Caption images with the TorchServe service.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--inference-port", type=int, default=8080)
+    parser.add_argument("--management-port", type=int, default=8081)
+    parser.add_argument("--grpc-port", type=int, default=7070)
+    parser.add_argument("--grpc-management-port", type=int, default=7071)
+    parser.add_argument("--key-file", default=None, help="server's key_file.json ('' when tokens are off)")
+    parser.add_argument("--model", default="captioner")
+    parser.add_argument("--version", default=None, help="model version (default: the default version)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    caption = commands.add_parser("caption", help="caption image files")
+    caption.add_argument("images", nargs="+", type=Path)
+    caption.add_argument("--grpc", action="store_true", help="use gRPC instead of REST")
+    caption.add_argument("--stream", action="store_true", help="print words as they are decoded")
+    caption.add_argument("--beam-size", type=int, default=None)
+    caption.add_argument("--n-best", type=int, default=None)
+    caption.add_argument("--max-length", type=int, default=None)
+    caption.add_argument("--json", action="store_true", help="print the full JSON replies")
+    caption.add_argument("--concurrency", type=int, default=8, help="requests in flight (batched by the server)")
+
+    register = commands.add_parser("register", help="register an archive from the model store")
+    register.add_argument("archive", help="e.g. captioner.mar")
+    register.add_argument("--workers", type=int, default=None)
+    scale = commands.add_parser("scale", help="set the number of workers")
+    scale.add_argument("min_workers", type=int)
+    scale.add_argument("--max-workers", type=int, default=None)
+    commands.add_parser("describe", help="show the model's workers and settings")
+    commands.add_parser("models", help="list registered models")
+    commands.add_parser("unregister", help="unregister the model (or --version)")
+    default = commands.add_parser("set-default", help="make a version the default")
+    default.add_argument("default_version")
+    return parser
+
+
+def _options(args: argparse.Namespace) -> dict:
+    values = {"beam_size": args.beam_size, "n_best": args.n_best, "max_length": args.max_length}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _caption(args: argparse.Namespace, tokens: TokenStore) -> int:
+    options = _options(args)
+    if args.grpc:
+        from client.grpc_client import GrpcCaptionClient
+
+        client = GrpcCaptionClient(
+            f"{args.host}:{args.grpc_port}", f"{args.host}:{args.grpc_management_port}", tokens, args.model, args.version
+        )
+    else:
+        client = CaptionClient(
+            f"http://{args.host}:{args.inference_port}", f"http://{args.host}:{args.management_port}", tokens,
+            args.model, args.version,
+        )
+    failures = 0
+    if args.stream:
+        for path in args.images:
+            print(f"{path}: ", end="", flush=True)
+            for chunk in client.caption_stream(path.read_bytes(), **options):
+                if "token" in chunk:
+                    print(chunk["token"], end=" ", flush=True)
+                elif args.json:
+                    print("\n" + json.dumps(chunk), end="")
+            print()
+        return 0
+
+    def one(path: Path):
+        try:
+            return path, client.caption(path.read_bytes(), **options)
+        except (ServiceError, OSError) as error:
+            return path, error
+
+    with ThreadPoolExecutor(max_workers=max(1, args.concurrency)) as pool:
+        for path, result in pool.map(one, args.images):
+            if isinstance(result, Exception):
+                failures += 1
+                print(f"{path}: ERROR {result}", file=sys.stderr)
+            elif args.json:
+                print(json.dumps({"file": str(path), **result}))
+            else:
+                print(f"{path}: {result['caption']}")
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    key_file = key_file_from_env() if args.key_file is None else (Path(args.key_file) if args.key_file else None)
+    management_url = f"http://{args.host}:{args.management_port}"
+    tokens = TokenStore(key_file, management_url)
+    if args.command == "caption":
+        return _caption(args, tokens)
+    client = CaptionClient(f"http://{args.host}:{args.inference_port}", management_url, tokens, args.model, args.version)
+    try:
+        if args.command == "register":
+            result = client.register(args.archive, initial_workers=args.workers)
+        elif args.command == "scale":
+            result = client.scale(args.min_workers, args.max_workers, args.version)
+        elif args.command == "describe":
+            result = client.describe(args.version)
+        elif args.command == "models":
+            result = client.list_models()
+        elif args.command == "unregister":
+            result = client.unregister(args.version)
+        else:
+            result = client.set_default(args.default_version)
+    except ServiceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

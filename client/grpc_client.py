@@ -1,0 +1,127 @@
+"""gRPC client for TorchServe's inference (7070) and management (7071) services.
+
+gRPC carries no per-request HTTP status from the handler, so a refused image
+comes back as a normal reply whose JSON holds `error` and `status`; this client
+turns that into `ServiceError`, like the REST client does.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+import grpc
+
+from client.auth import TokenStore
+from client.grpc_stubs import import_stubs
+from client.rest import ServiceError
+
+
+def _option_bytes(value: Any) -> bytes:
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    return str(value).encode()
+
+
+class GrpcCaptionClient:
+    """Captions over gRPC `Predictions`/`StreamPredictions`; management over its own service."""
+
+    def __init__(
+        self,
+        inference_target: str = "127.0.0.1:7070",
+        management_target: str = "127.0.0.1:7071",
+        tokens: TokenStore | None = None,
+        model: str = "captioner",
+        version: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.pb, pb_grpc, self.mpb, mpb_grpc = import_stubs()
+        self.tokens = tokens or TokenStore(None)
+        self.model, self.version, self.timeout = model, version, timeout
+        self._channels = [grpc.insecure_channel(inference_target), grpc.insecure_channel(management_target)]
+        self.inference = pb_grpc.InferenceAPIsServiceStub(self._channels[0])
+        self.management = mpb_grpc.ManagementAPIsServiceStub(self._channels[1])
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+    def __enter__(self) -> "GrpcCaptionClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _metadata(self, api: str) -> list[tuple[str, str]]:
+        header = self.tokens.header(api)
+        return [("authorization", header["Authorization"])] if header else []
+
+    def _request(self, image: bytes, options: dict[str, Any]):
+        inputs = {"data": image, **{k: _option_bytes(v) for k, v in options.items()}}
+        return self.pb.PredictionsRequest(model_name=self.model, model_version=self.version or "", input=inputs)
+
+    @staticmethod
+    def _decode(payload: bytes) -> Any:
+        body = json.loads(payload) if payload.strip() else None
+        if isinstance(body, dict) and "error" in body:
+            raise ServiceError(int(body.get("status", 400)), body)
+        return body
+
+    def ping(self) -> str:
+        from google.protobuf import empty_pb2
+
+        return self.inference.Ping(empty_pb2.Empty(), timeout=self.timeout).health
+
+    def caption(self, image: bytes, **options: Any) -> dict[str, Any]:
+        """Caption one image (options: max_length, beam_size, n_best)."""
+        reply = self.inference.Predictions(
+            self._request(image, options), metadata=self._metadata("inference"), timeout=self.timeout
+        )
+        return self._decode(reply.prediction)
+
+    def caption_stream(self, image: bytes, **options: Any) -> Iterator[dict[str, Any]]:
+        """Yield word chunks as they are decoded, then the full result."""
+        replies = self.inference.StreamPredictions(
+            self._request(image, {**options, "stream": True}), metadata=self._metadata("inference"),
+            timeout=self.timeout,
+        )
+        for reply in replies:
+            for line in reply.prediction.splitlines():
+                chunk = self._decode(line)
+                if chunk is not None:
+                    yield chunk
+
+    # --- management ---------------------------------------------------------------------------
+
+    def _manage(self, method: str, request) -> Any:
+        reply = getattr(self.management, method)(request, metadata=self._metadata("management"), timeout=180)
+        try:
+            return json.loads(reply.msg)
+        except ValueError:
+            return reply.msg
+
+    def register(self, archive: str, initial_workers: int = 1) -> Any:
+        return self._manage(
+            "RegisterModel",
+            self.mpb.RegisterModelRequest(url=archive, initial_workers=initial_workers, synchronous=True),
+        )
+
+    def scale(self, min_workers: int, max_workers: int | None = None) -> Any:
+        return self._manage(
+            "ScaleWorker",
+            self.mpb.ScaleWorkerRequest(
+                model_name=self.model, model_version=self.version or "", min_worker=min_workers,
+                max_worker=max_workers or min_workers, synchronous=True,
+            ),
+        )
+
+    def describe(self) -> Any:
+        return self._manage(
+            "DescribeModel", self.mpb.DescribeModelRequest(model_name=self.model, model_version=self.version or "")
+        )
+
+    def unregister(self) -> Any:
+        return self._manage(
+            "UnregisterModel",
+            self.mpb.UnregisterModelRequest(model_name=self.model, model_version=self.version or ""),
+        )

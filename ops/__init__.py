@@ -1,0 +1,1 @@
+"""Operating the service: build the model archive, start and stop TorchServe."""

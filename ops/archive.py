@@ -1,0 +1,85 @@
+"""Build the `.mar`: stage handler/, model/ and an export folder, then run torch-model-archiver.
+
+    python -m ops.archive --export-dir build/export --out build/model_store --version 1.0
+
+`--extra-files` copies a folder's *contents* to the archive root, so the
+packages are staged under their own names first:
+
+    stage/handler/...  stage/model/...  stage/config.json  stage/vocab.json  stage/model.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from handler.model_loader import EXPORT_FILES
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDLER_FILE = ROOT / "handler" / "caption_handler.py"
+MODEL_CONFIG = ROOT / "handler" / "model-config.yaml"
+PACKAGES = ("handler", "model")
+
+
+def stage(export_dir: Path, stage_dir: Path) -> Path:
+    """Copy the code packages and the export into a fresh staging folder."""
+    missing = [name for name in EXPORT_FILES if not (export_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{export_dir} lacks {', '.join(missing)}; run `make model` first")
+    if stage_dir.exists():
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.yaml")
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, stage_dir / package, ignore=ignore)
+    for name in EXPORT_FILES:
+        shutil.copy2(export_dir / name, stage_dir / name)
+    return stage_dir
+
+
+def build_archive(
+    export_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    model_name: str = "captioner",
+    version: str = "1.0",
+    config_file: Path | str = MODEL_CONFIG,
+    stage_root: Path | str | None = None,
+) -> Path:
+    """Stage and archive; returns the path of `<out_dir>/<model_name>.mar` (overwritten if present)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage_dir = stage(Path(export_dir), Path(stage_root or out_dir.parent / "mar_stage") / f"{model_name}-{version}")
+    command = [
+        str(Path(sys.executable).parent / "torch-model-archiver"),
+        "--model-name", model_name,
+        "--version", version,
+        "--handler", str(HANDLER_FILE),
+        "--extra-files", str(stage_dir),
+        "--config-file", str(config_file),
+        "--export-path", str(out_dir),
+        "--force",
+    ]
+    subprocess.run(command, check=True)
+    return out_dir / f"{model_name}.mar"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Pack an exported captioner into a TorchServe .mar")
+    parser.add_argument("--export-dir", default="build/export")
+    parser.add_argument("--out", default="build/model_store", help="model store folder")
+    parser.add_argument("--model-name", default="captioner")
+    parser.add_argument("--version", default="1.0")
+    parser.add_argument("--config-file", default=str(MODEL_CONFIG), help="model-config.yaml to pack")
+    return parser
+
+
+if __name__ == "__main__":
+    args = get_args_parser().parse_args()
+    path = build_archive(
+        args.export_dir, args.out, model_name=args.model_name, version=args.version, config_file=args.config_file
+    )
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -1,0 +1,190 @@
+"""Start, wait for and stop one TorchServe instance, isolated in its own working folder.
+
+    python -m ops.server start --workdir build/serve --model-store build/model_store
+    python -m ops.server stop --workdir build/serve
+
+Each instance gets its own working folder (logs/, key_file.json) and temp
+folder (TorchServe keeps its PID file under TMPDIR and unpacked models and
+worker sockets under TEMP), so several can run side by side, e.g. in tests.
+`stop` waits until the Java process has really exited: `torchserve --stop`
+returns before it does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+from client.auth import TokenStore
+
+PORT_KEYS = {
+    "inference": ("inference_address", "http://127.0.0.1:{}"),
+    "management": ("management_address", "http://127.0.0.1:{}"),
+    "metrics": ("metrics_address", "http://127.0.0.1:{}"),
+    "grpc_inference": ("grpc_inference_port", "{}"),
+    "grpc_management": ("grpc_management_port", "{}"),
+}
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    properties = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            properties[key.strip()] = value.strip()
+    return properties
+
+
+class TorchServe:
+    """One TorchServe process tree.
+
+    Args:
+        workdir: its working folder (logs/, key_file.json, tmp/, config.properties).
+        model_store: folder of `.mar` files.
+        base_config: config.properties to start from.
+        overrides: properties replacing the base ones (e.g. ports for a test server).
+    """
+
+    def __init__(
+        self,
+        workdir: Path | str,
+        model_store: Path | str,
+        base_config: Path | str = Path(__file__).resolve().parent.parent / "config.properties",
+        overrides: dict[str, str] | None = None,
+    ) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.model_store = Path(model_store).resolve()
+        self.properties = {**read_properties(Path(base_config)), **(overrides or {})}
+        self.tmpdir = self.workdir / "tmp"
+
+    # --- addresses -------------------------------------------------------------------------
+
+    def url(self, api: str) -> str:
+        return self.properties[PORT_KEYS[api][0]]
+
+    def grpc_target(self, api: str) -> str:
+        host = self.properties.get(f"{api}_address", "127.0.0.1")
+        return f"{host}:{self.properties[PORT_KEYS[api][0]]}"
+
+    @property
+    def key_file(self) -> Path | None:
+        if self.properties.get("disable_token_authorization", "false").lower() == "true":
+            return None
+        return self.workdir / "key_file.json"
+
+    def tokens(self) -> TokenStore:
+        return TokenStore(self.key_file, self.url("management"))
+
+    # --- process ---------------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["TMPDIR"] = env["TEMP"] = str(self.tmpdir)
+        # An inherited PYTHONPATH would come before the archive's own packages in the workers.
+        env.pop("PYTHONPATH", None)
+        return env
+
+    def _torchserve(self, *args: str) -> subprocess.CompletedProcess:
+        executable = Path(sys.executable).parent / "torchserve"
+        return subprocess.run(
+            [str(executable), *args], cwd=self.workdir, env=self._env(), capture_output=True, text=True, timeout=60
+        )
+
+    @property
+    def pid_file(self) -> Path:
+        return self.tmpdir / ".model_server.pid"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return None
+        return pid if psutil.pid_exists(pid) else None
+
+    def start(self, timeout: float = 90.0) -> "TorchServe":
+        """Write the config, start the server, and wait until /ping answers."""
+        if self.pid() is not None:
+            raise RuntimeError(f"TorchServe already runs from {self.workdir} (pid {self.pid()}); stop it first")
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "config.properties"
+        config.write_text("".join(f"{k}={v}\n" for k, v in self.properties.items()))
+        result = self._torchserve(
+            "--start", "--ts-config", str(config), "--model-store", str(self.model_store), "--ncs"
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"torchserve --start failed:\n{result.stdout}\n{result.stderr}")
+        self.wait_until_ready(timeout)
+        return self
+
+    def wait_until_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last_error: Exception | str = "not started"
+        while time.monotonic() < deadline:
+            if self.pid() is None:
+                raise RuntimeError(f"TorchServe exited during start; see {self.workdir / 'logs'}")
+            try:
+                if self.key_file is not None and not self.key_file.exists():
+                    raise FileNotFoundError("key file not written yet")
+                response = requests.get(
+                    f"{self.url('inference')}/ping", headers=self.tokens().header("inference"), timeout=2
+                )
+                if response.status_code == 200:
+                    return
+                last_error = f"HTTP {response.status_code}: {response.text[:200]}"
+            except (requests.ConnectionError, requests.Timeout, FileNotFoundError, KeyError, ValueError) as error:
+                last_error = error
+            time.sleep(0.25)
+        raise TimeoutError(f"TorchServe did not answer /ping within {timeout:.0f}s: {last_error}")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop the server and wait until its Java process (and workers) are gone."""
+        pid = self.pid()
+        if pid is None:
+            return
+        try:
+            java = psutil.Process(pid)
+            processes = [java, *java.children(recursive=True)]
+        except psutil.Error:
+            return
+        self._torchserve("--stop")
+        _, alive = psutil.wait_procs(processes, timeout=timeout)
+        for process in alive:  # only processes this server started
+            process.kill()
+        psutil.wait_procs(alive, timeout=10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Start or stop TorchServe for the captioner.")
+    parser.add_argument("action", choices=("start", "stop", "status"))
+    parser.add_argument("--workdir", default="build/serve")
+    parser.add_argument("--model-store", default="build/model_store")
+    parser.add_argument("--config", default="config.properties")
+    args = parser.parse_args(argv)
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    server = TorchServe(args.workdir, args.model_store, args.config)
+    if args.action == "start":
+        server.start()
+        print(f"TorchServe is up (pid {server.pid()}): inference {server.url('inference')}, "
+              f"management {server.url('management')}, metrics {server.url('metrics')}; "
+              f"tokens in {server.key_file}")
+    elif args.action == "stop":
+        pid = server.pid()
+        server.stop()
+        print("TorchServe stopped" if pid else "TorchServe was not running")
+    else:
+        pid = server.pid()
+        print(f"running (pid {pid})" if pid else "not running")
+        return 0 if pid else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Generated shapes set and the pycocotools COCO loader."""
+
+import json
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model.transforms import eval_transform
+from model.vocabulary import Vocabulary, tokenize
+from training.coco_data import CocoCaptions, collate_captions, load_coco, split_image_ids
+from training.shapes_dataset import COLORS, SHAPES, describe, generate, names_every_object, random_scene
+
+
+def test_generated_set_is_real_coco_format_and_deterministic(tmp_path):
+    first = generate(tmp_path / "a", train=6, val=3, seed=7)
+    second = generate(tmp_path / "b", train=6, val=3, seed=7)
+    for name in ("captions_train.json", "captions_val.json"):
+        assert (first / "annotations" / name).read_bytes() == (second / "annotations" / name).read_bytes()
+    assert (first / "images" / "000001.jpg").read_bytes() == (second / "images" / "000001.jpg").read_bytes()
+    coco = load_coco(first / "annotations" / "captions_train.json")
+    assert len(coco.imgs) == 6
+    for image_id in coco.imgs:
+        captions = [a["caption"] for a in coco.imgToAnns[image_id]]
+        assert len(captions) == 5 and len(set(captions)) == 5, "five different wordings per image"
+    val_ids = set(load_coco(first / "annotations" / "captions_val.json").imgs)
+    assert not val_ids & set(coco.imgs), "no image in two splits"
+
+
+def test_every_caption_is_true_to_its_scene():
+    rng = random.Random(3)
+    for _ in range(200):
+        objects = random_scene(rng)
+        for caption in describe(objects):
+            assert names_every_object(tokenize(caption), objects), caption
+            words = tokenize(caption)
+            for obj in objects:
+                assert obj.size in words
+
+
+def test_rendered_objects_have_their_colour_where_the_caption_says(tmp_path):
+    out = generate(tmp_path, train=12, val=0, seed=1, max_objects=1)
+    coco = load_coco(out / "annotations" / "captions_train.json")
+    for info in coco.imgs.values():
+        obj = info["objects"][0]
+        image = Image.open(out / "images" / info["file_name"]).convert("RGB")
+        column = ("left", "middle", "right").index(obj["column"])
+        strip = image.crop((column * image.width // 3, 0, (column + 1) * image.width // 3, image.height))
+        target = torch.tensor(COLORS[obj["color"]], dtype=torch.float)
+        pixels = torch.from_numpy(np.asarray(strip, dtype=np.float32).reshape(-1, 3))
+        assert ((pixels - target).abs().max(dim=1).values < 40).sum() > 20, info
+
+
+def test_attribute_check_needs_every_object_and_no_extra():
+    objects = [{"color": "red", "shape": "circle"}, {"color": "blue", "shape": "square"}]
+    assert names_every_object("a small red circle and a large blue square".split(), objects)
+    assert not names_every_object("a small red circle".split(), objects)
+    assert not names_every_object("a red circle and a blue square and a green triangle".split(), objects)
+    assert not names_every_object("a red square and a blue circle".split(), objects)
+    assert set(SHAPES) == {"circle", "square", "triangle"}
+
+
+def _write_coco_file(tmp_path, images=5, captions_per_image=3):
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    doc = {"info": {}, "licenses": [], "images": [], "annotations": []}
+    for i in range(1, images + 1):
+        name = f"img{i}.png"
+        Image.new("RGB", (20 + i, 16), (i * 40, 0, 0)).save(image_dir / name)
+        doc["images"].append({"id": i * 11, "file_name": name, "width": 20 + i, "height": 16})
+        for k in range(captions_per_image):
+            doc["annotations"].append({"id": i * 100 + k, "image_id": i * 11, "caption": f"A red thing number {k}."})
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps(doc))
+    return path, image_dir
+
+
+def test_coco_loader_reads_a_coco_file_and_splits_by_image(tmp_path):
+    path, image_dir = _write_coco_file(tmp_path, images=10)
+    coco = load_coco(path)
+    train_ids, val_ids = split_image_ids(list(coco.imgs), 0.3, seed=0)
+    assert len(val_ids) == 3 and not set(train_ids) & set(val_ids)
+    assert sorted(train_ids + val_ids) == sorted(coco.imgs)
+    vocab = Vocabulary.build([a["caption"] for a in coco.anns.values()], min_count=1)
+    transform = eval_transform(image_size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
+    dataset = CocoCaptions(coco, image_dir, vocab, transform, train_ids)
+    assert len(dataset) == 7
+    image, captions, image_id = dataset[0]
+    assert image.shape == (3, 8, 8) and len(captions) == 3 and image_id in train_ids
+    batch = collate_captions([dataset[0], dataset[1]], pad_id=vocab.pad_id)
+    assert batch.images.shape == (2, 3, 8, 8)
+    assert batch.captions.shape[0] == 6 and batch.owners.tolist() == [0, 0, 0, 1, 1, 1]
+    assert batch.lengths.tolist() == [len(c) for c in captions] * 2
+    assert (batch.captions[:, 0] == vocab.start_id).all()
+
+
+def test_missing_annotation_file_says_what_to_do(tmp_path):
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="make data"):
+        load_coco(tmp_path / "nope.json")
