@@ -10,18 +10,16 @@ Request and response formats are in README.md ("Calling the service").
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from ts.handler_utils.utils import send_intermediate_predict_response
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler.model_loader import load_exported_captioner
-from handler.requests import BadRequest, CaptionRequest, RequestLimits, parse_request
+from handler.requests import BadRequest, CaptionRequest, Failed, RequestLimits, parse_request
+from handler.streaming import WordStreamer, to_json
 from model.batch_captioning import DecodeSpec, decode_mixed
 from model.decoding import Caption
 from model.transforms import eval_transform
@@ -29,13 +27,6 @@ from model.transforms import eval_transform
 logger = logging.getLogger(__name__)
 
 SETTINGS_KEY = "captioner"  # section of model-config.yaml read by this handler
-
-
-@dataclass
-class Failed:
-    """A request refused before decoding, with the status to answer it with."""
-
-    error: BadRequest
 
 
 class CaptionHandler(BaseHandler):
@@ -100,7 +91,7 @@ class CaptionHandler(BaseHandler):
             DecodeSpec(requests[i].options.max_length, requests[i].options.beam_size, requests[i].options.n_best)
             for i in rows
         ]
-        streamer = _WordStreamer(self, rows, requests)
+        streamer = WordStreamer(self.context, self.vocab, self.describe, rows, requests)
         captions, steps = decode_mixed(
             self.model.decoder,
             embeddings,
@@ -136,12 +127,12 @@ class CaptionHandler(BaseHandler):
             if isinstance(result, Failed):
                 errors += 1
                 context.set_response_status(result.error.status, _reason(result.error.message), idx)
-                responses.append(_json({"error": result.error.message, "status": result.error.status}))
+                responses.append(to_json({"error": result.error.message, "status": result.error.status}))
                 continue
             body = self.describe(result, request)
             # Streamed requests already got their result as the last intermediate chunk;
             # the closing chunk is empty.
-            responses.append("" if request.options.stream else _json(body))
+            responses.append("" if request.options.stream else to_json(body))
         if errors:
             self._metric_counter("CaptionRequestErrors", errors)
         return responses
@@ -180,58 +171,6 @@ class CaptionHandler(BaseHandler):
         metrics = getattr(self.context, "metrics", None)
         if metrics is not None:
             metrics.add_counter(name, value, None, [])
-
-
-class _WordStreamer:
-    """Sends each streamed request its words as they are decoded, one JSON line per chunk.
-
-    Chunks are `{"index": i, "token": "word"}`; the last one is the full result
-    object, so every stream has at least one chunk (TorchServe's gRPC stream
-    needs one) and the client can check the words against the final caption.
-    """
-
-    def __init__(self, handler: CaptionHandler, rows: list[int], requests: list[CaptionRequest | Failed]) -> None:
-        self.handler = handler
-        self.requests = requests
-        self.stream_rows = {i for i in rows if requests[i].options.stream}
-        self.sent: dict[int, int] = {i: 0 for i in self.stream_rows}
-        self.done: set[int] = set()
-        self.active = bool(self.stream_rows)
-
-    def _send(self, idx: int, payload: dict[str, Any]) -> None:
-        context = self.handler.context
-        send_intermediate_predict_response(
-            {idx: _json(payload) + "\n"},
-            {idx: context.request_ids[idx]},
-            "Intermediate Prediction success",
-            200,
-            context,
-        )
-
-    def on_greedy_step(self, step: int, rows: list[int], tokens: torch.Tensor) -> None:
-        vocab = self.handler.vocab
-        for position, token in zip(rows, tokens.tolist()):
-            if position not in self.stream_rows or position in self.done:
-                continue
-            if token == vocab.end_id or step >= self.requests[position].options.max_length:
-                self.done.add(position)
-                continue
-            for word in vocab.decode([token]):  # nothing for <pad>/<start>, as in the final caption
-                self._send(position, {"index": self.sent[position], "token": word})
-                self.sent[position] += 1
-
-    def finish(self, captions_by_row: dict[int, Caption]) -> None:
-        """Send the words of streamed beam-search captions (known only at the end), then every final result."""
-        for idx in sorted(self.stream_rows):
-            caption, request = captions_by_row[idx], self.requests[idx]
-            words = self.handler.vocab.decode(caption.tokens)
-            for index in range(self.sent[idx], len(words)):
-                self._send(idx, {"index": index, "token": words[index]})
-            self._send(idx, self.handler.describe(caption, request))
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
 
 
 def _reason(message: str) -> str:

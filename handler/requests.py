@@ -66,6 +66,13 @@ class CaptionRequest:
     options: CaptionOptions
 
 
+@dataclass
+class Failed:
+    """A request refused before decoding, with the error to answer it with."""
+
+    error: BadRequest
+
+
 def _as_text(value: Any) -> str:
     if isinstance(value, (bytes, bytearray)):
         try:

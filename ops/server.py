@@ -93,10 +93,17 @@ class TorchServe:
         return env
 
     def _torchserve(self, *args: str) -> subprocess.CompletedProcess:
+        """Run the `torchserve` launcher; its output goes to `torchserve.out` in the working folder.
+
+        Not a pipe: the Java server inherits the launcher's stdout, and a pipe
+        would stay open for as long as the server runs.
+        """
         executable = Path(sys.executable).parent / "torchserve"
-        return subprocess.run(
-            [str(executable), *args], cwd=self.workdir, env=self._env(), capture_output=True, text=True, timeout=60
-        )
+        with open(self.workdir / "torchserve.out", "a") as log:
+            return subprocess.run(
+                [str(executable), *args], cwd=self.workdir, env=self._env(), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, timeout=60,
+            )
 
     @property
     def pid_file(self) -> Path:
@@ -120,7 +127,7 @@ class TorchServe:
             "--start", "--ts-config", str(config), "--model-store", str(self.model_store), "--ncs"
         )
         if result.returncode != 0:
-            raise RuntimeError(f"torchserve --start failed:\n{result.stdout}\n{result.stderr}")
+            raise RuntimeError(f"torchserve --start failed; see {self.workdir / 'torchserve.out'}")
         self.wait_until_ready(timeout)
         return self
 

@@ -1,0 +1,69 @@
+"""Shared fixtures: a real TorchServe started once per test session, in its own folders."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from client.rest import CaptionClient
+from ops.archive import build_archive
+from ops.server import TorchServe
+from tests.helpers import write_tiny_export
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def server_overrides() -> dict[str, str]:
+    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
+    return {
+        "inference_address": f"http://127.0.0.1:{inference}",
+        "management_address": f"http://127.0.0.1:{management}",
+        "metrics_address": f"http://127.0.0.1:{metrics}",
+        "grpc_inference_port": str(grpc_inference),
+        "grpc_management_port": str(grpc_management),
+    }
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory) -> Path:
+    """A model store holding `captioner.mar`, a tiny random model packed like `make mar` does."""
+    root = tmp_path_factory.mktemp("store")
+    export = write_tiny_export(root / "export", seed=1)
+    build_archive(export, root / "model_store", model_name="captioner", version="1.0", stage_root=root / "stage")
+    return root / "model_store"
+
+
+@pytest.fixture(scope="session")
+def torchserve(tmp_path_factory, model_store):
+    """TorchServe with the project's config.properties (tokens on), on free loopback ports."""
+    server = TorchServe(tmp_path_factory.mktemp("serve"), model_store, overrides=server_overrides())
+    server.start()
+    yield server
+    server.stop()
+    assert server.pid() is None
+
+
+@pytest.fixture(scope="session")
+def client(torchserve) -> CaptionClient:
+    return CaptionClient(torchserve.url("inference"), torchserve.url("management"), torchserve.tokens())
+
+
+@pytest.fixture(scope="session")
+def registered(client) -> CaptionClient:
+    """`captioner` registered through the management API with the management token."""
+    reply = client.register("captioner.mar", initial_workers=1)
+    assert "registered" in str(reply)
+    return client

@@ -1,0 +1,176 @@
+"""End to end against a real TorchServe: management API, REST, gRPC, streaming, batching, metrics."""
+
+from __future__ import annotations
+
+import base64
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from client.grpc_client import GrpcCaptionClient
+from client.rest import ServiceError
+from tests.helpers import shape_image_bytes
+
+JPEG, _ = shape_image_bytes(2)
+
+
+def _predictions_url(torchserve, model="captioner"):
+    return f"{torchserve.url('inference')}/predictions/{model}"
+
+
+# --- management API ---------------------------------------------------------------------------
+
+
+def test_management_calls_need_the_management_token(torchserve, registered):
+    url = f"{torchserve.url('management')}/models"
+    refused = requests.post(url, params={"url": "captioner.mar", "model_name": "intruder"}, timeout=30)
+    assert refused.status_code in (400, 401, 403), refused.text
+    wrong_key = torchserve.tokens().header("inference")  # a valid key, but for the other API
+    assert requests.get(url, headers=wrong_key, timeout=30).status_code in (400, 401, 403)
+    listed = registered.list_models()
+    assert [m["modelName"] for m in listed["models"]] == ["captioner"]
+
+
+def test_inference_needs_the_inference_token(torchserve, registered):
+    response = requests.post(_predictions_url(torchserve), data=JPEG, headers={"Content-Type": "image/jpeg"})
+    assert response.status_code in (400, 401, 403)
+
+
+def test_scale_up_and_down_shows_in_describe(registered):
+    registered.scale(2)
+    assert len(registered.describe()[0]["workers"]) == 2
+    registered.scale(1)
+    assert len(registered.describe()[0]["workers"]) == 1
+
+
+def test_register_and_unregister_a_second_model(registered):
+    registered.register("captioner.mar", model_name="scratch", initial_workers=1)
+    scratch = type(registered)(registered.inference_url, registered.management_url, registered.tokens, model="scratch")
+    assert scratch.describe()[0]["modelName"] == "scratch"
+    assert scratch.caption(JPEG)["model"] == "scratch"
+    scratch.unregister()
+    with pytest.raises(ServiceError) as error:
+        scratch.describe()
+    assert error.value.status == 404
+
+
+def test_remote_and_outside_store_urls_are_refused(registered, tmp_path):
+    outside = tmp_path / "elsewhere.mar"
+    outside.write_bytes(b"not really an archive")
+    for url in ("http://127.0.0.1:9/evil.mar", f"file://{outside}"):
+        with pytest.raises(ServiceError) as error:
+            registered.register(url, model_name="evil")
+        assert error.value.status in (400, 403, 404), error.value.body
+
+
+# --- REST inference --------------------------------------------------------------------------
+
+
+def test_rest_raw_bytes(torchserve, registered):
+    headers = {**torchserve.tokens().header("inference"), "Content-Type": "image/jpeg"}
+    response = requests.post(_predictions_url(torchserve), data=JPEG, headers=headers, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["method"] == "greedy" and body["model"] == "captioner" and body["version"] == "1.0"
+    assert len(body["tokens"]) == len(body["scores"])
+
+
+def test_rest_multipart_with_options(torchserve, registered):
+    response = requests.post(
+        _predictions_url(torchserve),
+        files={"data": ("scene.jpg", JPEG, "image/jpeg")},
+        data={"beam_size": "3", "max_length": "6"},
+        headers=torchserve.tokens().header("inference"),
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["method"] == "beam" and body["beam_size"] == 3 and len(body["tokens"]) <= 6
+
+
+def test_rest_base64_json(registered):
+    body = registered.caption(JPEG, beam_size=2, n_best=2)
+    assert body["method"] == "beam" and len(body["alternatives"]) == 1
+
+
+def test_rest_bad_image_gets_json_4xx(torchserve, registered):
+    headers = {**torchserve.tokens().header("inference"), "Content-Type": "image/jpeg"}
+    response = requests.post(_predictions_url(torchserve), data=b"\xff\xd8\xff garbage", headers=headers, timeout=60)
+    assert 400 <= response.status_code < 500
+    assert "error" in response.json()
+
+
+def test_http_streaming_sends_words_in_order(registered):
+    chunks = list(registered.caption_stream(JPEG))
+    result = chunks[-1]
+    words = [c["token"] for c in chunks[:-1]]
+    assert [c["index"] for c in chunks[:-1]] == list(range(len(words)))
+    assert words == result["tokens"] and " ".join(words) == result["caption"]
+
+
+def test_batch_with_one_corrupt_image_fails_alone(registered):
+    pids = registered.worker_pids()
+    corrupt = JPEG[: len(JPEG) // 2]
+    payloads = [JPEG] * 8
+    payloads[5] = corrupt
+
+    def send(image):
+        try:
+            return registered.caption(image)
+        except ServiceError as error:
+            return error
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(send, payloads))
+    errors = [r for r in results if isinstance(r, ServiceError)]
+    assert len(errors) == 1 and results[5] is errors[0] and 400 <= errors[0].status < 500
+    assert len({r["caption"] for r in results if isinstance(r, dict)}) == 1
+    assert registered.worker_pids() == pids, "no worker died"
+
+
+# --- gRPC ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grpc_client(torchserve, registered):
+    with GrpcCaptionClient(
+        torchserve.grpc_target("grpc_inference"), torchserve.grpc_target("grpc_management"), torchserve.tokens()
+    ) as client:
+        yield client
+
+
+def test_grpc_predictions(grpc_client, registered):
+    body = grpc_client.caption(JPEG, max_length=5)
+    assert body["caption"] == registered.caption(JPEG, max_length=5)["caption"]
+
+
+def test_grpc_stream_predictions_word_by_word(grpc_client, registered):
+    chunks = list(grpc_client.caption_stream(JPEG))
+    result = chunks[-1]
+    words = [c["token"] for c in chunks[:-1]]
+    assert words == result["tokens"]
+    pids = registered.worker_pids()
+    assert list(grpc_client.caption_stream(JPEG))[-1]["caption"] == result["caption"]
+    assert registered.worker_pids() == pids
+
+
+def test_grpc_bad_image_is_an_error(grpc_client):
+    with pytest.raises(ServiceError):
+        grpc_client.caption(b"definitely not an image")
+
+
+def test_grpc_management_describe(grpc_client, registered):
+    described = grpc_client.describe()
+    assert described[0]["modelName"] == "captioner"
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def test_prometheus_shows_request_counters_and_handler_metrics(torchserve, registered):
+    registered.caption(JPEG)
+    text = requests.get(f"{torchserve.url('metrics')}/metrics", timeout=30).text
+    assert "ts_inference_requests_total" in text
+    assert "CaptionDecodeSteps" in text
