@@ -46,11 +46,20 @@ class Captioner(nn.Module):
             owners: (N,) image row of each caption when images have several
                 captions; captions[n] describes images[owners[n]]. None means N == B.
         Returns:
-            (logits (N, V), mean loss over the N real tokens).
+            (logits (N_tokens, V), mean loss over the real tokens).
         """
+        return self.caption_loss(self.embed_images(images, features), captions, lengths, owners)
+
+    def embed_images(self, images: torch.Tensor | None, features: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, E) image embeddings from images, or from precomputed backbone features."""
         if features is None:
             features = self.encoder.backbone_features(images)
-        embeddings = self.encoder.project(features)  # (B, E)
+        return self.encoder.project(features)
+
+    def caption_loss(
+        self, embeddings: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, owners: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder logits and cross-entropy for captions of already-embedded images."""
         if owners is not None:
             embeddings = embeddings[owners]  # (N, E): the encoder ran once per image
         logits = self.decoder(embeddings, captions, lengths)

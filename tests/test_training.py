@@ -1,0 +1,125 @@
+"""Training, resume, export and the encoder-weights choice, on a tiny generated set."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from handler.model_loader import ExportError, load_exported_captioner
+from model.decoding import greedy_decode
+from training import train
+from training.checkpoints import load_checkpoint
+from training.encoder_weights import load_encoder_weights
+from training.export import export_checkpoint
+from training.shapes_dataset import generate
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("shapes"), train=24, val=8, seed=3, canvas=64)
+
+
+def train_args(dataset, output_dir, *extra):
+    return train.get_args_parser().parse_args(
+        [
+            "--annotations", str(dataset / "annotations" / "captions_train.json"),
+            "--val-annotations", str(dataset / "annotations" / "captions_val.json"),
+            "--images", str(dataset / "images"),
+            "--output-dir", str(output_dir),
+            "--encoder-weights", "none",
+            "--embed-size", "16", "--hidden-size", "32", "--image-size", "32",
+            "--batch-size", "8", "--min-word-count", "1", "--quiet",
+            *extra,
+        ]
+    )
+
+
+def test_training_lowers_the_loss(dataset, tmp_path):
+    train.main(train_args(dataset, tmp_path, "--epochs", "10", "--lr", "2e-2"))
+    history = json.loads((tmp_path / "history.json").read_text())
+    losses = history["train_loss"]
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+    assert (tmp_path / "loss_curve.png").stat().st_size > 1000
+
+
+def test_frozen_backbone_features_are_computed_once(dataset, tmp_path, monkeypatch):
+    calls = []
+    original = train.compute_backbone_features
+    monkeypatch.setattr(train, "compute_backbone_features", lambda *a, **k: calls.append(1) or original(*a, **k))
+    train.main(train_args(dataset, tmp_path, "--epochs", "2"))
+    assert len(calls) == 2, "once for the training images, once for the validation images, not per epoch"
+
+
+def test_resume_continues_from_the_checkpoint_epoch(dataset, tmp_path):
+    first = tmp_path / "first"
+    train.main(train_args(dataset, first, "--epochs", "1", "--train-backbone"))
+    assert load_checkpoint(first / "checkpoint.pt")["epoch"] == 0
+    resumed = tmp_path / "resumed"
+    train.main(train_args(dataset, resumed, "--epochs", "3", "--train-backbone", "--resume", str(first / "checkpoint.pt")))
+    checkpoint = load_checkpoint(resumed / "checkpoint.pt")
+    assert checkpoint["epoch"] == 2
+    assert len(checkpoint["history"]["val_loss"]) == 3, "epoch 1 from the first run, epochs 2-3 resumed"
+    first_weights = load_checkpoint(first / "checkpoint.pt")["model"]
+    changed = [k for k in first_weights if not torch.equal(first_weights[k], checkpoint["model"][k])]
+    assert changed, "training went on from the loaded weights"
+
+
+def test_export_rebuilds_an_identical_model(dataset, tmp_path):
+    train.main(train_args(dataset, tmp_path / "run", "--epochs", "1"))
+    export_dir = export_checkpoint(tmp_path / "run" / "checkpoint.pt", tmp_path / "export")
+    assert sorted(os.listdir(export_dir)) == ["config.json", "model.safetensors", "vocab.json"]
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    model, vocab = load_exported_captioner(export_dir)
+    from model.captioner import Captioner
+    from model.config import CaptionerConfig
+
+    original = Captioner(CaptionerConfig.from_dict(checkpoint["config"]))
+    original.load_state_dict(checkpoint["model"])
+    original.eval()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(original.encode(images), model.encode(images))
+    ids = dict(start_id=vocab.start_id, end_id=vocab.end_id, max_length=10)
+    a = greedy_decode(original.decoder, original.encode(images), **ids)
+    b = greedy_decode(model.decoder, model.encode(images), **ids)
+    assert [c.tokens for c in a.captions] == [c.tokens for c in b.captions]
+    assert set(load_file(str(export_dir / "model.safetensors"))) == set(checkpoint["model"])
+
+
+def test_a_weights_file_with_a_pickle_payload_is_refused(tmp_path):
+    from tests.helpers import write_tiny_export
+
+    export_dir = write_tiny_export(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"weights": Payload()}, export_dir / "model.safetensors")
+    with pytest.raises(ExportError, match="not a valid safetensors"):
+        load_exported_captioner(export_dir)
+    assert not marker.exists(), "the payload never ran"
+
+
+def test_incomplete_export_names_the_fix(tmp_path):
+    with pytest.raises(ExportError, match="make model"):
+        load_exported_captioner(tmp_path)
+
+
+def test_imagenet_weights_without_a_cache_fail_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="not in torchvision's cache") as error:
+        load_encoder_weights("imagenet")
+    assert "--encoder-weights" in str(error.value)
+
+
+def test_encoder_weights_from_a_path(tmp_path):
+    from torchvision.models import resnet34
+
+    path = tmp_path / "resnet34.pth"
+    torch.save(resnet34(weights=None).state_dict(), path)
+    weights = load_encoder_weights(str(path))
+    assert "layer4.2.bn2.weight" in weights
