@@ -71,8 +71,8 @@ def render_scene(objects: list[ShapeObject], rng: random.Random, canvas: int = 1
     draw = ImageDraw.Draw(image)
     column_width = canvas / len(COLUMNS)
     for obj in objects:
-        radius = canvas * (rng.uniform(0.085, 0.10) if obj.size == "small" else rng.uniform(0.14, 0.16))
-        center_x = (COLUMNS.index(obj.column) + 0.5) * column_width + rng.uniform(-0.02, 0.02) * canvas
+        radius = canvas * (rng.uniform(0.10, 0.11) if obj.size == "small" else rng.uniform(0.145, 0.16))
+        center_x = (COLUMNS.index(obj.column) + 0.5) * column_width + rng.uniform(-0.01, 0.01) * canvas
         center_y = rng.uniform(radius + canvas * 0.08, canvas - radius - canvas * 0.08)
         color = tuple(min(255, max(0, v + rng.randint(-15, 15))) for v in COLORS[obj.color])
         box = (center_x - radius, center_y - radius, center_x + radius, center_y + radius)
