@@ -21,7 +21,9 @@ from client.rest import CaptionClient, ServiceError
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m client", description="Caption images with the TorchServe service.")
+    parser = argparse.ArgumentParser(
+        prog="python -m client", description="Caption images with the TorchServe service.", allow_abbrev=False
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--inference-port", type=int, default=8080)
     parser.add_argument("--management-port", type=int, default=8081)

@@ -1,0 +1,46 @@
+"""The client CLI against a real TorchServe (REST and gRPC), as ops use it for smoke checks."""
+
+from client.__main__ import main
+from tests.helpers import shape_image_bytes
+
+
+def _cli(torchserve, *args):
+    inference_port = torchserve.url("inference").rsplit(":", 1)[1]
+    management_port = torchserve.url("management").rsplit(":", 1)[1]
+    return main(
+        [
+            "--inference-port", inference_port, "--management-port", management_port,
+            "--grpc-port", torchserve.properties["grpc_inference_port"],
+            "--grpc-management-port", torchserve.properties["grpc_management_port"],
+            "--key-file", str(torchserve.key_file),
+            *args,
+        ]
+    )
+
+
+def test_cli_captions_files_over_rest_and_grpc(torchserve, registered, tmp_path, capsys):
+    paths = []
+    for seed in range(3):
+        path = tmp_path / f"scene{seed}.jpg"
+        path.write_bytes(shape_image_bytes(seed)[0])
+        paths.append(str(path))
+    assert _cli(torchserve, "caption", *paths) == 0
+    rest = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in rest] == paths
+    assert _cli(torchserve, "caption", paths[0], "--grpc") == 0
+    assert capsys.readouterr().out.strip() == rest[0]
+    assert _cli(torchserve, "caption", paths[0], "--grpc", "--stream") == 0
+    streamed = capsys.readouterr().out.strip()
+    assert streamed.split(": ", 1)[1].strip() == rest[0].split(": ", 1)[1].strip()
+
+
+def test_cli_reports_a_refused_image(torchserve, registered, tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    assert _cli(torchserve, "caption", str(bad)) == 1
+    assert "ERROR" in capsys.readouterr().err
+
+
+def test_cli_describe(torchserve, registered, capsys):
+    assert _cli(torchserve, "describe") == 0
+    assert '"modelName": "captioner"' in capsys.readouterr().out
