@@ -18,7 +18,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler.model_loader import load_exported_captioner
-from handler.requests import BadRequest, CaptionRequest, Failed, RequestLimits, parse_request
+from handler.request_parsing import BadRequest, CaptionRequest, Failed, RequestLimits, parse_request
 from handler.streaming import WordStreamer, to_json
 from model.batch_captioning import DecodeSpec, decode_mixed
 from model.decoding import Caption

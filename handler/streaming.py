@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from ts.handler_utils.utils import send_intermediate_predict_response
 
-from handler.requests import CaptionRequest, Failed
+from handler.request_parsing import CaptionRequest, Failed
 from model.decoding import Caption
 from model.vocabulary import Vocabulary
 

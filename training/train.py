@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from model.captioner import Captioner
-from model.config import CaptionerConfig
+from model.config import IMAGENET_MEAN, IMAGENET_STD, CaptionerConfig
 from model.transforms import eval_transform, train_transform
 from model.vocabulary import SPECIAL_TOKENS, Vocabulary
 from training.checkpoints import load_checkpoint, save_checkpoint
@@ -271,15 +271,14 @@ def main(args: argparse.Namespace) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     checkpoint = load_checkpoint(args.resume) if args.resume else None
+    # Before any data is read, so a missing weights file fails at once.
+    weights = load_encoder_weights(args.encoder_weights) if checkpoint is None else None
     if checkpoint is not None:
         config = CaptionerConfig.from_dict(checkpoint["config"])
         vocab = Vocabulary.from_dict(checkpoint["vocab"])
         train_set, val_set, _ = build_datasets(args, vocab, config.image_size, config.mean, config.std)
     else:
-        config_defaults = CaptionerConfig(vocab_size=5)
-        train_set, val_set, vocab = build_datasets(
-            args, None, args.image_size, config_defaults.mean, config_defaults.std
-        )
+        train_set, val_set, vocab = build_datasets(args, None, args.image_size, IMAGENET_MEAN, IMAGENET_STD)
         config = CaptionerConfig(
             vocab_size=len(vocab),
             embed_size=args.embed_size,
@@ -290,11 +289,9 @@ def main(args: argparse.Namespace) -> Path:
             train_backbone=args.train_backbone,
         )
     model = Captioner(config)
-    if checkpoint is None:
-        weights = load_encoder_weights(args.encoder_weights)
-        if weights is not None:
-            model.encoder.load_backbone_state_dict(weights)
-    else:
+    if weights is not None:
+        model.encoder.load_backbone_state_dict(weights)
+    if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
     model.to(device)
 
