@@ -27,7 +27,7 @@ class EncoderCNN(nn.Module):
         resnet = resnet34(weights=None)
         self.backbone = nn.Sequential(*list(resnet.children())[:-1])  # drop fc, keep avgpool
         self.linear = nn.Linear(BACKBONE_FEATURES, embed_size)
-        self.bn = nn.BatchNorm1d(embed_size, momentum=0.01)
+        self.bn = nn.BatchNorm1d(embed_size)  # default momentum: short trainings need up-to-date statistics
         self.train_backbone = train_backbone
         self.backbone.requires_grad_(train_backbone)
 
