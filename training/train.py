@@ -122,9 +122,9 @@ class ConceptHead(nn.Module):
 
     A training-only auxiliary loss ("visual concepts" learned from captions, as
     in Fang et al., 2015). With a backbone trained from scratch, the caption loss
-    reaches the encoder only through the LSTM and it is slow to start; this
-    direct signal teaches the encoder colours and shapes within a few hundred
-    steps. It is not exported.
+    reaches the encoder only through the LSTM and is slow to start; this loss
+    gives the encoder a direct signal (see README, "Training", for what it
+    changed). It is not exported.
     """
 
     def __init__(self, embed_size: int, vocab_size: int) -> None:
@@ -254,8 +254,7 @@ def build_datasets(args: argparse.Namespace, vocab: Vocabulary | None, config_im
         vocab = Vocabulary.build(
             (ann["caption"] for i in train_ids for ann in coco.imgToAnns[i]), min_count=args.min_word_count
         )
-    augmenting = args.augment
-    train_tf = train_transform(image_size=config_image_size, mean=mean, std=std, augment=augmenting)
+    train_tf = train_transform(image_size=config_image_size, mean=mean, std=std, augment=args.augment)
     val_tf = eval_transform(image_size=config_image_size, mean=mean, std=std)
     train_set = CocoCaptions(coco, args.images, vocab, train_tf, train_ids)
     val_set = CocoCaptions(val_coco, args.val_images or args.images, vocab, val_tf, val_ids)
