@@ -179,8 +179,14 @@ def _from_json(document: Any, limits: RequestLimits) -> CaptionRequest:
     return CaptionRequest(decode_image(_base64_image(document["image"]), limits), options)
 
 
-def _looks_like_json(data: bytes) -> bool:
-    return data[:1] in (b"{", b"[")
+def _json_document(data: bytes) -> Any | None:
+    """The JSON in a bytes body (gRPC and untyped bodies carry JSON as bytes), or None for image bytes."""
+    if data[:1] not in (b"{", b"["):
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise BadRequest("body starts like JSON but is not valid JSON") from None
 
 
 def parse_request(row: Mapping[str, Any], limits: RequestLimits) -> CaptionRequest:
@@ -199,24 +205,16 @@ def parse_request(row: Mapping[str, Any], limits: RequestLimits) -> CaptionReque
     if len(image_fields) > 1:
         raise BadRequest(f"one image per request, got fields {image_fields}")
     value = row[image_fields[0]]
-    if isinstance(value, (dict, list)):
-        if any(name in row for name in OPTION_FIELDS):
-            raise BadRequest("put options inside the JSON body, not beside it")
-        return _from_json(value, limits)
     if isinstance(value, str):
         raise BadRequest(
             "got text where an image was expected: send image bytes with an image/* Content-Type, "
             'or JSON {"image": "<base64>"} with Content-Type application/json',
             status=415,
         )
-    data = bytes(value)
-    if _looks_like_json(data):  # gRPC and untyped bodies carry JSON as bytes
-        try:
-            document = json.loads(data)
-        except ValueError:
-            raise BadRequest("body starts like JSON but is not valid JSON") from None
-        if any(name in row for name in OPTION_FIELDS):
-            raise BadRequest("put options inside the JSON body, not beside it")
-        return _from_json(document, limits)
-    options = parse_options(row, limits)
-    return CaptionRequest(decode_image(data, limits), options)
+    document = value if isinstance(value, (dict, list)) else _json_document(bytes(value))
+    if document is None:
+        options = parse_options(row, limits)
+        return CaptionRequest(decode_image(bytes(value), limits), options)
+    if any(name in row for name in OPTION_FIELDS):
+        raise BadRequest("put options inside the JSON body, not beside it")
+    return _from_json(document, limits)
