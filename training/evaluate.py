@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from handler.model_loader import load_exported_captioner
 from model.captioner import Captioner
-from model.decoding import beam_search, greedy_decode
+from model.batch_captioning import DecodeSpec, decode_mixed
 from model.transforms import eval_transform
 from model.vocabulary import Vocabulary, tokenize
 from training.coco_data import CocoCaptions, load_coco
@@ -53,12 +53,11 @@ def caption_dataset(
         chunk = ids[start : start + batch_size]
         images = torch.stack([dataset.transform(dataset.load_image(i)) for i in chunk]).to(device)
         embeddings = model.encode(images)
-        options = dict(start_id=vocab.start_id, end_id=vocab.end_id, max_length=model.config.max_length)
-        if beam_size > 1:
-            output = beam_search(model.decoder, embeddings, beam_size=beam_size, **options)
-        else:
-            output = greedy_decode(model.decoder, embeddings, **options)
-        for image_id, caption in zip(chunk, output.captions):
+        specs = [DecodeSpec(model.config.max_length, beam_size)] * len(chunk)
+        captions, _ = decode_mixed(
+            model.decoder, embeddings, specs, start_id=vocab.start_id, end_id=vocab.end_id
+        )  # the same dispatch (greedy or beam) the handler uses
+        for image_id, caption in zip(chunk, captions):
             predictions[image_id] = vocab.decode(caption.tokens)
     return predictions
 
