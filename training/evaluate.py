@@ -62,6 +62,12 @@ def caption_dataset(
     return predictions
 
 
+def scenes_of(dataset: CocoCaptions) -> dict[int, list[dict]] | None:
+    """The generated set's scene per image, or None unless every image has one (real COCO has none)."""
+    scenes = {i: dataset.coco.imgs[i].get("objects") for i in dataset.image_ids}
+    return scenes if all(scenes.values()) else None
+
+
 def score_captions(
     predictions: dict[int, list[str]], references: dict[int, list[str]], scenes: dict[int, list[dict]] | None = None
 ) -> dict[str, Any]:
@@ -102,8 +108,7 @@ def evaluate_model(
     predictions = caption_dataset(
         model, vocab, dataset, device=device, batch_size=batch_size, beam_size=beam_size, quiet=quiet
     )
-    scenes = {i: coco.imgs[i]["objects"] for i in image_ids if "objects" in coco.imgs[i]}
-    metrics = score_captions(predictions, dataset.references(), scenes if len(scenes) == len(image_ids) else None)
+    metrics = score_captions(predictions, dataset.references(), scenes_of(dataset))
     metrics["decoding"] = "greedy" if beam_size == 1 else f"beam{beam_size}"
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     return metrics, predictions

@@ -209,11 +209,10 @@ def caption_metrics(
     model: Captioner, vocab: Vocabulary, val_set: CocoCaptions, device: torch.device, batch_size: int
 ) -> dict[str, Any]:
     """Greedy captions of the val images, scored as `training.evaluate` does."""
-    from training.evaluate import caption_dataset, score_captions
+    from training.evaluate import caption_dataset, scenes_of, score_captions
 
     predictions = caption_dataset(model, vocab, val_set, device=device, batch_size=batch_size, quiet=True)
-    scenes = {i: val_set.coco.imgs[i].get("objects") for i in val_set.image_ids}
-    return score_captions(predictions, val_set.references(), scenes if all(scenes.values()) else None)
+    return score_captions(predictions, val_set.references(), scenes_of(val_set))
 
 
 def plot_losses(history: dict[str, Any], path: Path) -> None:
