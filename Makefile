@@ -44,6 +44,7 @@ help:
 	@echo "make mar          pack $(STORE)/$(MODEL_NAME).mar"
 	@echo "make serve        start TorchServe on 127.0.0.1 and register the model"
 	@echo "make stop         stop TorchServe and wait until it has exited"
+	@echo "make demo         the demo page on http://127.0.0.1:$(DEMO_PORT) (after make serve)"
 	@echo "make register | scale WORKERS=n | describe | unregister   management API calls"
 
 install: $(INSTALLED) $(STUBS)
@@ -112,3 +113,12 @@ unregister: | $(INSTALLED)
 
 clean:
 	rm -rf build
+
+# The demo page (app/streamlit_app.py), a client of the server `make serve` started.
+DEMO_PORT ?= 8501
+
+.PHONY: demo
+demo: | $(INSTALLED)
+	CAPTION_KEY_FILE=$(SERVE_DIR)/key_file.json CAPTION_INFERENCE_URL=http://127.0.0.1:8080 \
+		CAPTION_MANAGEMENT_URL=http://127.0.0.1:8081 CAPTION_MODEL=$(MODEL_NAME) \
+		$(PY) -m streamlit run app/streamlit_app.py --server.address 127.0.0.1 --server.port $(DEMO_PORT)

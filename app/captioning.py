@@ -1,0 +1,132 @@
+"""What the demo page does besides drawing: settings, one timed caption request, readable failures.
+
+Kept apart from `streamlit_app.py` so the page stays a layout of widgets, and so the
+request goes through the project's own client (`client.rest.CaptionClient`, tokens
+from the server's key file) exactly as any other caller's would.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+
+from client.auth import TokenStore, key_file_from_env
+from client.rest import CaptionClient, ServiceError
+
+DEFAULT_INFERENCE_URL = "http://127.0.0.1:8080"
+DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:8081"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Where the page sends its requests; the defaults match `make serve`."""
+
+    inference_url: str = DEFAULT_INFERENCE_URL
+    management_url: str = DEFAULT_MANAGEMENT_URL
+    key_file: str = ""  # "" when the server runs without token authorization
+    model: str = "captioner"
+
+    @classmethod
+    def from_env(cls) -> "ServerSettings":
+        """CAPTION_INFERENCE_URL, CAPTION_MANAGEMENT_URL, CAPTION_KEY_FILE, CAPTION_MODEL (all optional)."""
+        key_file = key_file_from_env()
+        return cls(
+            inference_url=os.environ.get("CAPTION_INFERENCE_URL", DEFAULT_INFERENCE_URL),
+            management_url=os.environ.get("CAPTION_MANAGEMENT_URL", DEFAULT_MANAGEMENT_URL),
+            key_file=str(key_file) if key_file else "",
+            model=os.environ.get("CAPTION_MODEL", "captioner"),
+        )
+
+    def client(self) -> CaptionClient:
+        # Few retries: a person is waiting, and a server that is down should be reported quickly.
+        tokens = TokenStore(Path(self.key_file) if self.key_file.strip() else None, self.management_url)
+        return CaptionClient(self.inference_url, self.management_url, tokens, self.model, retries=1, timeout=30)
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """The request options the page offers; `beam_size` 1 means greedy decoding."""
+
+    beam_size: int = 1
+    max_length: int = 20
+
+    def request_options(self) -> dict[str, int]:
+        return {"beam_size": self.beam_size, "max_length": self.max_length}
+
+    def describe(self) -> str:
+        method = "greedy" if self.beam_size == 1 else f"beam {self.beam_size}"
+        return f"{method}, at most {self.max_length} words"
+
+
+@dataclass
+class CaptionOutcome:
+    """A caption and how long it took, measured on the page's side (request to last byte)."""
+
+    result: dict[str, Any]
+    seconds: float
+    first_word_seconds: float | None = None  # streamed requests only
+    words: list[str] = field(default_factory=list)
+
+    @property
+    def caption(self) -> str:
+        return self.result["caption"]
+
+
+def request_caption(
+    client: CaptionClient,
+    image: bytes,
+    options: DecodingOptions,
+    stream: bool,
+    on_word: Callable[[list[str]], None] | None = None,
+) -> CaptionOutcome:
+    """Caption `image`; with `stream`, call `on_word(words so far)` as each word arrives.
+
+    Raises what the client raises (`ServiceError`, `requests.RequestException`,
+    `FileNotFoundError` for a missing key file); `explain_failure` turns those into text.
+    """
+    start = time.perf_counter()
+    if not stream:
+        result = client.caption(image, **options.request_options())
+        return CaptionOutcome(result, time.perf_counter() - start, words=list(result.get("tokens", [])))
+    words: list[str] = []
+    first_word = None
+    result = None
+    for chunk in client.caption_stream(image, **options.request_options()):
+        if "token" in chunk:
+            first_word = first_word if first_word is not None else time.perf_counter() - start
+            words.append(chunk["token"])
+            if on_word:
+                on_word(words)
+        else:
+            result = chunk
+    if result is None or "caption" not in result:
+        raise ServiceError(502, {"error": f"the stream ended without a final result: {result!r}"})
+    return CaptionOutcome(result, time.perf_counter() - start, first_word, words)
+
+
+def explain_failure(error: Exception, settings: ServerSettings) -> str:
+    """One message a person can act on, for each way a request fails."""
+    if isinstance(error, ServiceError):
+        body = error.body
+        message = (body.get("error") or body.get("message")) if isinstance(body, dict) else body
+        if 400 <= error.status < 500:
+            return f"The server refused this image (HTTP {error.status}): {message}"
+        return f"The server failed to caption this image (HTTP {error.status}): {message}"
+    if isinstance(error, requests.ConnectionError):
+        return (
+            f"Cannot reach the captioning server at {settings.inference_url}. Start it with `make serve`, "
+            "or set its address in the sidebar."
+        )
+    if isinstance(error, requests.Timeout):
+        return f"The captioning server at {settings.inference_url} did not answer in time; try again."
+    if isinstance(error, FileNotFoundError):
+        return (
+            f"No key file at {settings.key_file}: start the server with `make serve`, or set the server's "
+            "key_file.json in the sidebar (leave it empty when token authorization is off)."
+        )
+    return f"The request failed: {error}"

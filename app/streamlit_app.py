@@ -1,0 +1,153 @@
+"""The demo page: upload an image (or take a photo) and read its caption from the running service.
+
+    make serve && make demo        # or: python -m streamlit run app/streamlit_app.py
+
+A client of TorchServe's REST API through `client.rest.CaptionClient`; no model is
+loaded here. Server address and key file come from CAPTION_INFERENCE_URL,
+CAPTION_MANAGEMENT_URL and CAPTION_KEY_FILE, and can be changed in the sidebar.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import sys
+import time
+from pathlib import Path
+
+# Streamlit runs this file as a script, with only its own folder on sys.path.
+ROOT = str(Path(__file__).resolve().parent.parent)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import streamlit as st  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+
+from app.captioning import DecodingOptions, ServerSettings, explain_failure, request_caption  # noqa: E402
+
+# The handler's limits (handler/model-config.yaml: max_length, max_beam_size).
+MOST_WORDS = 20
+LARGEST_BEAM = 8
+IMAGE_TYPES = ["jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp"]
+
+
+def sidebar() -> tuple[ServerSettings, DecodingOptions, bool]:
+    defaults = ServerSettings.from_env()
+    with st.sidebar:
+        st.header("Decoding")
+        method = st.radio("Method", ["greedy", "beam search"], horizontal=True, key="method")
+        beam_size = st.slider("Beam size", 2, LARGEST_BEAM, 3, key="beam_size", disabled=method == "greedy")
+        max_length = st.slider("Most words", 1, MOST_WORDS, MOST_WORDS, key="max_length")
+        stream = st.toggle("Show words as they are decoded", value=True, key="stream")
+        st.header("Server")
+        settings = ServerSettings(
+            inference_url=st.text_input("Inference URL", defaults.inference_url, key="inference_url").rstrip("/"),
+            management_url=st.text_input("Management URL", defaults.management_url, key="management_url").rstrip("/"),
+            key_file=st.text_input(
+                "Key file", defaults.key_file, key="key_file",
+                help="the server's key_file.json; leave empty when token authorization is off",
+            ),
+            model=defaults.model,
+        )
+    options = DecodingOptions(beam_size=1 if method == "greedy" else beam_size, max_length=max_length)
+    return settings, options, stream
+
+
+def picture_input():
+    """The uploaded file or the camera's photo (an UploadedFile), or None."""
+    if st.toggle("Take a photo with the camera", key="use_camera"):
+        return st.camera_input("Take a photo", key="camera")
+    return st.file_uploader("Upload an image", type=IMAGE_TYPES, key="upload")
+
+
+def thumbnail(image: bytes) -> str | None:
+    """A small JPEG data URL for the history table; None when the bytes are no image."""
+    try:
+        with Image.open(io.BytesIO(image)) as picture:
+            picture = picture.convert("RGB")
+            picture.thumbnail((64, 64))
+            buffer = io.BytesIO()
+            picture.save(buffer, format="JPEG", quality=80)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def caption(settings: ServerSettings, options: DecodingOptions, stream: bool, name: str, image: bytes) -> dict:
+    """Ask the server, showing words as they arrive; returns what to show (caption or error)."""
+    live = st.empty()
+    try:
+        outcome = request_caption(
+            settings.client(), image, options, stream,
+            on_word=lambda words: live.markdown(f"### {' '.join(words)} ▌"),
+        )
+    except Exception as error:  # every failure becomes a message on the page
+        live.empty()
+        return {"error": explain_failure(error, settings)}
+    live.empty()
+    timing = f"{outcome.seconds * 1000:.0f} ms"
+    if outcome.first_word_seconds is not None:
+        timing += f" (first word after {outcome.first_word_seconds * 1000:.0f} ms)"
+    entry = {
+        "time": time.strftime("%H:%M:%S"), "image": thumbnail(image), "file": name, "caption": outcome.caption,
+        "ms": round(outcome.seconds * 1000), "decoding": options.describe(),
+    }
+    st.session_state.history.insert(0, entry)
+    return {"caption": outcome.caption, "timing": timing, "decoding": options.describe(),
+            "ended": outcome.result.get("ended", True)}
+
+
+def show(answer: dict) -> None:
+    with st.container(key="answer"):
+        if "error" in answer:
+            st.error(answer["error"])
+            return
+        st.subheader(answer["caption"])
+        cut = "" if answer["ended"] else " · cut at the word limit"
+        st.caption(f"{answer['timing']} · {answer['decoding']}{cut}")
+
+
+def history() -> None:
+    st.subheader("History")
+    if not st.session_state.history:
+        st.caption("Captions of this session appear here.")
+        return
+    st.dataframe(
+        st.session_state.history, hide_index=True, width="stretch",
+        column_config={"image": st.column_config.ImageColumn("image"), "ms": st.column_config.NumberColumn("ms")},
+    )
+    if st.button("Clear history", key="clear_history"):
+        st.session_state.history = []
+        st.rerun()
+
+
+def main() -> None:
+    st.set_page_config(page_title="Image captioning", layout="wide")
+    st.session_state.setdefault("history", [])
+    settings, options, stream = sidebar()
+    st.title("Image captioning")
+    st.caption(f"ResNet-34 + LSTM, served by TorchServe at {settings.inference_url}")
+    picture = picture_input()
+    if picture is not None:
+        image = picture.getvalue()
+        preview, answer_column = st.columns([1, 2])
+        with preview:
+            if thumbnail(image) is None:
+                st.warning(f"{picture.name} cannot be shown as an image; the server is asked anyway.")
+            else:
+                st.image(image, caption=picture.name, width="stretch")
+        with answer_column:
+            # One request per (image, options, server): other reruns of the page show the last answer again.
+            request = (hashlib.sha256(image).hexdigest(), options, settings, stream)
+            answer_area = st.container()
+            again = st.button("Caption again", key="again")
+            with answer_area:
+                if again or st.session_state.get("request") != request:
+                    st.session_state.request = request
+                    st.session_state.answer = caption(settings, options, stream, picture.name, image)
+                show(st.session_state.answer)
+    history()
+
+
+main()
