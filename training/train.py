@@ -9,6 +9,9 @@ config, vocabulary, loss history; resume with `--resume`, which also restores
 the learning-rate schedule's position), `history.json` and
 `loss_curve.png`. With a frozen backbone and no augmentation, backbone features
 are computed once and reused every epoch.
+
+Under `torchrun` it trains data-parallel on several processes (see
+`training/distributed.py` and README "Scaling").
 """
 
 from __future__ import annotations
