@@ -165,7 +165,7 @@ def batch_loss(
     return loss
 
 
-class TrainingLoss(nn.Module):
+class TrainingLoss(torch.nn.Module):
     """The captioner and its concept head as one module whose `forward` is `batch_loss`.
 
     DistributedDataParallel averages the gradients of the parameters used in
@@ -199,7 +199,7 @@ def train_one_epoch(
     quiet: bool = False,
     concept_head: ConceptHead | None = None,
     concept_weight: float = 0.0,
-    training_loss: nn.Module | None = None,
+    training_loss: torch.nn.Module | None = None,
 ) -> list[float]:
     """One pass over `loader`; returns the loss of every step.
 
