@@ -34,11 +34,7 @@ class CaptionHandler(BaseHandler):
 
     def initialize(self, context) -> None:
         properties = context.system_properties
-        gpu_id = properties.get("gpu_id")
-        if torch.cuda.is_available() and gpu_id is not None:
-            self.device = torch.device(f"cuda:{gpu_id}")
-        else:
-            self.device = torch.device("cpu")
+        self.device = worker_device(properties)
         settings = (context.model_yaml_config or {}).get(SETTINGS_KEY, {}) or {}
         threads = settings.get("torch_threads")
         if threads and self.device.type == "cpu":
@@ -173,6 +169,19 @@ class CaptionHandler(BaseHandler):
         metrics = getattr(self.context, "metrics", None)
         if metrics is not None:
             metrics.add_counter(name, value, None, [])
+
+
+def worker_device(system_properties: dict[str, Any]) -> torch.device:
+    """The device TorchServe gave this worker: `cuda:<gpu_id>` when it assigned a GPU, else the CPU.
+
+    TorchServe hands each worker a `gpu_id`, going round the GPUs in turn (all it sees,
+    at most `number_of_gpu`, or the model's `deviceIds`), and none on a CPU-only host or
+    with `deviceType: cpu`. README "Scaling" says how workers spread over GPUs.
+    """
+    gpu_id = system_properties.get("gpu_id")
+    if gpu_id is not None and torch.cuda.is_available():
+        return torch.device("cuda", int(gpu_id))
+    return torch.device("cpu")
 
 
 def _reason(message: str) -> str:

