@@ -30,7 +30,7 @@ VAL_IMAGES ?= 300
 EPOCHS ?= 9
 IMAGE_SIZE ?= 64
 TRAIN_ARGS ?= --encoder-weights none --train-backbone --image-size $(IMAGE_SIZE) --epochs $(EPOCHS) \
-	--batch-size 32 --lr 5e-3 --backbone-lr 1.5e-3 --concept-weight 0.2 --eval-captions
+	--batch-size 32 --lr 5e-3 --backbone-lr 1.5e-3 --concept-weight 4.0 --eval-captions
 
 CLIENT := $(PY) -m client --key-file $(SERVE_DIR)/key_file.json --model $(MODEL_NAME)
 

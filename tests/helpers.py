@@ -18,7 +18,7 @@ from training.shapes_dataset import describe, random_scene, render_scene
 
 SHAPE_WORDS = (
     "a small large red green blue yellow purple circle square triangle and , there is picture of "
-    "on plain background left right in the middle image two three shapes"
+    "on plain background from left to right in the middle image"
 ).split()
 
 

@@ -3,10 +3,9 @@
 COCO and ImageNet weights cannot be downloaded everywhere, so the project makes
 its own data. Each image holds 1-3 shapes, each with a colour, a shape, a size
 and a column (left, middle, right). Every image gets five different captions
-(varied wording, as COCO's five annotators give), all true, naming large objects
-before small ones (see `naming_order`); a lone object's column is named too.
-The scene itself is stored on the image record (`objects`), so evaluation can
-check that a predicted caption names each colour and shape.
+(varied wording, as COCO's five annotators give), all true, with objects named
+left to right. The scene itself is stored on the image record (`objects`), so
+evaluation can check that a predicted caption names each colour and shape.
 
 Files are written in real COCO caption format and read back through the same
 pycocotools path as COCO itself:
@@ -94,42 +93,28 @@ def _phrase(obj: ShapeObject) -> str:
     return f"a {obj.size} {obj.color} {obj.shape}"
 
 
-def naming_order(objects: list[ShapeObject]) -> list[ShapeObject]:
-    """The order captions name objects in: large before small, then by colour, then by shape.
-
-    Like a person listing what stands out, not a scan from left to right: a
-    caption is then a description of the set of objects, which a pooled image
-    embedding can hold, and does not ask the decoder where each object is.
-    """
-    colours = list(COLORS)
-    return sorted(objects, key=lambda o: (-SIZES.index(o.size), colours.index(o.color), SHAPES.index(o.shape)))
-
-
 def _listing(objects: list[ShapeObject]) -> str:
-    phrases = [_phrase(o) for o in naming_order(objects)]
+    phrases = [_phrase(o) for o in objects]
     if len(phrases) == 1:
         return phrases[0]
     return " , ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-COUNT_WORDS = {2: "two", 3: "three"}
-
-
 def describe(objects: list[ShapeObject]) -> list[str]:
-    """Five true captions with different wording, objects named in `naming_order`."""
+    """Five true captions with different wording, objects named left to right."""
     listing = _listing(objects)
     if len(objects) == 1:
         column = objects[0].column
         where = "in the middle of the image" if column == "middle" else f"on the {column} of the image"
-        fifth = f"{listing} {where}"
+        placed = f"{listing} {where}"
     else:
-        fifth = f"{COUNT_WORDS[len(objects)]} shapes , {listing}"
+        placed = f"{listing} from left to right"
     return [
         listing,
         f"there is {listing}",
         f"a picture of {listing}",
         f"{listing} on a plain background",
-        fifth,
+        placed,
     ]
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -38,7 +40,6 @@ from model.vocabulary import SPECIAL_TOKENS, Vocabulary
 from training import distributed
 from training.checkpoints import load_checkpoint, save_checkpoint
 from training.coco_data import CaptionBatch, CocoCaptions, collate_captions, load_coco, split_image_ids
-from training.concepts import ConceptHead, ConceptVocabulary
 from training.encoder_weights import load_encoder_weights
 
 
@@ -67,8 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     optim.add_argument("--weight-decay", type=float, default=1e-4)
     optim.add_argument(
         "--concept-weight", type=float, default=0.0,
-        help="weight of the auxiliary loss predicting caption words and phrases from the image embedding "
-        "(training.concepts; helps a backbone trained from scratch)",
+        help="weight of the auxiliary caption-word prediction loss on the image embedding (helps from scratch)",
     )
     optim.add_argument("--augment", action="store_true", help="random shifts/scales (disables feature cache)")
     optim.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps")
@@ -119,6 +119,30 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+class ConceptHead(nn.Module):
+    """Predicts, from the image embedding alone, which words the image's captions use.
+
+    A training-only auxiliary loss ("visual concepts" learned from captions, as
+    in Fang et al., 2015). With a backbone trained from scratch, the caption loss
+    reaches the encoder only through the LSTM and is slow to start; this loss
+    gives the encoder a direct signal (see README, "Training", for what it
+    changed). It is not exported.
+    """
+
+    def __init__(self, embed_size: int, vocab_size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(embed_size, vocab_size)
+
+    def loss(self, embeddings: torch.Tensor, batch: CaptionBatch, first_word_id: int) -> torch.Tensor:
+        captions = batch.captions
+        targets = torch.zeros(len(embeddings), self.linear.out_features, device=captions.device)  # (B, V)
+        real = torch.arange(captions.shape[1], device=captions.device) < batch.lengths.to(captions.device)[:, None]
+        rows = batch.owners[:, None].expand_as(captions)[real]  # image of each real token
+        targets[rows, captions[real]] = 1.0
+        logits = self.linear(embeddings)[:, first_word_id:]  # special tokens carry no concept
+        return F.binary_cross_entropy_with_logits(logits, targets[:, first_word_id:])
 
 
 def batch_loss(
@@ -323,17 +347,7 @@ def main(args: argparse.Namespace) -> Path:
     )
     val_loader = DataLoader(val_data, batch_size=args.batch_size, collate_fn=collate, num_workers=0)
 
-    concept_head = None
-    if args.concept_weight > 0:
-        if checkpoint is not None and "concepts" in checkpoint:
-            concepts = ConceptVocabulary.from_dict(checkpoint["concepts"])
-        else:
-            concepts = ConceptVocabulary.build(
-                [t for t in vocab.encode(ann["caption"]) if t >= len(SPECIAL_TOKENS)]
-                for i in train_set.image_ids
-                for ann in train_set.coco.imgToAnns[i]
-            )
-        concept_head = ConceptHead(config.embed_size, concepts).to(device)
+    concept_head = ConceptHead(config.embed_size, config.vocab_size).to(device) if args.concept_weight > 0 else None
     backbone = [p for p in model.encoder.backbone.parameters() if p.requires_grad]
     others = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.backbone.")]
     if concept_head is not None:
@@ -398,11 +412,7 @@ def main(args: argparse.Namespace) -> Path:
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                **(
-                    {"concept_head": concept_head.state_dict(), "concepts": concept_head.concepts.to_dict()}
-                    if concept_head is not None
-                    else {}
-                ),
+                **({"concept_head": concept_head.state_dict()} if concept_head is not None else {}),
                 "epoch": epoch,
                 "args": {k: v for k, v in vars(args).items()},
                 "config": config.to_dict(),
