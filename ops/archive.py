@@ -48,8 +48,13 @@ def build_archive(
     version: str = "1.0",
     config_file: Path | str = MODEL_CONFIG,
     stage_root: Path | str | None = None,
+    requirements_file: Path | str | None = None,
 ) -> Path:
-    """Stage and archive; returns the path of `<out_dir>/<model_name>.mar` (overwritten if present)."""
+    """Stage and archive; returns the path of `<out_dir>/<model_name>.mar` (overwritten if present).
+
+    `requirements_file` is packed for TorchServe's per-model `pip install`, which this
+    project's config.properties turns off (the tests use it to show that it stays off).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stage_dir = stage(Path(export_dir), Path(stage_root or out_dir.parent / "mar_stage") / f"{model_name}-{version}")
@@ -63,6 +68,8 @@ def build_archive(
         "--export-path", str(out_dir),
         "--force",
     ]
+    if requirements_file is not None:
+        command += ["--requirements-file", str(requirements_file)]
     subprocess.run(command, check=True)
     return out_dir / f"{model_name}.mar"
 
