@@ -112,3 +112,9 @@ unregister: | $(INSTALLED)
 
 clean:
 	rm -rf build
+
+# Bounded load test: its own TorchServe, good and bad requests, figures printed (SECURITY.md).
+SOAK_ARGS ?= --requests 2000 --concurrency 16 --bad-fraction 0.05
+.PHONY: soak
+soak: install
+	$(PY) -m ops.soak --export-dir $(EXPORT) $(SOAK_ARGS)

@@ -171,7 +171,8 @@ def short_lived_keys(tmp_path_factory):
     """A model-less TorchServe whose keys expire after 6 seconds."""
     root = tmp_path_factory.mktemp("short-keys")
     (root / "store").mkdir()
-    server = TorchServe(root / "serve", root / "store", overrides={**free_port_overrides(), "token_expiration_min": "0.1"})
+    overrides = {**free_port_overrides(), "token_expiration_min": "0.1"}
+    server = TorchServe(root / "serve", root / "store", overrides=overrides)
     server.start()
     yield server
     server.stop()
@@ -235,7 +236,8 @@ def test_models_from_urls_or_outside_the_store_are_refused(registered, model_sto
             assert 400 <= error.status < 500, (url, error.body)
         else:
             accepted.append(url)
-            CaptionClient(registered.inference_url, registered.management_url, registered.tokens, model="evil").unregister()
+            evil = CaptionClient(registered.inference_url, registered.management_url, registered.tokens, model="evil")
+            evil.unregister()
     assert accepted == []
     assert [m["modelName"] for m in registered.list_models()["models"]] == ["captioner"]
 
