@@ -122,3 +122,9 @@ demo: | $(INSTALLED)
 	CAPTION_KEY_FILE=$(SERVE_DIR)/key_file.json CAPTION_INFERENCE_URL=http://127.0.0.1:8080 \
 		CAPTION_MANAGEMENT_URL=http://127.0.0.1:8081 CAPTION_MODEL=$(MODEL_NAME) \
 		$(PY) -m streamlit run app/streamlit_app.py --server.address 127.0.0.1 --server.port $(DEMO_PORT)
+
+# Bounded load test: its own TorchServe, good and bad requests, figures printed (SECURITY.md).
+SOAK_ARGS ?= --requests 2000 --concurrency 16 --bad-fraction 0.05
+.PHONY: soak
+soak: install
+	$(PY) -m ops.soak --export-dir $(EXPORT) $(SOAK_ARGS)

@@ -1,14 +1,19 @@
 """REST client: caption images (plain or streamed) and call the management API.
 
-Inference is idempotent, so failed attempts caused by the server (connection
-refused or reset, 502/503/504 while a worker restarts) are retried with
-exponential backoff. Client errors (4xx) are never retried.
+Inference is idempotent, so failed attempts caused by the server are retried
+with exponential backoff: connection refused or reset, 502/503/504, and the
+requests a worker had in hand when it died (TorchServe answers those with the
+message "Worker died.", status 507 after a SIGKILL; it restarts the worker and
+queues new requests until it is back). The handler's own 4xx answers are
+never retried. A request that itself kills every worker it reaches is sent at
+most `retries + 1` times.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -17,7 +22,26 @@ import requests
 
 from client.auth import TokenStore
 
-RETRY_STATUSES = {502, 503, 504}
+
+def _parse(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+RETRY_STATUSES = {502, 503, 504, 507}
+WORKER_DIED = "Worker died."  # TorchServe's message for the requests of a worker that exited
+
+
+def should_retry(response: requests.Response) -> bool:
+    """Whether a failed inference attempt is the server's fault and worth sending again."""
+    if response.status_code in RETRY_STATUSES:
+        return True
+    if response.status_code < 400:
+        return False
+    body = _parse(response)
+    return isinstance(body, dict) and body.get("message") == WORKER_DIED
 
 
 class ServiceError(RuntimeError):
@@ -28,13 +52,6 @@ class ServiceError(RuntimeError):
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.body = body
-
-
-def _parse(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return response.text
 
 
 @dataclass
@@ -63,6 +80,8 @@ class CaptionClient:
         self.session = requests.Session()
         if self.tokens is None:
             self.tokens = TokenStore(None)
+        self.retried = 0  # attempts sent again, over this client's life (read by ops.soak)
+        self._retried_lock = threading.Lock()
 
     # --- inference --------------------------------------------------------------------------
 
@@ -70,17 +89,24 @@ class CaptionClient:
         url = f"{self.inference_url}/predictions/{self.model}"
         return f"{url}/{self.version}" if self.version else url
 
-    def _post_with_retries(self, extra_headers: dict[str, str] | None = None, **kwargs) -> requests.Response:
+    def post(self, extra_headers: dict[str, str] | None = None, **kwargs) -> requests.Response:
+        """POST one predictions request (`data=`, `json=` or `files=` as for `requests`), retrying as above.
+
+        Returns the last response, whatever its status; raises only when the
+        server could not be reached on any attempt.
+        """
         delay = self.backoff
         for attempt in range(self.retries + 1):
             try:
                 headers = {**self.tokens.header("inference"), **(extra_headers or {})}
                 response = self.session.post(self._predictions_url(), headers=headers, timeout=self.timeout, **kwargs)
-                if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+                if attempt == self.retries or not should_retry(response):
                     return response
             except (requests.ConnectionError, requests.Timeout):
                 if attempt == self.retries:
                     raise
+            with self._retried_lock:
+                self.retried += 1
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")
@@ -92,9 +118,9 @@ class CaptionClient:
         """
         if options:
             body = {"image": base64.b64encode(image).decode("ascii"), **options}
-            response = self._post_with_retries(json=body)
+            response = self.post(json=body)
         else:
-            response = self._post_with_retries(data=image, extra_headers={"Content-Type": "application/octet-stream"})
+            response = self.post(data=image, extra_headers={"Content-Type": "application/octet-stream"})
         if response.status_code != 200:
             raise ServiceError(response.status_code, _parse(response))
         return response.json()

@@ -64,13 +64,25 @@ class CaptionHandler(BaseHandler):
     # --- the three stages -------------------------------------------------------------------
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[CaptionRequest | Failed]:
-        """Parse every request; a bad one becomes `Failed` instead of raising."""
+        """Parse every request and make its model input; a bad one becomes `Failed` instead of raising.
+
+        Each image is turned into its small model input at once, so a batch of
+        large photos never holds all of its decoded pixels at the same time.
+        """
         parsed: list[CaptionRequest | Failed] = []
-        for row in data:
+        for idx, row in enumerate(data):
             try:
-                parsed.append(parse_request(row, self.limits))
+                request = parse_request(row, self.limits)
+                request.pixels = self.transform(request.image)  # (3, S, S)
+                request.image = None
+                parsed.append(request)
             except BadRequest as error:
                 parsed.append(Failed(error))
+            except MemoryError:
+                parsed.append(Failed(BadRequest("request too large to process", status=413)))
+            except Exception as error:  # noqa: BLE001 - one odd request must not fail its whole batch
+                logger.exception("request %d of the batch could not be read", idx)
+                parsed.append(Failed(BadRequest(f"request could not be read: {type(error).__name__}: {error}")))
         return parsed
 
     @torch.inference_mode()
@@ -80,7 +92,7 @@ class CaptionHandler(BaseHandler):
         results: list[Caption | Failed] = list(requests)  # Failed entries pass through
         if not rows:
             return results
-        images = torch.stack([self.transform(requests[i].image) for i in rows]).to(self.device)
+        images = torch.stack([requests[i].pixels for i in rows]).to(self.device)  # (B, 3, S, S)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         started = time.perf_counter()

@@ -18,6 +18,7 @@ import base64
 import binascii
 import io
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -28,6 +29,13 @@ from model.transforms import to_rgb
 
 IMAGE_FIELDS = ("data", "image", "file", "body")
 OPTION_FIELDS = ("max_length", "beam_size", "n_best", "stream")
+# The only decoders untrusted bytes reach. Pillow can open many more formats, and some
+# are risky: EPS hands the file to Ghostscript, rarely used decoders see little fuzzing.
+# "JPEG" includes the multi-picture JPEGs (MPO) many cameras write.
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
+Image.init()  # register every plugin now: `Image.open(formats=...)` looks the names up
+
+logger = logging.getLogger(__name__)
 
 
 class BadRequest(ValueError):
@@ -62,8 +70,9 @@ class CaptionOptions:
 
 @dataclass
 class CaptionRequest:
-    image: Image.Image  # upright 8-bit RGB
+    image: Image.Image | None  # upright 8-bit RGB; the handler drops it once `pixels` is made
     options: CaptionOptions
+    pixels: Any = None  # the model input (3, S, S), made by the handler's preprocess
 
 
 @dataclass
@@ -125,13 +134,17 @@ def parse_options(fields: Mapping[str, Any], limits: RequestLimits) -> CaptionOp
 
 
 def decode_image(data: bytes, limits: RequestLimits) -> Image.Image:
-    """Bytes -> upright RGB PIL image, refusing what cannot or should not be decoded."""
+    """Bytes -> upright RGB PIL image, refusing what cannot or should not be decoded.
+
+    The size check comes before any pixel is decoded, so a decompression bomb
+    (a small file declaring enormous dimensions) costs nothing but its header.
+    """
     if not data:
         raise BadRequest("empty image: send the image file's bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
             width, height = image.size
             if width < 1 or height < 1:
                 raise BadRequest(f"image has no pixels ({width}x{height})")
@@ -148,12 +161,17 @@ def decode_image(data: bytes, limits: RequestLimits) -> Image.Image:
         raise BadRequest(f"image refused as a decompression bomb: {error}", status=413) from error
     except UnidentifiedImageError:
         raise BadRequest(
-            f"body is not an image PIL can read ({len(data)} bytes starting {bytes(data[:8])!r}); "
-            "send JPEG, PNG, GIF, BMP, TIFF or WebP bytes",
+            f"body is not an image this service reads ({len(data)} bytes starting {bytes(data[:8])!r}): "
+            "unknown or corrupt header; send JPEG, PNG, GIF, BMP, TIFF or WebP bytes",
             status=415,
         ) from None
+    except MemoryError:
+        raise BadRequest("image is too large to decode", status=413) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise BadRequest(f"image could not be decoded (truncated or corrupt?): {error}") from error
+    except Exception as error:  # noqa: BLE001 - decoders fed crafted bytes raise all kinds of errors
+        logger.warning("image decoder raised an unexpected error", exc_info=True)
+        raise BadRequest(f"image could not be decoded: {type(error).__name__}: {error}") from error
 
 
 def _base64_image(value: Any) -> bytes:
@@ -187,6 +205,8 @@ def _json_document(data: bytes) -> Any | None:
         return json.loads(data)
     except ValueError:
         raise BadRequest("body starts like JSON but is not valid JSON") from None
+    except RecursionError:  # e.g. 100,000 nested brackets
+        raise BadRequest("JSON body is nested too deeply") from None
 
 
 def parse_request(row: Mapping[str, Any], limits: RequestLimits) -> CaptionRequest:

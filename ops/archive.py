@@ -49,8 +49,13 @@ def build_archive(
     version: str = "1.0",
     config_file: Path | str = MODEL_CONFIG,
     stage_root: Path | str | None = None,
+    requirements_file: Path | str | None = None,
 ) -> Path:
-    """Stage and archive; returns the path of `<out_dir>/<model_name>.mar` (overwritten if present)."""
+    """Stage and archive; returns the path of `<out_dir>/<model_name>.mar` (overwritten if present).
+
+    `requirements_file` is packed for TorchServe's per-model `pip install`, which this
+    project's config.properties turns off (the tests use it to show that it stays off).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stage_dir = stage(Path(export_dir), Path(stage_root or out_dir.parent / "mar_stage") / f"{model_name}-{version}")
@@ -64,6 +69,8 @@ def build_archive(
         "--export-path", str(out_dir),
         "--force",
     ]
+    if requirements_file is not None:
+        command += ["--requirements-file", str(requirements_file)]
     # The archiver copies files into $TMPDIR/<model_name> before zipping: a private TMPDIR
     # keeps two builds of the same model name (parallel test runs, CI) from mixing files.
     private_tmp = stage_dir.parent / f"tmp-{model_name}-{version}"

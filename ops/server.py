@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,21 @@ PORT_KEYS = {
     "grpc_inference": ("grpc_inference_port", "{}"),
     "grpc_management": ("grpc_management_port", "{}"),
 }
+
+
+def free_port_overrides() -> dict[str, str]:
+    """Properties putting every endpoint on a free loopback port, for a server beside others (tests, soak)."""
+    sockets = []
+    try:
+        for _ in PORT_KEYS:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        ports = [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+    return {key: template.format(port) for (key, template), port in zip(PORT_KEYS.values(), ports)}
 
 
 def read_properties(path: Path) -> dict[str, str]:
