@@ -9,7 +9,7 @@ import pytest
 
 from client.rest import CaptionClient
 from ops.archive import build_archive
-from ops.server import TorchServe
+from ops.server import TorchServe, free_port_overrides
 from tests.helpers import write_tiny_export
 
 
@@ -26,17 +26,6 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def server_overrides() -> dict[str, str]:
-    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
-    return {
-        "inference_address": f"http://127.0.0.1:{inference}",
-        "management_address": f"http://127.0.0.1:{management}",
-        "metrics_address": f"http://127.0.0.1:{metrics}",
-        "grpc_inference_port": str(grpc_inference),
-        "grpc_management_port": str(grpc_management),
-    }
-
-
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> Path:
     """A model store holding `captioner.mar`, a tiny random model packed like `make mar` does."""
@@ -49,7 +38,7 @@ def model_store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def torchserve(tmp_path_factory, model_store):
     """TorchServe with the project's config.properties (tokens on), on free loopback ports."""
-    server = TorchServe(tmp_path_factory.mktemp("serve"), model_store, overrides=server_overrides())
+    server = TorchServe(tmp_path_factory.mktemp("serve"), model_store, overrides=free_port_overrides())
     server.start()
     yield server
     server.stop()
