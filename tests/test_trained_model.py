@@ -21,7 +21,7 @@ from training.shapes_dataset import generate, names_every_object, random_scene, 
 HELD_OUT = 60
 TRAIN_ARGS = [
     "--encoder-weights", "none", "--train-backbone", "--image-size", "64",
-    "--epochs", "5", "--batch-size", "32", "--lr", "5e-3", "--backbone-lr", "1.5e-3",
+    "--epochs", "8", "--batch-size", "16", "--lr", "5e-3", "--backbone-lr", "1.5e-3",
     "--concept-weight", "4.0", "--quiet",
 ]
 
