@@ -112,3 +112,15 @@ unregister: | $(INSTALLED)
 
 clean:
 	rm -rf build
+
+# Benchmarks (bench/): seed-style pipeline vs the handler in process vs TorchServe, in one run.
+.PHONY: bench bench-quick bench-gpu
+bench: install
+	$(PY) -m bench
+
+bench-quick: install
+	$(PY) -m bench --quick
+
+bench-gpu: install
+	$(PY) -m bench --device cuda --out-json build/bench/gpu/results.json --out-md build/bench/gpu/BENCHMARKS.md \
+		--out-plot build/bench/gpu/bench.png

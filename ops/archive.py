@@ -48,8 +48,13 @@ def build_archive(
     version: str = "1.0",
     config_file: Path | str = MODEL_CONFIG,
     stage_root: Path | str | None = None,
+    archive_format: str = "default",
 ) -> Path:
-    """Stage and archive; returns the path of `<out_dir>/<model_name>.mar` (overwritten if present)."""
+    """Stage and archive; returns the path of `<out_dir>/<model_name>.mar` (overwritten if present).
+
+    `archive_format="no-archive"` writes the folder `<out_dir>/<model_name>/` instead of a zip:
+    TorchServe registers it by name without unpacking, and it is quick to write.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stage_dir = stage(Path(export_dir), Path(stage_root or out_dir.parent / "mar_stage") / f"{model_name}-{version}")
@@ -61,10 +66,11 @@ def build_archive(
         "--extra-files", str(stage_dir),
         "--config-file", str(config_file),
         "--export-path", str(out_dir),
+        "--archive-format", archive_format,
         "--force",
     ]
     subprocess.run(command, check=True)
-    return out_dir / f"{model_name}.mar"
+    return out_dir / (model_name if archive_format == "no-archive" else f"{model_name}.mar")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,32 @@ PORT_KEYS = {
     "grpc_inference": ("grpc_inference_port", "{}"),
     "grpc_management": ("grpc_management_port", "{}"),
 }
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that were free a moment ago."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def free_port_overrides() -> dict[str, str]:
+    """Properties that move every endpoint of a server to free loopback ports (tests, benchmarks)."""
+    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
+    return {
+        "inference_address": f"http://127.0.0.1:{inference}",
+        "management_address": f"http://127.0.0.1:{management}",
+        "metrics_address": f"http://127.0.0.1:{metrics}",
+        "grpc_inference_port": str(grpc_inference),
+        "grpc_management_port": str(grpc_management),
+    }
 
 
 def read_properties(path: Path) -> dict[str, str]:

@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from client.rest import CaptionClient
 from ops.archive import build_archive
-from ops.server import TorchServe
+from ops.server import TorchServe, free_port_overrides
 from tests.helpers import write_tiny_export
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def server_overrides() -> dict[str, str]:
-    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
-    return {
-        "inference_address": f"http://127.0.0.1:{inference}",
-        "management_address": f"http://127.0.0.1:{management}",
-        "metrics_address": f"http://127.0.0.1:{metrics}",
-        "grpc_inference_port": str(grpc_inference),
-        "grpc_management_port": str(grpc_management),
-    }
+    return free_port_overrides()
 
 
 @pytest.fixture(scope="session")
