@@ -1,9 +1,9 @@
 """The seed-style pipeline: what a simple Flask app built around yunjey's `sample.py` does per request.
 
 One image at a time: PIL decode, Lanczos resize to the model's input size,
-ToTensor + Normalize, the encoder at batch 1, then a Python loop that runs
-every one of the `max_length` decoding steps and pulls each chosen word to the
-host with `.item()`. It runs under `torch.no_grad()` (the seed-style code is
+ToTensor + Normalize, the encoder at batch 1, then a Python loop that calls the
+LSTM module once per word, runs every one of the `max_length` steps and pulls
+each chosen word to the host with `.item()`. It runs under `torch.no_grad()` (the seed-style code is
 given that much), with the same weights and threads as the other pipelines,
 so the comparison measures the pipeline, not the model.
 """
@@ -38,13 +38,14 @@ class SeedStylePipeline:
         decoder = self.model.decoder
         with torch.no_grad():
             feature = self.model.encoder(pixels)  # (1, E)
-            state = decoder.start(feature)
-            token = torch.tensor([self.vocab.start_id], device=self.device)
+            _, states = decoder.lstm(feature.unsqueeze(1))  # the image is the first input
+            inputs = decoder.embed(torch.tensor([[self.vocab.start_id]], device=self.device))  # (1, 1, E)
             word_ids = []
             for _ in range(self.max_length):  # always every step, no early stop
-                logits, state = decoder.step(token, state)
-                token = logits.argmax(dim=1)
-                word_ids.append(token.item())  # a host sync per step
+                hiddens, states = decoder.lstm(inputs, states)  # the LSTM module, one step at a time
+                predicted = decoder.linear(hiddens.squeeze(1)).argmax(dim=1)  # (1,)
+                word_ids.append(predicted.item())  # a host sync per step
+                inputs = decoder.embed(predicted).unsqueeze(1)
         return " ".join(self.vocab.decode(word_ids))
 
     def run(self, jpegs: Sequence[bytes]) -> Run:

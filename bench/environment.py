@@ -54,5 +54,6 @@ def describe(device: torch.device) -> dict:
         "torchvision": _version("torchvision"),
         "torchserve": _version("torchserve"),
         "java": java_version(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "load_average_start": [round(v, 2) for v in os.getloadavg()],
     }

@@ -1,7 +1,7 @@
 """`make bench`: the seed-style pipeline, the handler in process and the served model, measured in one run.
 
     python -m bench                 # full run: tunes the server, writes BENCHMARKS.md, docs/bench.json, docs/bench.png
-    python -m bench --quick         # a few minutes' worth less: fewer repeats and requests, no tuning
+    python -m bench --quick         # fewer repeats and requests, no tuning; writes build/bench/quick/
     python -m bench --device cuda   # the same on a GPU, with in-process batches up to 256
 
 Every figure is the median of `--repeats` runs; the runs of the different
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,22 +23,26 @@ import torch
 
 from bench import environment, report
 from bench.baseline import SeedStylePipeline
+from bench.experiments import decoding_step_experiment, handler_setting_experiments
 from bench.in_process import InProcessPipeline
 from bench.inputs import MODEL_SHAPES, jpeg_set, write_random_export
 from bench.profile import stage_times_ms
 from bench.served import ServedConfig, ServedModel
 from bench.stats import median_of_runs
 
-# The server configuration used when not tuning (--quick): the best of the tuning
-# runs on the 2-core machine (see BENCHMARKS.md).
-DEFAULT_SERVED = ServedConfig(workers=1, threads=2, batch_size=8, max_batch_delay_ms=5)
-# Configurations tried by the full run; the fastest at the highest concurrency that
-# keeps single-request latency within the target wins.
+# The server configuration used when not tuning (--quick, --no-tune): the best of the
+# tuning runs on the 2-core machine (BENCHMARKS.md, "Server configurations tried").
+DEFAULT_SERVED = ServedConfig(workers=2, threads=2, batch_size=8, max_batch_delay_ms=5)
+# Configurations tried by the full run; the fastest at the highest concurrency among those
+# that keep a lone request's latency within the target wins.
 TUNING_CANDIDATES = (
+    ServedConfig(workers=1, threads=2, batch_size=8, max_batch_delay_ms=20),  # the defaults before tuning
     ServedConfig(workers=1, threads=2, batch_size=8, max_batch_delay_ms=5),
     ServedConfig(workers=2, threads=1, batch_size=8, max_batch_delay_ms=5),
-    ServedConfig(workers=1, threads=2, batch_size=16, max_batch_delay_ms=5),
-    ServedConfig(workers=2, threads=1, batch_size=4, max_batch_delay_ms=5),
+    ServedConfig(workers=2, threads=2, batch_size=8, max_batch_delay_ms=5),
+    ServedConfig(workers=2, threads=2, batch_size=32, max_batch_delay_ms=5),
+    # Last: another OpenMP wait policy means restarting the server.
+    ServedConfig(workers=1, threads=2, batch_size=8, max_batch_delay_ms=5, omp_wait_policy="default"),
 )
 LATENCY_TARGET = 1.25  # served p50 at concurrency 1 / in-process batch-1 latency
 
@@ -136,7 +141,9 @@ def main(args: argparse.Namespace) -> dict:
     if in_process or baseline:
         results.update(measure_in_process(plan, jpegs, baseline, in_process))
     if in_process and plan["experiments"]:
-        results["experiments"] = run_experiments(plan, export_dir, device, jpegs, threads)
+        results["experiments"] = handler_setting_experiments(
+            export_dir, device, jpegs, threads, repeats=plan["repeats"], images=plan["in_process_images"] // 2, log=log)
+        results["decoding_step"] = decoding_step_experiment(export_dir, device, repeats=plan["repeats"], log=log)
     if "served" in plan["parts"]:
         results["served"] = measure_served(plan, args, export_dir, device, jpegs, work_dir, results)
     if in_process:
@@ -179,34 +186,6 @@ def measure_in_process(plan: dict, jpegs, baseline, in_process) -> dict:
     return out
 
 
-def run_experiments(plan: dict, export_dir: Path, device: torch.device, jpegs, threads: int) -> list[dict]:
-    """On/off comparisons of the handler's CPU settings, interleaved, at batch 1 and 8."""
-    variants = {
-        "channels_last on": {"torch_threads": threads, "channels_last": True},
-        "channels_last off": {"torch_threads": threads, "channels_last": False},
-        "1 torch thread": {"torch_threads": 1, "channels_last": True},
-    }
-    pipelines = {name: InProcessPipeline(export_dir, str(device), s) for name, s in variants.items()}
-    results = []
-    for b in (1, 8):
-        runs: dict[str, list] = {name: [] for name in pipelines}
-        batches = max(2, math.ceil(plan["in_process_images"] / 2 / b))
-        for name, pipeline in pipelines.items():
-            torch.set_num_threads(variants[name]["torch_threads"])
-            pipeline.run(jpegs, b, 1)
-        for _ in range(plan["repeats"]):
-            for name, pipeline in pipelines.items():
-                torch.set_num_threads(variants[name]["torch_threads"])  # the handler sets it once per process
-                runs[name].append(pipeline.run(jpegs, b, batches))
-        for name, name_runs in runs.items():
-            summary = median_of_runs(name_runs)
-            results.append({"variant": name, "batch_size": b, "images_per_s": summary["images_per_s"],
-                            "latency_ms": summary["latency_ms"]})
-            log(f"experiment {name}, batch {b}: {summary['images_per_s']:.2f} images/s")
-    torch.set_num_threads(threads)
-    return results
-
-
 def served_runs(served: ServedModel, plan: dict, jpegs, protocol: str, concurrency: int) -> dict:
     runs = []
     requests = max(8, plan["request_rounds"] * concurrency)
@@ -220,22 +199,13 @@ def measure_served(plan: dict, args, export_dir: Path, device: torch.device, jpe
                    results: dict) -> dict:
     in_process_b1 = next((r for r in results.get("in_process", []) if r["batch_size"] == 1), None)
     with ServedModel(export_dir, work_dir / "served", str(device)) as served:
-        tuning = []
-        if plan["tune"]:
-            for candidate in TUNING_CANDIDATES:
-                served.deploy(candidate)
-                top = served.measure("rest", jpegs, concurrency=max(plan["concurrency"]),
-                                     requests=2 * max(plan["concurrency"]), warmup=max(plan["concurrency"]))
-                single = served.measure("rest", jpegs, concurrency=1, requests=8, warmup=2)
-                tuning.append({"config": candidate.to_dict(), "label": candidate.label,
-                               "images_per_s_at_max_concurrency": round(top.images_per_s, 3),
-                               "p50_ms_at_concurrency_1": single.summary()["latency_ms"]["p50"]})
-                log(f"tuning {candidate.label}: {top.images_per_s:.2f} images/s at concurrency "
-                    f"{max(plan['concurrency'])}, p50 {tuning[-1]['p50_ms_at_concurrency_1']} ms alone")
+        tuning = tune(served, plan, jpegs) if plan["tune"] else []
+        if tuning:
             config = pick_config(tuning, in_process_b1)
         else:
             config = args.served_config or DEFAULT_SERVED
         served.deploy(config)
+        served.warm_up(jpegs)
         log(f"serving with {config.label}")
         out = {"config": config.to_dict(), "label": config.label, "tuning": tuning,
                "torchserve_description": _describe_summary(served.description)}
@@ -246,6 +216,31 @@ def measure_served(plan: dict, args, export_dir: Path, device: torch.device, jpe
                 log(f"served {protocol} concurrency {concurrency}: {out[protocol][-1]['images_per_s']:.2f} images/s, "
                     f"p50 {out[protocol][-1]['latency_ms']['p50']} ms")
     return out
+
+
+def tune(served: ServedModel, plan: dict, jpegs) -> list[dict]:
+    """Each candidate measured twice, in forward then reverse order, so that a change in the
+    machine's load during tuning favours no candidate; the figures are the means of the two."""
+    top_concurrency = max(plan["concurrency"])
+    measured: dict[ServedConfig, list[tuple[float, float, float]]] = {c: [] for c in TUNING_CANDIDATES}
+    for order in (TUNING_CANDIDATES, TUNING_CANDIDATES[::-1]):
+        for candidate in order:
+            served.deploy(candidate)
+            served.warm_up(jpegs)
+            busy = served.measure("rest", jpegs, concurrency=top_concurrency, requests=2 * top_concurrency,
+                                  warmup=top_concurrency).summary()
+            alone = served.measure("rest", jpegs, concurrency=1, requests=8, warmup=2).summary()
+            measured[candidate].append(
+                (busy["images_per_s"], busy["server_cpu_ms_per_image"], alone["latency_ms"]["p50"]))
+            log(f"tuning {candidate.label}: {busy['images_per_s']:.2f} images/s at concurrency {top_concurrency}, "
+                f"p50 {alone['latency_ms']['p50']} ms alone")
+    tuning = []
+    for candidate, values in measured.items():
+        throughput, cpu, p50 = (round(statistics.mean(v), 2) for v in zip(*values))
+        tuning.append({"config": candidate.to_dict(), "label": candidate.label,
+                       "images_per_s_at_max_concurrency": throughput, "server_cpu_ms_per_image": cpu,
+                       "p50_ms_at_concurrency_1": p50, "passes": [list(v) for v in values]})
+    return tuning
 
 
 def pick_config(tuning: list[dict], in_process_b1: dict | None) -> ServedConfig:

@@ -10,6 +10,7 @@ configuration costs a registration, not a new archive.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,11 +36,17 @@ class ServedConfig:
     threads: int
     batch_size: int
     max_batch_delay_ms: int
+    omp_wait_policy: str = "PASSIVE"  # or "default": libgomp's own (spin, then sleep)
 
     @property
     def label(self) -> str:
+        policy = "" if self.omp_wait_policy == "PASSIVE" else f", OMP wait policy {self.omp_wait_policy}"
         return f"{self.workers} worker(s) x {self.threads} thread(s), batch {self.batch_size}, " \
-               f"delay {self.max_batch_delay_ms} ms"
+               f"delay {self.max_batch_delay_ms} ms{policy}"
+
+    @property
+    def server_env(self) -> dict[str, str | None]:
+        return {"OMP_WAIT_POLICY": None if self.omp_wait_policy == "default" else self.omp_wait_policy}
 
     def model_config(self, base: dict[str, Any]) -> dict[str, Any]:
         """`base` (the packed model-config.yaml) with this configuration's settings."""
@@ -51,7 +58,7 @@ class ServedConfig:
         config.setdefault("captioner", {})["torch_threads"] = self.threads
         return config
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | str]:
         return asdict(self)
 
 
@@ -72,23 +79,34 @@ class ServedModel:
             stage_root=self.work_dir / "stage",
         )
         self.base_model_config = yaml.safe_load(MODEL_CONFIG.read_text())
-        overrides = free_port_overrides()
+        self.store = store
+        self.overrides = free_port_overrides()
         if torch.device(device).type == "cpu":
-            overrides["number_of_gpu"] = "0"
-        self.server = TorchServe(self.work_dir / "serve", store, overrides=overrides)
+            self.overrides["number_of_gpu"] = "0"
+        self.server: TorchServe | None = None
         self.config: ServedConfig | None = None
         self.description: list[dict] = []
         self._grpc = None
 
     def __enter__(self) -> "ServedModel":
-        self.server.start()
-        self.client = self._rest_client()
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stop()
+
+    def _start(self, env: dict[str, str | None]) -> None:
+        self.server = TorchServe(self.work_dir / "serve", self.store, overrides=self.overrides, env=env)
+        self.server.start()
+        self.client = self._rest_client()
+
+    def _stop(self) -> None:
         if self._grpc is not None:
             self._grpc.close()
-        self.server.stop()
+            self._grpc = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        self.config = None
 
     def _rest_client(self) -> CaptionClient:
         # No retries: a failed request must show up as an error, not as a slow success.
@@ -98,7 +116,14 @@ class ServedModel:
         )
 
     def deploy(self, config: ServedConfig) -> list[dict]:
-        """(Re)register the model with `config`; returns TorchServe's description of it."""
+        """(Re)register the model with `config`; returns TorchServe's description of it.
+
+        The workers' environment is the server's, so a different one restarts the server.
+        """
+        if self.server is not None and self.server.extra_env != config.server_env:
+            self._stop()
+        if self.server is None:
+            self._start(config.server_env)
         if self.config is not None:
             self.client.unregister()
         (self.archive / "model-config.yaml").write_text(yaml.safe_dump(config.model_config(self.base_model_config)))
@@ -107,12 +132,36 @@ class ServedModel:
             max_batch_delay=config.max_batch_delay_ms,
         )
         self.config = config
-        self.description = self.client.describe()
-        model = self.description[0]
-        ready = [w for w in model["workers"] if w.get("status") == "READY"]
-        if len(ready) != config.workers or model["batchSize"] != config.batch_size:
-            raise RuntimeError(f"TorchServe did not take {config.label}: {model}")
+        self.description = self._wait_until_ready(config)
         return self.description
+
+    def warm_up(self, payloads: Sequence[bytes]) -> None:
+        """Give every worker batches of every size before measuring.
+
+        A worker's first batch of a given size is slow (allocations, oneDNN kernels chosen
+        for that shape), and which worker takes a request is TorchServe's choice, so the
+        load rises step by step up to every worker holding a full batch.
+        """
+        config = self.config
+        concurrency = 1
+        while True:
+            closed_loop(self.rest_caller, payloads, concurrency=concurrency, requests=max(4, 2 * concurrency))
+            if concurrency >= config.workers * config.batch_size:
+                break
+            concurrency = min(2 * concurrency, config.workers * config.batch_size)
+
+    def _wait_until_ready(self, config: ServedConfig, timeout: float = 180.0) -> list[dict]:
+        """A synchronous registration can return while the last worker is still settling."""
+        deadline = time.monotonic() + timeout
+        while True:
+            description = self.client.describe()
+            model = description[0]
+            ready = [w for w in model["workers"] if w.get("status") == "READY"]
+            if len(ready) == config.workers and model["batchSize"] == config.batch_size:
+                return description
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"TorchServe did not take {config.label}: {model}")
+            time.sleep(0.5)
 
     def rest_caller(self) -> Caller:
         return self._rest_client().caption

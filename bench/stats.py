@@ -59,7 +59,9 @@ def median_of_runs(runs: Sequence[Run]) -> dict[str, Any]:
         },
     }
     for key, value in summaries[0].items():
-        if key not in result and key not in ("images", "wall_s") and isinstance(value, (int, float)):
+        if key == "errors":
+            result[key] = sum(s[key] for s in summaries)  # every failure counts, not the median run's
+        elif key not in result and key not in ("images", "wall_s") and isinstance(value, (int, float)):
             result[key] = round(statistics.median(s[key] for s in summaries), 4)
     result["runs"] = summaries
     return result

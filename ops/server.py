@@ -34,6 +34,16 @@ PORT_KEYS = {
 }
 
 
+# Defaults for the workers' environment (the caller's environment wins). TorchServe passes its
+# environment on to the worker processes.
+WORKER_ENV = {
+    # torch's OpenMP threads sleep while they wait instead of spinning. Spinning threads burn the
+    # cores that the frontend, the other workers and anything else on the machine need; on the 2-core
+    # machine under load, a 2-thread worker used several times the CPU per image (BENCHMARKS.md).
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct loopback ports that were free a moment ago."""
     sockets = []
@@ -78,6 +88,8 @@ class TorchServe:
         model_store: folder of `.mar` files.
         base_config: config.properties to start from.
         overrides: properties replacing the base ones (e.g. ports for a test server).
+        env: environment variables for the server and its workers, on top of `WORKER_ENV`
+            and this process's environment; None as a value removes the variable.
     """
 
     def __init__(
@@ -86,11 +98,13 @@ class TorchServe:
         model_store: Path | str,
         base_config: Path | str = Path(__file__).resolve().parent.parent / "config.properties",
         overrides: dict[str, str] | None = None,
+        env: dict[str, str | None] | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.model_store = Path(model_store).resolve()
         self.properties = {**read_properties(Path(base_config)), **(overrides or {})}
         self.tmpdir = self.workdir / "tmp"
+        self.extra_env = dict(env or {})
 
     # --- addresses -------------------------------------------------------------------------
 
@@ -113,7 +127,12 @@ class TorchServe:
     # --- process ---------------------------------------------------------------------------
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**WORKER_ENV, **os.environ}
+        for key, value in self.extra_env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         env["TMPDIR"] = env["TEMP"] = str(self.tmpdir)
         # An inherited PYTHONPATH would come before the archive's own packages in the workers.
         env.pop("PYTHONPATH", None)
