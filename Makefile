@@ -128,3 +128,14 @@ SOAK_ARGS ?= --requests 2000 --concurrency 16 --bad-fraction 0.05
 .PHONY: soak
 soak: install
 	$(PY) -m ops.soak --export-dir $(EXPORT) $(SOAK_ARGS)
+# Benchmarks (bench/): seed-style pipeline vs the handler in process vs TorchServe, in one run.
+.PHONY: bench bench-quick bench-gpu
+bench: install
+	$(PY) -m bench
+
+bench-quick: install
+	$(PY) -m bench --quick
+
+bench-gpu: install
+	$(PY) -m bench --device cuda --out-json build/bench/gpu/results.json --out-md build/bench/gpu/BENCHMARKS.md \
+		--out-plot build/bench/gpu/bench.png

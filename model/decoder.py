@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
@@ -64,10 +65,32 @@ class DecoderRNN(nn.Module):
 
     def start(self, image_embeddings: torch.Tensor) -> LSTMState:
         """Run the image step; returns the LSTM state that decoding continues from."""
-        _, state = self.lstm(image_embeddings.unsqueeze(1))
+        zeros = image_embeddings.new_zeros(self.lstm.num_layers, image_embeddings.shape[0], self.lstm.hidden_size)
+        _, state = self._cell(image_embeddings, (zeros, zeros))
         return state
 
     def step(self, tokens: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
         """One decoding step: (B,) token ids -> (B, V) logits and the new state."""
-        hidden, state = self.lstm(self.embed(tokens).unsqueeze(1), state)  # (B, 1, H)
-        return self.linear(hidden.squeeze(1)), state
+        hidden, state = self._cell(self.embed(tokens), state)  # (B, H)
+        return self.linear(hidden), state
+
+    def _cell(self, inputs: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
+        """One time step of `self.lstm`: (B, E) inputs -> (B, H) top-layer output and the new state.
+
+        The LSTM's own weights go through `torch.lstm_cell`, layer by layer, instead of
+        `self.lstm` on a one-token sequence: the same arithmetic, but on CPU `nn.LSTM` runs
+        oneDNN's RNN, whose fixed cost per call is several times that of a whole step at
+        small batches (BENCHMARKS.md, "What was tried").
+        """
+        h, c = state  # (L, B, H) each
+        layers = self.lstm.num_layers
+        new_h, new_c = [], []
+        for layer in range(layers):
+            weights = self.lstm.all_weights[layer]  # w_ih, w_hh, b_ih, b_hh
+            layer_h, layer_c = torch.lstm_cell(inputs, (h[layer], c[layer]), *weights)  # (B, H) each
+            new_h.append(layer_h)
+            new_c.append(layer_c)
+            inputs = layer_h
+            if layer < layers - 1 and self.lstm.dropout and self.training:
+                inputs = F.dropout(inputs, self.lstm.dropout, training=True)  # as nn.LSTM between layers
+        return inputs, (torch.stack(new_h), torch.stack(new_c))

@@ -50,11 +50,14 @@ def build_archive(
     config_file: Path | str = MODEL_CONFIG,
     stage_root: Path | str | None = None,
     requirements_file: Path | str | None = None,
+    archive_format: str = "default",
 ) -> Path:
     """Stage and archive; returns the path of `<out_dir>/<model_name>.mar` (overwritten if present).
 
     `requirements_file` is packed for TorchServe's per-model `pip install`, which this
     project's config.properties turns off (the tests use it to show that it stays off).
+    `archive_format="no-archive"` writes the folder `<out_dir>/<model_name>/` instead of a zip:
+    TorchServe registers it by name without unpacking, and it is quick to write.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -67,6 +70,7 @@ def build_archive(
         "--extra-files", str(stage_dir),
         "--config-file", str(config_file),
         "--export-path", str(out_dir),
+        "--archive-format", archive_format,
         "--force",
     ]
     if requirements_file is not None:
@@ -78,7 +82,7 @@ def build_archive(
     private_tmp.mkdir(parents=True)
     subprocess.run(command, check=True, env={**os.environ, "TMPDIR": str(private_tmp)})
     shutil.rmtree(private_tmp, ignore_errors=True)
-    return out_dir / f"{model_name}.mar"
+    return out_dir / (model_name if archive_format == "no-archive" else f"{model_name}.mar")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -34,18 +34,33 @@ PORT_KEYS = {
 }
 
 
-def free_port_overrides() -> dict[str, str]:
-    """Properties putting every endpoint on a free loopback port, for a server beside others (tests, soak)."""
+# Defaults for the workers' environment (the caller's environment wins). TorchServe passes its
+# environment on to the worker processes.
+WORKER_ENV = {
+    # torch's OpenMP threads sleep while they wait instead of spinning. Spinning threads burn the
+    # cores that the frontend, the other workers and anything else on the machine need; on the 2-core
+    # machine under load, a 2-thread worker used several times the CPU per image (BENCHMARKS.md).
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that were free a moment ago."""
     sockets = []
     try:
-        for _ in PORT_KEYS:
+        for _ in range(count):
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
             sockets.append(sock)
-        ports = [sock.getsockname()[1] for sock in sockets]
+        return [sock.getsockname()[1] for sock in sockets]
     finally:
         for sock in sockets:
             sock.close()
+
+
+def free_port_overrides() -> dict[str, str]:
+    """Properties putting every endpoint on a free loopback port, for a server beside others (tests, soak, bench)."""
+    ports = free_ports(len(PORT_KEYS))
     return {key: template.format(port) for (key, template), port in zip(PORT_KEYS.values(), ports)}
 
 
@@ -67,6 +82,8 @@ class TorchServe:
         model_store: folder of `.mar` files.
         base_config: config.properties to start from.
         overrides: properties replacing the base ones (e.g. ports for a test server).
+        env: environment variables for the server and its workers, on top of `WORKER_ENV`
+            and this process's environment; None as a value removes the variable.
     """
 
     def __init__(
@@ -75,11 +92,13 @@ class TorchServe:
         model_store: Path | str,
         base_config: Path | str = Path(__file__).resolve().parent.parent / "config.properties",
         overrides: dict[str, str] | None = None,
+        env: dict[str, str | None] | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.model_store = Path(model_store).resolve()
         self.properties = {**read_properties(Path(base_config)), **(overrides or {})}
         self.tmpdir = self.workdir / "tmp"
+        self.extra_env = dict(env or {})
 
     # --- addresses -------------------------------------------------------------------------
 
@@ -102,7 +121,12 @@ class TorchServe:
     # --- process ---------------------------------------------------------------------------
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**WORKER_ENV, **os.environ}
+        for key, value in self.extra_env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         env["TMPDIR"] = env["TEMP"] = str(self.tmpdir)
         # An inherited PYTHONPATH would come before the archive's own packages in the workers.
         env.pop("PYTHONPATH", None)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from bench.worker_context import worker_context
 from model.captioner import Captioner
 from model.config import CaptionerConfig
 from model.vocabulary import Vocabulary
@@ -56,17 +57,7 @@ def torchserve_context(model_dir: Path, batch_size: int, yaml_config: dict | Non
 
     Returns (context, reader socket): what the handler streams arrives on the reader.
     """
-    from ts.context import Context, RequestProcessor
-    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
-    import ts
-
-    metrics = MetricsCacheYamlImpl(str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
-    metrics.initialize_cache()
-    manifest = {"model": {"modelName": "captioner", "modelVersion": "1.0", "handler": "caption_handler.py"}}
-    context = Context("captioner", str(model_dir), manifest, batch_size, None, "0.12.0", True, metrics, yaml_config or {})
-    context.request_ids = {i: f"request-{i}" for i in range(batch_size)}
-    context.request_processor = [RequestProcessor({}) for _ in range(batch_size)]
-    metrics.set_request_ids(context.request_ids)
+    context = worker_context(model_dir, batch_size, yaml_config=yaml_config)
     writer, reader = socket.socketpair()
     context.cl_socket = writer
     reader.settimeout(2)

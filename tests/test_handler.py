@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from handler.caption_handler import CaptionHandler
-from tests.helpers import shape_image_bytes, torchserve_context, write_tiny_export
+from tests.helpers import shape_image_bytes, tiny_captioner, torchserve_context, write_tiny_export
+from training.export import export_captioner
 
 
 @pytest.fixture(scope="module")
@@ -145,14 +146,21 @@ def _streamed_chunks(reader) -> list[dict]:
     return [json.loads(m) for m in re.findall(rb'\{"(?:index|caption)".*?\}\n', data)]
 
 
-def test_streaming_sends_words_then_the_result(export_dir):
+@pytest.fixture(scope="module")
+def long_caption_export(tmp_path_factory):
+    """A tiny model that almost never says `<end>`, so its captions are long enough to stream."""
+    model, vocab = tiny_captioner(1)
+    model.decoder.linear.bias.data[vocab.end_id] = -50.0
+    return export_captioner(model, vocab, tmp_path_factory.mktemp("long-export"))
+
+
+def test_streaming_sends_words_then_the_result(long_caption_export):
     rows = [
         {"body": bytearray(JPEG)},
         {"body": {"image": base64.b64encode(JPEG).decode(), "stream": True}},
         {"data": bytearray(JPEG), "stream": bytearray(b"true"), "beam_size": bytearray(b"2")},
     ]
-    handler, context, reader = make_handler(export_dir, 3)
-    handler.model.decoder.linear.bias.data[handler.vocab.end_id] = -50.0  # force long captions to stream
+    handler, context, reader = make_handler(long_caption_export, 3)
     out = handler.handle(rows, context)
     assert json.loads(out[0])["caption"], "plain requests still get their JSON"
     assert out[1] == "" and out[2] == "", "streamed requests end with an empty closing chunk"

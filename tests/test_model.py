@@ -111,6 +111,23 @@ def test_beam_search_with_one_beam_is_greedy(seed):
         assert g.score == pytest.approx(b.score, abs=1e-4)
 
 
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_decoding_steps_compute_what_the_teacher_forced_forward_computes(num_layers):
+    """`step` runs the LSTM's weights through its own cell loop; training runs `nn.LSTM` on sequences."""
+    model, vocab = tiny_captioner(5, num_layers=num_layers, dropout=0.3)
+    decoder = model.decoder.eval()
+    embeddings = _embeddings(model, batch=1)
+    captions = torch.randint(4, len(vocab), (1, 6), generator=torch.Generator().manual_seed(5))
+    captions[:, 0] = vocab.start_id
+    with torch.no_grad():
+        forward = decoder(embeddings, captions, torch.tensor([6]))  # (6, V): position t predicts captions[t]
+        state = decoder.start(embeddings)
+        for t in range(5):  # the step fed captions[t] predicts captions[t + 1]
+            logits, state = decoder.step(captions[:, t], state)
+            assert torch.allclose(logits[0], forward[t + 1], atol=1e-5)
+    assert state[0].shape == (num_layers, 1, model.config.hidden_size)
+
+
 def test_batched_greedy_equals_one_image_at_a_time():
     model, vocab = tiny_captioner(3)
     embeddings = _embeddings(model, batch=6)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 import requests
 
 from client.grpc_client import GrpcCaptionClient
 from client.rest import ServiceError
+from ops.server import WORKER_ENV
 from tests.helpers import shape_image_bytes
 
 JPEG, _ = shape_image_bytes(2)
@@ -43,6 +46,13 @@ def test_scale_up_and_down_shows_in_describe(registered):
     assert len(registered.describe()[0]["workers"]) == 2
     registered.scale(1)
     assert len(registered.describe()[0]["workers"]) == 1
+
+
+def test_workers_get_the_passive_openmp_wait_policy(registered):
+    expected = os.environ.get("OMP_WAIT_POLICY", WORKER_ENV["OMP_WAIT_POLICY"])
+    pids = registered.worker_pids()
+    assert pids
+    assert all(psutil.Process(pid).environ().get("OMP_WAIT_POLICY") == expected for pid in pids)
 
 
 def test_register_and_unregister_a_second_model(registered):

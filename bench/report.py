@@ -1,0 +1,419 @@
+"""Turn one benchmark run's results into the JSON file, the plot and BENCHMARKS.md.
+
+BENCHMARKS.md is generated from the JSON alone, so rerunning `make bench`
+rewrites every figure in it; nothing in it is typed by hand.
+`python -m bench.report` rewrites the report and the plot from an existing JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+THROUGHPUT_VS_IN_PROCESS = 0.8
+THROUGHPUT_VS_BASELINE = 1.5
+LATENCY_VS_IN_PROCESS = 1.25
+
+
+def _in_process_at(results: dict, batch_size: int) -> dict | None:
+    return next((r for r in results.get("in_process", []) if r["batch_size"] == batch_size), None)
+
+
+def _served_at(results: dict, protocol: str, concurrency: int) -> dict | None:
+    return next((r for r in results.get("served", {}).get(protocol, []) if r["concurrency"] == concurrency), None)
+
+
+def evaluate_targets(results: dict) -> list[dict[str, Any]]:
+    """The issue's three ratios, each measured in this run; a target whose parts were not run is left out."""
+    targets = []
+    served = results.get("served")
+    if not served or not served.get("rest"):
+        return targets
+    top = max(r["concurrency"] for r in served["rest"])
+    busy, alone = _served_at(results, "rest", top), _served_at(results, "rest", 1)
+    batch = served["config"]["batch_size"]
+    same_batch = _in_process_at(results, batch)
+    if same_batch:
+        ratio = busy["images_per_s"] / same_batch["images_per_s"]
+        targets.append({
+            "name": f"served REST throughput at concurrency {top} / in-process at batch {batch} (the served batch size)",
+            "measured": round(ratio, 3), "required": f">= {THROUGHPUT_VS_IN_PROCESS}",
+            "met": ratio >= THROUGHPUT_VS_IN_PROCESS,
+        })
+    if results.get("baseline"):
+        ratio = busy["images_per_s"] / results["baseline"]["images_per_s"]
+        targets.append({
+            "name": f"served REST throughput at concurrency {top} / seed-style baseline",
+            "measured": round(ratio, 3), "required": f">= {THROUGHPUT_VS_BASELINE}",
+            "met": ratio >= THROUGHPUT_VS_BASELINE,
+        })
+    single = _in_process_at(results, 1)
+    if single and alone:
+        ratio = alone["latency_ms"]["p50"] / single["latency_ms"]["p50"]
+        targets.append({
+            "name": "served REST p50 latency at concurrency 1 / in-process batch-1 latency",
+            "measured": round(ratio, 3), "required": f"<= {LATENCY_VS_IN_PROCESS}",
+            "met": ratio <= LATENCY_VS_IN_PROCESS,
+        })
+    return targets
+
+
+def write_all(results: dict, json_path: Path, md_path: Path, plot_path: Path) -> None:
+    for path in (json_path, md_path, plot_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, plot_path)
+    md_path.write_text(markdown(results, json_path, plot_path, md_path))
+
+
+# --- plot -------------------------------------------------------------------------------------
+
+
+def plot(results: dict, path: Path) -> None:
+    """Throughput and latency percentiles against concurrency, with the in-process references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    served = results.get("served") or {}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {"rest": ("REST", "-", "o"), "grpc": ("gRPC", "--", "s")}
+    for protocol, (name, line, marker) in styles.items():
+        rows = served.get(protocol) or []
+        if not rows:
+            continue
+        levels = [r["concurrency"] for r in rows]
+        left.plot(levels, [r["images_per_s"] for r in rows], line, marker=marker, label=f"served, {name}")
+        for pct, colour in (("p50", "tab:blue"), ("p90", "tab:orange"), ("p99", "tab:red")):
+            right.plot(levels, [r["latency_ms"][pct] for r in rows], line, marker=marker, color=colour,
+                       label=f"{name} {pct}")
+    if results.get("baseline"):
+        left.axhline(results["baseline"]["images_per_s"], color="grey", linestyle=":", label="seed-style, in process")
+    if served.get("config"):
+        same = _in_process_at(results, served["config"]["batch_size"])
+        if same:
+            left.axhline(same["images_per_s"], color="black", linestyle="-.",
+                         label=f"handler in process, batch {same['batch_size']}")
+    single = _in_process_at(results, 1)
+    if single:
+        right.axhline(single["latency_ms"]["p50"], color="black", linestyle="-.", label="in process, batch 1, p50")
+    for axis, label in ((left, "images / s"), (right, "latency (ms)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent clients")
+        axis.set_ylabel(label)
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=7)
+    right.set_yscale("log")
+    levels = sorted({r["concurrency"] for p in styles for r in served.get(p) or []})
+    for axis in (left, right):
+        if levels:
+            axis.set_xticks(levels, [str(v) for v in levels])
+    env = results["environment"]
+    fig.suptitle(f"Captioner throughput and latency: {env['cpu_cores']} cores, {env['gpu'] or 'no GPU'}, "
+                 f"torch {env['torch']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- markdown ---------------------------------------------------------------------------------
+
+
+def _ms(latency: dict) -> str:
+    return f"{latency['p50']:.0f} / {latency['p90']:.0f} / {latency['p99']:.0f}"
+
+
+def _relative(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), start.resolve().parent)).as_posix()
+
+
+def markdown(results: dict, json_path: Path, plot_path: Path, md_path: Path) -> str:
+    env, plan, model, inputs = results["environment"], results["settings"], results["model"], results["inputs"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `make bench` from the run below; every figure here is in "
+        f"[`{_relative(json_path, md_path)}`]({_relative(json_path, md_path)}). "
+        "Rerun `make bench` to measure again and rewrite this file, the JSON and the plot.",
+        "",
+    ]
+    if plan["quick"]:
+        lines += ["**Quick run** (`--quick`): fewer runs and requests, no server tuning; for checking, not quoting.", ""]
+    gpu = env["gpu"] or "no GPU"
+    lines += [
+        "| | |",
+        "| --- | --- |",
+        f"| machine | {env['machine']}, {env['cpu']}, {env['cpu_cores']} cores, {env['memory_gib']} GiB, {gpu} |",
+        f"| software | Python {env['python']}, torch {env['torch']}, torchvision {env['torchvision']}, "
+        f"TorchServe {env['torchserve']}, {env['java']} |",
+        f"| command | `{results['command']}` (device `{env['device']}`) |",
+        f"| date, duration | {env['date']}, {results['duration_s']:.0f} s |",
+        f"| load average (1/5/15 min) | at start {_load(env['load_average_start'])}, "
+        f"at end {_load(env.get('load_average_end'))} |",
+        f"| model | random weights, vocabulary {model['vocab_size']:,}, embedding {model['embed_size']}, "
+        f"LSTM {model['hidden_size']}, {model['image_size']}x{model['image_size']} input, "
+        f"at most {model['max_length']} words |",
+        f"| inputs | {inputs['images']} different {inputs['size']} {inputs['format']}s, "
+        f"{inputs['mean_kib']} KiB on average |",
+        f"| runs | each figure is the median of {plan['repeats']} runs |",
+        "",
+        "A load average above the core count means other work shared the machine during the run, "
+        "and the absolute figures are low; the ratios compare pipelines measured in the same run, "
+        "interleaved.",
+        "",
+    ]
+    lines += _targets_section(results)
+    lines += _in_process_section(results)
+    lines += _served_section(results, plot_path, md_path)
+    lines += _profile_section(results)
+    lines += _experiments_section(results)
+    lines += _unmet_section(results)
+    lines += NOTES
+    return "\n".join(lines) + "\n"
+
+
+def _load(values) -> str:
+    return " / ".join(f"{v:.2f}" for v in values) if values else "?"
+
+
+def _targets_section(results: dict) -> list[str]:
+    targets = results.get("targets") or []
+    if not targets:
+        return []
+    lines = ["## Targets", "", "| ratio | measured | required | |", "| --- | --- | --- | --- |"]
+    for t in targets:
+        lines.append(f"| {t['name']} | {t['measured']:.2f} | {t['required']} | {'met' if t['met'] else '**not met**'} |")
+    return lines + [""]
+
+
+def _in_process_section(results: dict) -> list[str]:
+    if not results.get("baseline") and not results.get("in_process"):
+        return []
+    lines = [
+        "## In process",
+        "",
+        "| pipeline | batch | images/s | latency p50 / p90 / p99 (ms) | CPU ms per image | decoding steps |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    base = results.get("baseline")
+    if base:
+        lines.append(f"| seed-style (one image at a time, `.item()` per step, all steps) | 1 | "
+                     f"{base['images_per_s']:.2f} | {_ms(base['latency_ms'])} | {base['cpu_ms_per_image']:.0f} | "
+                     f"{results['model']['max_length']} |")
+    for row in results.get("in_process", []):
+        lines.append(f"| handler `handle()` (parse, batch encode, batched greedy) | {row['batch_size']} | "
+                     f"{row['images_per_s']:.2f} | {_ms(row['latency_ms'])} | {row['cpu_ms_per_image']:.0f} | "
+                     f"{row['decode_steps']:.0f} |")
+    lines += ["", "Latency is per image for the seed-style pipeline and per batch for the handler.", ""]
+    return lines
+
+
+def _served_section(results: dict, plot_path: Path, md_path: Path) -> list[str]:
+    served = results.get("served")
+    if not served:
+        return []
+    lines = [
+        "## Served through TorchServe",
+        "",
+        f"Configuration: {served['label']} (TorchServe reported {served['torchserve_description']['workers']} "
+        f"worker(s), batch size {served['torchserve_description']['batchSize']}, max batch delay "
+        f"{served['torchserve_description']['maxBatchDelay']} ms). Closed loop: each client sends its next image "
+        "as soon as the last is answered; the clients are threads of the benchmark process, on the same cores.",
+        "",
+        "| protocol | clients | images/s | latency p50 / p90 / p99 (ms) | errors | client CPU (cores) "
+        "| server CPU ms per image |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for protocol, name in (("rest", "REST"), ("grpc", "gRPC")):
+        for row in served.get(protocol) or []:
+            lines.append(f"| {name} | {row['concurrency']} | {row['images_per_s']:.2f} | {_ms(row['latency_ms'])} | "
+                         f"{row['errors']:.0f} | {row['client_cpu_cores']:.2f} | {row['server_cpu_ms_per_image']:.0f} |")
+    lines += ["", f"![throughput and latency against concurrency]({_relative(plot_path, md_path)})", ""]
+    if served.get("tuning"):
+        lines += [
+            "### Server configurations tried",
+            "",
+            "The run served with the fastest configuration at the most clients among those whose "
+            "lone-request p50 stays within the latency target. REST; each figure is the mean of two passes, "
+            "one in this order and one in reverse, so a change in the machine's load favours no configuration:",
+            "",
+            "| configuration | images/s, most clients | server CPU ms per image, most clients | p50 alone (ms) |",
+            "| --- | --- | --- | --- |",
+        ]
+        for t in served["tuning"]:
+            lines.append(f"| {t['label']} | {t['images_per_s_at_max_concurrency']:.2f} | "
+                         f"{t['server_cpu_ms_per_image']:.0f} | {t['p50_ms_at_concurrency_1']:.0f} |")
+        lines.append("")
+    return lines
+
+
+def _profile_section(results: dict) -> list[str]:
+    profile = results.get("profile")
+    if not profile:
+        return []
+    stages = profile["ms_per_image"]
+    names = {"parse_and_decode_image": "parse + JPEG decode", "resize_normalize": "resize + normalise",
+             "encode": "ResNet-34 encoder", "decode_words": "greedy decoding", "respond": "JSON responses"}
+    total = sum(stages.values())
+    lines = [
+        "## Where the time goes",
+        "",
+        f"The handler's stages timed one by one in process, batch {profile['batch_size']}, milliseconds per image:",
+        "",
+        "| " + " | ".join(names[k] for k in stages) + " | total |",
+        "| " + " | ".join("---" for _ in range(len(stages) + 1)) + " |",
+        "| " + " | ".join(f"{v:.1f} ({100 * v / total:.0f}%)" for v in stages.values()) + f" | {total:.1f} |",
+        "",
+    ]
+    served = results.get("served") or {}
+    same = _in_process_at(results, served.get("config", {}).get("batch_size", -1))
+    busy = max(served.get("rest") or [], key=lambda r: r["concurrency"], default=None)
+    if same and busy:
+        lines += [
+            f"Serving costs {busy['server_cpu_ms_per_image']:.0f} ms of CPU per image in TorchServe's processes "
+            f"(frontend and workers) at {busy['concurrency']} clients, against {same['cpu_ms_per_image']:.0f} ms "
+            f"for the same batch size in process; the clients used {busy['client_cpu_cores']:.2f} cores.",
+            "",
+        ]
+    return lines
+
+
+def _experiments_section(results: dict) -> list[str]:
+    experiments = results.get("experiments")
+    if not experiments:
+        return []
+    lines = [
+        "## Optimisations measured in this run",
+        "",
+        "The handler in process with one `model-config.yaml` setting changed from its defaults, runs interleaved:",
+        "",
+        "| variant | batch | images/s | latency p50 (ms) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for e in experiments:
+        lines.append(f"| {e['variant']} | {e['batch_size']} | {e['images_per_s']:.2f} | {e['latency_ms']['p50']:.0f} |")
+    steps = results.get("decoding_step")
+    if steps:
+        lines += [
+            "",
+            "One decoding step (LSTM and vocabulary projection, decoder weights in their default form), "
+            "milliseconds:",
+            "",
+            "| step | batch | ms per step |",
+            "| --- | --- | --- |",
+        ]
+        for e in steps:
+            lines.append(f"| {e['variant']} | {e['batch_size']} | {e['ms_per_step']:.2f} |")
+    return lines + [""]
+
+
+def _unmet_section(results: dict) -> list[str]:
+    """For each target not met: the figures from this run that explain it, and what would move it."""
+    unmet = [t for t in results.get("targets", []) if not t["met"]]
+    if not unmet:
+        return []
+    served = results["served"]
+    batch = served["config"]["batch_size"]
+    same = _in_process_at(results, batch)
+    top = max(served["rest"], key=lambda r: r["concurrency"])
+    alone = _served_at(results, "rest", 1)
+    single = _in_process_at(results, 1)
+    stages = (results.get("profile") or {}).get("ms_per_image", {})
+    total = sum(stages.values()) or float("nan")
+    lines = ["## Targets not met: why", ""]
+    for target in unmet:
+        name = target["name"]
+        if "/ in-process at batch" in name and same:
+            lines.append(
+                f"- **{name}** ({target['measured']:.2f}): TorchServe's processes used "
+                f"{top['server_cpu_ms_per_image']:.0f} ms of CPU per image against {same['cpu_ms_per_image']:.0f} ms "
+                f"in process, and the clients {top['client_cpu_cores']:.2f} cores. The frontend (HTTP, batching, "
+                "the socket to the worker) and the clients share the cores with the model; more cores, or "
+                "clients on another machine, would give the model back that share.")
+        elif "seed-style" in name and same and results.get("baseline"):
+            bound = same["images_per_s"] / results["baseline"]["images_per_s"]
+            encoder = 100 * stages.get("encode", float("nan")) / total
+            if bound < THROUGHPUT_VS_BASELINE:
+                why = (f"the encoder is {encoder:.0f}% of the time per image, and on a CPU a batch makes a "
+                       "convolution only a little faster per image. A GPU, where batching pays, or a smaller "
+                       "encoder would change it.")
+            else:
+                why = "so what is missing is lost between the clients and the handler (see the serving overhead above)."
+            lines.append(
+                f"- **{name}** ({target['measured']:.2f}): in process, batch {batch} is {bound:.2f}x the seed-style "
+                f"pipeline, which bounds what serving can reach; {why}")
+        elif "latency" in name and alone and single:
+            extra = alone["latency_ms"]["p50"] - single["latency_ms"]["p50"]
+            lines.append(
+                f"- **{name}** ({target['measured']:.2f}): a lone request took {extra:.0f} ms more served than in "
+                f"process; up to {served['config']['max_batch_delay_ms']} ms of it is TorchServe waiting for a "
+                "batch to fill, the rest the HTTP round trip through the frontend and the worker's socket. "
+                "A shorter max batch delay, or a worker with more threads, would change it.")
+        else:
+            lines.append(f"- **{name}** ({target['measured']:.2f}).")
+    return lines + [""]
+
+
+NOTES = [
+    "## What was tried, and what is kept",
+    "",
+    "- **Batching** (the handler encodes a whole TorchServe batch in one pass and decodes it step by step "
+    "together) and **early stop** (decoding ends when every caption has produced `<end>`) are the handler's "
+    "design. With random weights `<end>` is rarely chosen, so the runs above decode all 20 steps: the "
+    "decoding figures are the worst case; a trained model's captions end sooner.",
+    "- **OpenMP wait policy**: `ops.server` starts TorchServe, and so its workers, with "
+    "`OMP_WAIT_POLICY=PASSIVE` (unless the environment sets it): torch's threads sleep while they wait "
+    "instead of spinning on cores that the frontend, the other worker and the clients need. The row "
+    "\"OMP wait policy default\" in the server table is the same configuration with OpenMP's default. "
+    "This program runs its in-process pipelines with the same setting.",
+    "- **Workers and threads**: the server table compares one worker using every core, one worker per "
+    "core with one thread each, and one worker per core with every core each (`torch_threads` in "
+    "`model-config.yaml` sets a worker's threads; TorchServe's `minWorkers` the workers).",
+    "- **Max batch delay**: TorchServe holds a lone request up to the delay for a batch to fill, so it "
+    "adds to the latency at one client; 20 ms (the earlier default) is compared with 5 ms in the server table.",
+    "- **The shipped `handler/model-config.yaml`** follows these runs: two workers of two threads each, "
+    "batch 8, 5 ms max batch delay; `--quick` serves with the same.",
+    "- **The decoding step** runs the LSTM's weights through `torch.lstm_cell` instead of calling the "
+    "`nn.LSTM` module on a one-word sequence (the same arithmetic; on CPU the module goes through oneDNN's "
+    "RNN, with a large fixed cost per call): compared in the decoding-step table. The seed-style pipeline "
+    "keeps calling the module per word, as the seed does.",
+    "- **The vocabulary projection through oneDNN** on CPU (`onednn_linear` in `model-config.yaml`) instead "
+    "of the default BLAS, and **channels_last** for the encoder (`channels_last`): handler settings, "
+    "compared on and off above, as is one torch thread against all cores in process. "
+    "**`torch.inference_mode`** wraps the handler's inference and decoding (no autograd bookkeeping).",
+    "- **Tried and not kept**: folding BatchNorm into the convolutions (`torch.fx` fusion) and a frozen "
+    "TorchScript encoder (`torch.jit.optimize_for_inference`) showed no gain beyond run-to-run noise in a "
+    "one-thread comparison at batch 8, and the TorchScript one takes tens of seconds to prepare per worker. "
+    "JPEG draft decoding (libjpeg scaling while decoding) would change the pixels the encoder sees "
+    "compared with training, so it was left out.",
+    "- **Host syncs in the decoding loop**: the early-stop check reads one boolean per step. On CPU that costs "
+    "nothing; on a GPU it is the one sync per step left, to be measured there.",
+    "- **GPU** (not measured here): `make bench-gpu` (`python -m bench --device cuda`) runs this program on "
+    "CUDA, with in-process batches of 64 and 256 through the handler's `handle()` with real JPEG bytes. "
+    "bf16 autocast for the encoder, CUDA graphs or `torch.compile` for the decoding step, GPU JPEG decoding "
+    "and pinned memory are not in the handler: none could be measured without a GPU, and each should go in "
+    "only if that run shows it helps.",
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Rewrite the Markdown report and the plot from a results JSON, without measuring again."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--json", default="docs/bench.json")
+    parser.add_argument("--md", default="BENCHMARKS.md")
+    parser.add_argument("--plot", default="docs/bench.png")
+    args = parser.parse_args(argv)
+    json_path, md_path, plot_path = Path(args.json), Path(args.md), Path(args.plot)
+    results = json.loads(json_path.read_text())
+    results["targets"] = evaluate_targets(results)
+    plot(results, plot_path)
+    md_path.write_text(markdown(results, json_path, plot_path, md_path))
+
+
+if __name__ == "__main__":
+    main()

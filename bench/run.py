@@ -1,0 +1,264 @@
+"""`make bench`: the seed-style pipeline, the handler in process and the served model, measured in one run.
+
+    python -m bench                 # full run: tunes the server, writes BENCHMARKS.md, docs/bench.json, docs/bench.png
+    python -m bench --quick         # fewer repeats and requests, no tuning; writes build/bench/quick/
+    python -m bench --device cuda   # the same on a GPU, with in-process batches up to 256
+
+Every figure is the median of `--repeats` runs; the runs of the different
+pipelines are interleaved, so a burst of other work on the machine hurts all
+of them alike rather than one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench import environment, report
+from bench.baseline import SeedStylePipeline
+from bench.experiments import decoding_step_experiment, handler_setting_experiments
+from bench.in_process import InProcessPipeline
+from bench.inputs import MODEL_SHAPES, jpeg_set, write_random_export
+from bench.profile import stage_times_ms
+from bench.served import ServedConfig, ServedModel
+from bench.stats import median_of_runs
+
+# The server configuration used when not tuning (--quick, --no-tune): the best of the
+# tuning runs on the 2-core machine (BENCHMARKS.md, "Server configurations tried").
+DEFAULT_SERVED = ServedConfig(workers=2, threads=2, batch_size=8, max_batch_delay_ms=5)
+# Configurations tried by the full run; the fastest at the highest concurrency among those
+# that keep a lone request's latency within the target wins.
+TUNING_CANDIDATES = (
+    ServedConfig(workers=1, threads=2, batch_size=8, max_batch_delay_ms=20),  # the defaults before tuning
+    ServedConfig(workers=1, threads=2, batch_size=8, max_batch_delay_ms=5),
+    ServedConfig(workers=2, threads=1, batch_size=8, max_batch_delay_ms=5),
+    ServedConfig(workers=2, threads=2, batch_size=8, max_batch_delay_ms=5),
+    ServedConfig(workers=2, threads=2, batch_size=32, max_batch_delay_ms=5),
+    # Last: another OpenMP wait policy means restarting the server.
+    ServedConfig(workers=1, threads=2, batch_size=8, max_batch_delay_ms=5, omp_wait_policy="default"),
+)
+LATENCY_TARGET = 1.25  # served p50 at concurrency 1 / in-process batch-1 latency
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _served_config(text: str) -> ServedConfig:
+    workers, threads, batch_size, delay = _ints(text)
+    return ServedConfig(workers, threads, batch_size, delay)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and requests, no tuning (a few minutes)")
+    parser.add_argument("--model", choices=sorted(MODEL_SHAPES), default="coco",
+                        help="coco: vocabulary 10,000, embed 256, hidden 512, 224 px; tiny: for tests")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]; the handler and TorchServe follow it")
+    parser.add_argument("--parts", default="baseline,in-process,served", help="which pipelines to measure")
+    parser.add_argument("--batch-sizes", type=_ints, default=None, help="in-process batch sizes (default 1,8,32; "
+                        "on CUDA 1,8,32,64,256)")
+    parser.add_argument("--concurrency", type=_ints, default=[1, 8, 32], help="served concurrency levels")
+    parser.add_argument("--protocols", default="rest,grpc", help="served protocols: rest, grpc")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per figure (default 3; --quick 2)")
+    parser.add_argument("--served-config", type=_served_config, default=None, metavar="W,T,B,D",
+                        help="workers, torch threads per worker, batch size, max batch delay (ms); skips tuning")
+    parser.add_argument("--no-tune", action="store_true", help=f"serve with {DEFAULT_SERVED.label}")
+    parser.add_argument("--no-experiments", action="store_true", help="skip the on/off optimisation experiments")
+    parser.add_argument("--work-dir", default="build/bench", help="exported model, archive and server folders")
+    parser.add_argument("--out-json", default=None, help="default docs/bench.json (--quick: build/bench/quick/)")
+    parser.add_argument("--out-md", default=None, help="default BENCHMARKS.md (--quick: build/bench/quick/)")
+    parser.add_argument("--out-plot", default=None, help="default docs/bench.png (--quick: build/bench/quick/)")
+    return parser
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """How much to measure: the full run or the quick one."""
+    quick = args.quick
+    device = torch.device(args.device)
+    batch_sizes = args.batch_sizes or ([1, 8, 32, 64, 256] if device.type == "cuda" else [1, 8, 32])
+    tune = not (quick or args.no_tune or args.served_config)
+    served_configs = TUNING_CANDIDATES if tune else [args.served_config or DEFAULT_SERVED]
+    if "served" in args.parts:
+        # The served throughput is compared with the handler in process at the served batch size.
+        batch_sizes = sorted(set(batch_sizes) | {c.batch_size for c in served_configs})
+    out = Path("build/bench/quick") if quick else None
+    return {
+        "quick": quick,
+        "repeats": args.repeats or (2 if quick else 3),
+        "distinct_images": 8 if quick else 32,
+        "baseline_images": 6 if quick else 24,
+        "in_process_images": 16 if quick else 64,  # per run and batch size (at least 2 batches)
+        "request_rounds": 2 if quick else 4,  # served requests per run = rounds x concurrency (at least 8)
+        "batch_sizes": batch_sizes,
+        "concurrency": args.concurrency,
+        "protocols": [p for p in args.protocols.split(",") if p],
+        "parts": [p for p in args.parts.split(",") if p],
+        "tune": tune,
+        "experiments": not (quick or args.no_experiments),
+        "out_json": Path(args.out_json or (out / "results.json" if out else "docs/bench.json")),
+        "out_md": Path(args.out_md or (out / "BENCHMARKS.md" if out else "BENCHMARKS.md")),
+        "out_plot": Path(args.out_plot or (out / "bench.png" if out else "docs/bench.png")),
+    }
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def main(args: argparse.Namespace) -> dict:
+    plan = settings(args)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda, but torch sees no CUDA device; use --device cpu")
+    threads = len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)  # every in-process pipeline uses the whole machine
+    started = time.perf_counter()
+    results: dict = {
+        "environment": environment.describe(device),
+        "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in plan.items()},
+        "model": {"shape": args.model, **vars(MODEL_SHAPES[args.model])},
+    }
+    work_dir = Path(args.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    export_dir = write_random_export(MODEL_SHAPES[args.model], work_dir / "export")
+    jpegs = jpeg_set(plan["distinct_images"])
+    results["inputs"] = {"images": len(jpegs), "size": "640x480", "format": "JPEG",
+                         "mean_kib": round(sum(map(len, jpegs)) / len(jpegs) / 1024, 1)}
+    log(f"model {args.model} exported; {len(jpegs)} JPEGs of {results['inputs']['mean_kib']} KiB on average")
+
+    handler_settings = {"torch_threads": threads}
+    in_process = InProcessPipeline(export_dir, str(device), handler_settings) if "in-process" in plan["parts"] else None
+    baseline = SeedStylePipeline(export_dir, device) if "baseline" in plan["parts"] else None
+    if in_process or baseline:
+        results.update(measure_in_process(plan, jpegs, baseline, in_process))
+    if in_process and plan["experiments"]:
+        results["experiments"] = handler_setting_experiments(
+            export_dir, device, jpegs, threads, repeats=plan["repeats"], images=plan["in_process_images"] // 2, log=log)
+        results["decoding_step"] = decoding_step_experiment(export_dir, device, repeats=plan["repeats"], log=log)
+    if "served" in plan["parts"]:
+        results["served"] = measure_served(plan, args, export_dir, device, jpegs, work_dir, results)
+    if in_process:
+        profile_batch = results.get("served", {}).get("config", {}).get("batch_size", 8)
+        results["profile"] = {"batch_size": profile_batch,
+                              "ms_per_image": stage_times_ms(in_process, jpegs, profile_batch)}
+    results["environment"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    results["duration_s"] = round(time.perf_counter() - started, 1)
+    results["targets"] = report.evaluate_targets(results)
+    report.write_all(results, plan["out_json"], plan["out_md"], plan["out_plot"])
+    log(f"done in {results['duration_s']} s: {plan['out_md']}, {plan['out_json']}, {plan['out_plot']}")
+    for target in results["targets"]:
+        log(f"{'met' if target['met'] else 'NOT met'}: {target['name']} ({target['measured']})")
+    return results
+
+
+def measure_in_process(plan: dict, jpegs, baseline, in_process) -> dict:
+    """Seed-style baseline and the handler at each batch size, `repeats` interleaved rounds."""
+    base_runs, batch_runs = [], {b: [] for b in plan["batch_sizes"]}
+    if baseline:
+        baseline.run(jpegs[:2])  # warm-up
+    if in_process:
+        for b in plan["batch_sizes"]:
+            in_process.run(jpegs, b, 1)
+    for round_ in range(plan["repeats"]):
+        if baseline:
+            images = [jpegs[(round_ * 7 + i) % len(jpegs)] for i in range(plan["baseline_images"])]
+            base_runs.append(baseline.run(images))
+            log(f"seed-style baseline, run {round_ + 1}: {base_runs[-1].images_per_s:.2f} images/s")
+        if in_process:
+            for b in plan["batch_sizes"]:
+                batches = max(2, math.ceil(plan["in_process_images"] / b))
+                batch_runs[b].append(in_process.run(jpegs, b, batches))
+                log(f"in-process batch {b}, run {round_ + 1}: {batch_runs[b][-1].images_per_s:.2f} images/s")
+    out = {}
+    if baseline:
+        out["baseline"] = median_of_runs(base_runs)
+    if in_process:
+        out["in_process"] = [{"batch_size": b, **median_of_runs(runs)} for b, runs in batch_runs.items()]
+    return out
+
+
+def served_runs(served: ServedModel, plan: dict, jpegs, protocol: str, concurrency: int) -> dict:
+    runs = []
+    requests = max(8, plan["request_rounds"] * concurrency)
+    for _ in range(plan["repeats"]):
+        runs.append(served.measure(protocol, jpegs, concurrency=concurrency, requests=requests,
+                                   warmup=max(2, concurrency)))
+    return {"concurrency": concurrency, "requests": requests, **median_of_runs(runs)}
+
+
+def measure_served(plan: dict, args, export_dir: Path, device: torch.device, jpegs, work_dir: Path,
+                   results: dict) -> dict:
+    in_process_b1 = next((r for r in results.get("in_process", []) if r["batch_size"] == 1), None)
+    with ServedModel(export_dir, work_dir / "served", str(device)) as served:
+        tuning = tune(served, plan, jpegs) if plan["tune"] else []
+        if tuning:
+            config = pick_config(tuning, in_process_b1)
+        else:
+            config = args.served_config or DEFAULT_SERVED
+        served.deploy(config)
+        served.warm_up(jpegs)
+        log(f"serving with {config.label}")
+        out = {"config": config.to_dict(), "label": config.label, "tuning": tuning,
+               "torchserve_description": _describe_summary(served.description)}
+        for protocol in plan["protocols"]:
+            out[protocol] = []
+            for concurrency in plan["concurrency"]:
+                out[protocol].append(served_runs(served, plan, jpegs, protocol, concurrency))
+                log(f"served {protocol} concurrency {concurrency}: {out[protocol][-1]['images_per_s']:.2f} images/s, "
+                    f"p50 {out[protocol][-1]['latency_ms']['p50']} ms")
+    return out
+
+
+def tune(served: ServedModel, plan: dict, jpegs) -> list[dict]:
+    """Each candidate measured twice, in forward then reverse order, so that a change in the
+    machine's load during tuning favours no candidate; the figures are the means of the two."""
+    top_concurrency = max(plan["concurrency"])
+    measured: dict[ServedConfig, list[tuple[float, float, float]]] = {c: [] for c in TUNING_CANDIDATES}
+    for order in (TUNING_CANDIDATES, TUNING_CANDIDATES[::-1]):
+        for candidate in order:
+            served.deploy(candidate)
+            served.warm_up(jpegs)
+            busy = served.measure("rest", jpegs, concurrency=top_concurrency, requests=2 * top_concurrency,
+                                  warmup=top_concurrency).summary()
+            alone = served.measure("rest", jpegs, concurrency=1, requests=8, warmup=2).summary()
+            measured[candidate].append(
+                (busy["images_per_s"], busy["server_cpu_ms_per_image"], alone["latency_ms"]["p50"]))
+            log(f"tuning {candidate.label}: {busy['images_per_s']:.2f} images/s at concurrency {top_concurrency}, "
+                f"p50 {alone['latency_ms']['p50']} ms alone")
+    tuning = []
+    for candidate, values in measured.items():
+        throughput, cpu, p50 = (round(statistics.mean(v), 2) for v in zip(*values))
+        tuning.append({"config": candidate.to_dict(), "label": candidate.label,
+                       "images_per_s_at_max_concurrency": throughput, "server_cpu_ms_per_image": cpu,
+                       "p50_ms_at_concurrency_1": p50, "passes": [list(v) for v in values]})
+    return tuning
+
+
+def pick_config(tuning: list[dict], in_process_b1: dict | None) -> ServedConfig:
+    """The highest throughput at top concurrency among configs whose lone-request p50 meets the target."""
+    def ok(entry: dict) -> bool:
+        return in_process_b1 is None or entry["p50_ms_at_concurrency_1"] <= LATENCY_TARGET * in_process_b1[
+            "latency_ms"]["p50"]
+
+    pool = [t for t in tuning if ok(t)] or tuning
+    best = max(pool, key=lambda t: t["images_per_s_at_max_concurrency"])
+    return ServedConfig(**best["config"])
+
+
+def _describe_summary(description: list[dict]) -> dict:
+    model = description[0]
+    return {key: model.get(key) for key in ("modelName", "batchSize", "maxBatchDelay", "minWorkers", "maxWorkers")} | {
+        "workers": len(model.get("workers", []))}
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
