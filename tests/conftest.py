@@ -12,19 +12,6 @@ from ops.server import TorchServe, free_port_overrides
 from tests.helpers import write_tiny_export
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> Path:
     """A model store holding `captioner.mar`, a tiny random model packed like `make mar` does."""

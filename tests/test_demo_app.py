@@ -14,7 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from client.rest import ServiceError
-from tests.conftest import free_ports
+from ops.server import free_ports
 from tests.helpers import shape_image_bytes
 
 APP = Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import free_ports
+from ops.server import free_ports
 from tests.helpers import shape_image_bytes
 
 ROOT = Path(__file__).resolve().parent.parent

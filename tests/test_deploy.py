@@ -26,8 +26,7 @@ import referencing
 import requests
 import yaml
 
-from ops.server import TorchServe, read_properties
-from tests.conftest import free_ports
+from ops.server import TorchServe, free_ports, read_properties
 from tests.helpers import shape_image_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
