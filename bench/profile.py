@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from bench.in_process import InProcessPipeline
-from handler.request_parsing import CaptionRequest
+from handler.request_parsing import CaptionRequest, parse_request
 from handler.streaming import to_json
 from model.batch_captioning import DecodeSpec, decode_mixed
 
@@ -29,7 +29,8 @@ def stage_times_ms(pipeline: InProcessPipeline, jpegs: Sequence[bytes], batch_si
         times = {}
         with torch.inference_mode():
             t0 = time.perf_counter()
-            requests = handler.preprocess(rows)
+            # The two halves of the handler's preprocess (parse, then make the model input), timed apart.
+            requests = [parse_request(row, handler.limits) for row in rows]
             t1 = time.perf_counter()
             if not all(isinstance(r, CaptionRequest) for r in requests):
                 raise RuntimeError("the handler refused a benchmark image")
