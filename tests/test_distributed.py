@@ -47,7 +47,7 @@ def torchrun(dataset: Path, output_dir: Path, dump: Path, *extra: str) -> tuple[
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    records = [torch.load(dump / f"rank{rank}.pt", weights_only=False) for rank in range(RANKS)]
+    records = [torch.load(dump / f"rank{rank}.pt", weights_only=True) for rank in range(RANKS)]
     assert [r["rank"] for r in records] == list(range(RANKS)) and records[0]["world_size"] == RANKS
     return records, output
 
