@@ -144,21 +144,25 @@ class _WorkerKiller:
         self.thread: threading.Thread | None = None
 
     def kill(self) -> None:
-        pid = self.client.worker_pids()[0]
+        before = self.client.worker_pids()
+        pid = before[0]
         os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
         self.result = {"pid": pid, "new_pid": None, "worker_ready_s": None}
-        self.thread = threading.Thread(target=self._watch, args=(pid, killed_at), daemon=True)
+        self.thread = threading.Thread(target=self._watch, args=(pid, set(before), killed_at), daemon=True)
         self.thread.start()
 
-    def _watch(self, pid: int, killed_at: float, timeout: float = 300.0) -> None:
+    def _watch(self, pid: int, before: set[int], killed_at: float, timeout: float = 300.0) -> None:
+        # With several workers the others stay READY throughout, so only a PID that did not
+        # exist before the kill counts, and only once describe no longer lists the dead one.
         while time.monotonic() - killed_at < timeout:
             try:
                 workers = self.client.describe()[0]["workers"]
             except (requests.RequestException, IndexError, KeyError):
                 workers = []
-            ready = [w for w in workers if w.get("status") == "READY" and w.get("pid") not in (None, pid)]
-            if ready:
+            pids = {w.get("pid") for w in workers}
+            ready = [w for w in workers if w.get("status") == "READY" and w.get("pid") not in before | {None}]
+            if ready and pid not in pids:
                 self.result.update(new_pid=ready[0]["pid"], worker_ready_s=round(time.monotonic() - killed_at, 2))
                 return
             time.sleep(self.poll_s)
