@@ -123,3 +123,41 @@ def test_encoder_weights_from_a_path(tmp_path):
     torch.save(resnet34(weights=None).state_dict(), path)
     weights = load_encoder_weights(str(path))
     assert "layer4.2.bn2.weight" in weights
+
+
+def test_word_position_head_learns_each_images_first_caption_in_order():
+    from training.coco_data import collate_captions
+
+    # Two images, the first with two captions: the head's targets are caption 0 of each image.
+    first_a, second_a, first_b = torch.tensor([1, 5, 6, 2]), torch.tensor([1, 7, 2]), torch.tensor([1, 6, 5, 8, 2])
+    batch = collate_captions([(torch.zeros(3), [first_a, second_a], 10), (torch.zeros(3), [first_b], 11)])
+    head = train.WordPositionHead(embed_size=4, vocab_size=9, max_length=6)
+    embeddings = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        head.linear.weight.zero_()
+        head.linear.bias.zero_()
+        uniform = head.loss(embeddings, batch, pad_id=0).item()
+    assert uniform == pytest.approx(torch.log(torch.tensor(9.0)).item(), rel=1e-5)
+    # If image a's second caption were a target too, position 1 would want both 6 and 7
+    # and the loss could not approach zero.
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.1)
+    for _ in range(200):
+        optimizer.zero_grad()
+        head.loss(embeddings, batch, pad_id=0).backward()
+        optimizer.step()
+    assert head.loss(embeddings, batch, pad_id=0).item() < 0.01, "the second caption of image a is not a target"
+    logits = head.linear(embeddings).view(2, 6, 9)
+    assert logits[0, :3].argmax(-1).tolist() == [5, 6, 2]
+    assert logits[1, :4].argmax(-1).tolist() == [6, 5, 8, 2]
+
+
+def test_training_with_the_auxiliary_heads_saves_and_resumes_them(dataset, tmp_path):
+    heads = ("--concept-weight", "1.0", "--word-position-weight", "1.0", "--train-backbone")
+    train.main(train_args(dataset, tmp_path / "first", "--epochs", "1", *heads))
+    checkpoint = load_checkpoint(tmp_path / "first" / "checkpoint.pt")
+    assert {"concept_head", "position_head"} <= set(checkpoint)
+    train.main(train_args(dataset, tmp_path / "resumed", "--epochs", "2", *heads,
+                          "--resume", str(tmp_path / "first" / "checkpoint.pt")))
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    assert resumed["epoch"] == 1
+    assert not resumed["position_head"]["linear.weight"].equal(checkpoint["position_head"]["linear.weight"])
