@@ -27,14 +27,14 @@ SAMPLE ?= $(DATA)/images/003001.jpg
 # (no ImageNet weights can be downloaded here). See README "Training".
 TRAIN_IMAGES ?= 3000
 VAL_IMAGES ?= 300
-EPOCHS ?= 9
-IMAGE_SIZE ?= 64
+EPOCHS ?= 7
+IMAGE_SIZE ?= 96
 TRAIN_ARGS ?= --encoder-weights none --train-backbone --image-size $(IMAGE_SIZE) --epochs $(EPOCHS) \
-	--batch-size 32 --lr 5e-3 --backbone-lr 1.5e-3 --concept-weight 4.0 --eval-captions
+	--batch-size 16 --lr 5e-3 --backbone-lr 1.5e-3 --concept-weight 4.0 --word-position-weight 1.0
 
 CLIENT := $(PY) -m client --key-file $(SERVE_DIR)/key_file.json --model $(MODEL_NAME)
 
-.PHONY: help install test test-slow data model eval gallery mar serve stop register scale describe unregister clean
+.PHONY: help install test data model eval gallery mar serve stop register scale describe unregister clean
 
 help:
 	@echo "make install      create .venv and install everything (idempotent)"
@@ -59,9 +59,6 @@ $(STUBS): $(INSTALLED)
 
 test: install
 	$(PY) -m pytest tests
-
-test-slow: install
-	$(PY) -m pytest tests -m slow -s
 
 data: $(VAL_JSON)
 
