@@ -27,7 +27,7 @@ SAMPLE ?= $(DATA)/images/003001.jpg
 # (no ImageNet weights can be downloaded here). See README "Training".
 TRAIN_IMAGES ?= 3000
 VAL_IMAGES ?= 300
-EPOCHS ?= 7
+EPOCHS ?= 6
 IMAGE_SIZE ?= 96
 TRAIN_ARGS ?= --encoder-weights none --train-backbone --image-size $(IMAGE_SIZE) --epochs $(EPOCHS) \
 	--batch-size 16 --lr 5e-3 --backbone-lr 1.5e-3 --concept-weight 4.0 --word-position-weight 1.0
