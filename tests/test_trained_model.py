@@ -20,7 +20,7 @@ from training.shapes_dataset import generate, names_every_object, random_scene, 
 
 HELD_OUT = 60
 # The default recipe's settings (see the Makefile), on a smaller single-object set:
-# 4 epochs of 75 steps, about three minutes on 2 cores.
+# 4 epochs of 75 steps (about five minutes on 2 cores, packing and registering included).
 TRAIN_ARGS = [
     "--encoder-weights", "none", "--train-backbone", "--image-size", "96",
     "--epochs", "4", "--batch-size", "16", "--lr", "5e-3", "--backbone-lr", "1.5e-3",
