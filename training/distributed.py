@@ -103,7 +103,3 @@ def wrap(module: nn.Module, place: Distributed, device: torch.device) -> nn.Modu
         return module
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=device_ids)
-
-
-def unwrapped(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, DistributedDataParallel) else module

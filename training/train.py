@@ -36,7 +36,7 @@ from tqdm import tqdm
 from model.captioner import Captioner
 from model.config import IMAGENET_MEAN, IMAGENET_STD, CaptionerConfig
 from model.transforms import eval_transform, train_transform
-from model.vocabulary import SPECIAL_TOKENS, Vocabulary
+from model.vocabulary import PAD, SPECIAL_TOKENS, Vocabulary
 from training import distributed
 from training.checkpoints import load_checkpoint, save_checkpoint
 from training.coco_data import CaptionBatch, CocoCaptions, collate_captions, load_coco, split_image_ids
@@ -199,7 +199,7 @@ def batch_loss(
         if concept_head is not None and concept_weight > 0:
             loss = loss + concept_weight * concept_head.loss(embeddings.float(), batch, len(SPECIAL_TOKENS))
         if position_head is not None and position_weight > 0:
-            loss = loss + position_weight * position_head.loss(embeddings.float(), batch, SPECIAL_TOKENS.index("<pad>"))
+            loss = loss + position_weight * position_head.loss(embeddings.float(), batch, SPECIAL_TOKENS.index(PAD))
     return loss
 
 
