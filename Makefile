@@ -24,13 +24,20 @@ WORKERS ?= 2
 SAMPLE ?= $(DATA)/images/003001.jpg
 
 # The default recipe: ResNet-34 trained from scratch on the generated shapes set
-# (no ImageNet weights can be downloaded here). See README "Training".
+# (no ImageNet weights can be downloaded here), in two stages. See README "Training".
+# 1. Fine-tune the backbone with the caption loss and two auxiliary losses.
+# 2. Freeze it and train the projection and decoder on its features, computed once.
 TRAIN_IMAGES ?= 3000
 VAL_IMAGES ?= 300
-EPOCHS ?= 6
 IMAGE_SIZE ?= 96
-TRAIN_ARGS ?= --encoder-weights none --train-backbone --image-size $(IMAGE_SIZE) --epochs $(EPOCHS) \
-	--batch-size 16 --lr 5e-3 --backbone-lr 1.5e-3 --concept-weight 4.0 --word-position-weight 1.0
+FINETUNE_EPOCHS ?= 3
+DECODER_EPOCHS ?= 8
+FINETUNE_DIR := $(TRAIN_DIR)/finetune
+AUX_LOSSES ?= --concept-weight 4.0 --scene-weight 1.0
+FINETUNE_ARGS ?= --encoder-weights none --train-backbone --image-size $(IMAGE_SIZE) --epochs $(FINETUNE_EPOCHS) \
+	--batch-size 16 --lr 5e-3 --backbone-lr 1.5e-3 --captions-per-image 2 $(AUX_LOSSES)
+DECODER_ARGS ?= --epochs $(DECODER_EPOCHS) --batch-size 32 --lr 3e-3 $(AUX_LOSSES)
+DATA_ARGS = --annotations $(TRAIN_JSON) --val-annotations $(VAL_JSON) --images $(DATA)/images
 
 CLIENT := $(PY) -m client --key-file $(SERVE_DIR)/key_file.json --model $(MODEL_NAME)
 
@@ -68,8 +75,9 @@ $(VAL_JSON): | $(INSTALLED)
 model: $(EXPORT)/model.safetensors
 
 $(EXPORT)/model.safetensors: $(VAL_JSON) | $(INSTALLED)
-	$(PY) -m training.train --annotations $(TRAIN_JSON) --val-annotations $(VAL_JSON) --images $(DATA)/images \
-		--output-dir $(TRAIN_DIR) $(TRAIN_ARGS)
+	$(PY) -m training.train $(DATA_ARGS) --output-dir $(FINETUNE_DIR) $(FINETUNE_ARGS)
+	$(PY) -m training.train $(DATA_ARGS) --output-dir $(TRAIN_DIR) --init-from $(FINETUNE_DIR)/checkpoint.pt \
+		$(DECODER_ARGS)
 	$(PY) -m training.export --checkpoint $(TRAIN_DIR)/checkpoint.pt --out $(EXPORT)
 	$(PY) -m training.evaluate --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images \
 		| tee build/eval.json

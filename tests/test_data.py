@@ -100,3 +100,31 @@ def test_missing_annotation_file_says_what_to_do(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="make data"):
         load_coco(tmp_path / "nope.json")
+
+
+def test_captions_per_image_draws_that_many_of_the_images_own_captions(tmp_path):
+    path, image_dir = _write_coco_file(tmp_path, images=4)
+    coco = load_coco(path)
+    vocab = Vocabulary.build([a["caption"] for a in coco.anns.values()], min_count=1)
+    transform = eval_transform(image_size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
+    dataset = CocoCaptions(coco, image_dir, vocab, transform, captions_per_image=1)
+    image_id = dataset.image_ids[0]
+    own = {tuple(vocab.encode(a["caption"])) for a in coco.imgToAnns[image_id]}
+    random.seed(0)
+    drawn = [tuple(tuple(t.tolist()) for t in dataset[0][1]) for _ in range(30)]
+    assert all(len(d) == 1 and d[0] in own for d in drawn)
+    assert {d[0] for d in drawn} == own, "over many reads every caption is drawn"
+    everything = CocoCaptions(coco, image_dir, vocab, transform)
+    assert len(everything[0][1]) == len(own)
+
+
+def test_scene_labels_put_each_object_in_its_column():
+    from training.shapes_dataset import COLUMNS, SIZES, ShapeObject, scene_labels
+
+    objects = [ShapeObject("triangle", "blue", "large", "left"), ShapeObject("circle", "red", "small", "right")]
+    labels = scene_labels(objects)
+    assert len(labels) == len(COLUMNS)
+    assert labels[0] == [list(COLORS).index("blue") + 1, SHAPES.index("triangle") + 1, SIZES.index("large") + 1]
+    assert labels[1] == [0, 0, 0], "the empty middle column is class 0 for every attribute"
+    assert labels[2] == [list(COLORS).index("red") + 1, SHAPES.index("circle") + 1, SIZES.index("small") + 1]
+    assert scene_labels([{"shape": "circle", "color": "red", "size": "small", "column": "right"}])[2] == labels[2]

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from handler.model_loader import ExportError, load_exported_captioner
 from model.decoding import greedy_decode
-from training import train
+from training import auxiliary_losses, train
 from training.checkpoints import load_checkpoint
 from training.encoder_weights import load_encoder_weights
 from training.export import export_checkpoint
@@ -131,7 +131,7 @@ def test_word_position_head_learns_each_images_first_caption_in_order():
     # Two images, the first with two captions: the head's targets are caption 0 of each image.
     first_a, second_a, first_b = torch.tensor([1, 5, 6, 2]), torch.tensor([1, 7, 2]), torch.tensor([1, 6, 5, 8, 2])
     batch = collate_captions([(torch.zeros(3), [first_a, second_a], 10), (torch.zeros(3), [first_b], 11)])
-    head = train.WordPositionHead(embed_size=4, vocab_size=9, max_length=6)
+    head = auxiliary_losses.WordPositionHead(embed_size=4, vocab_size=9, max_length=6)
     embeddings = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         head.linear.weight.zero_()
@@ -152,12 +152,70 @@ def test_word_position_head_learns_each_images_first_caption_in_order():
 
 
 def test_training_with_the_auxiliary_heads_saves_and_resumes_them(dataset, tmp_path):
-    heads = ("--concept-weight", "1.0", "--word-position-weight", "1.0", "--train-backbone")
+    heads = ("--concept-weight", "1.0", "--word-position-weight", "1.0", "--scene-weight", "1.0", "--train-backbone")
     train.main(train_args(dataset, tmp_path / "first", "--epochs", "1", *heads))
     checkpoint = load_checkpoint(tmp_path / "first" / "checkpoint.pt")
-    assert {"concept_head", "position_head"} <= set(checkpoint)
+    assert {"concept_head", "position_head", "scene_head"} <= set(checkpoint)
     train.main(train_args(dataset, tmp_path / "resumed", "--epochs", "2", *heads,
                           "--resume", str(tmp_path / "first" / "checkpoint.pt")))
     resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
     assert resumed["epoch"] == 1
     assert not resumed["position_head"]["linear.weight"].equal(checkpoint["position_head"]["linear.weight"])
+    assert not resumed["scene_head"]["linear.weight"].equal(checkpoint["scene_head"]["linear.weight"])
+
+
+def test_scene_head_learns_what_stands_in_each_column_of_each_image():
+    from training.coco_data import collate_captions
+
+    # Two images with their scenes keyed by image id: (columns=2, attributes=(3, 2)).
+    scenes = {10: torch.tensor([[2, 1], [0, 0]]), 11: torch.tensor([[0, 0], [1, 1]])}
+    head = auxiliary_losses.SceneHead(embed_size=4, columns=2, attribute_classes=(3, 2), scenes=scenes)
+    caption = torch.tensor([1, 5, 2])
+    batch = collate_captions([(torch.zeros(3), [caption], 11), (torch.zeros(3), [caption], 10)])
+    embeddings = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.1)
+    for _ in range(200):
+        optimizer.zero_grad()
+        head.loss(embeddings, batch).backward()
+        optimizer.step()
+    assert head.loss(embeddings, batch).item() < 0.01
+    logits = head.linear(embeddings).view(2, 2, 5)
+    colour, shape = logits[..., :3].argmax(-1), logits[..., 3:].argmax(-1)
+    # Batch row 0 is image 11, row 1 image 10: targets follow the image ids, not the row order.
+    assert colour.tolist() == [[0, 1], [2, 0]] and shape.tolist() == [[0, 1], [1, 0]]
+
+
+def test_scene_loss_on_images_without_scenes_says_why(dataset, tmp_path):
+    coco = json.loads((dataset / "annotations" / "captions_train.json").read_text())
+    for image in coco["images"]:
+        del image["objects"]
+    (tmp_path / "plain.json").write_text(json.dumps(coco))
+    args = train_args(dataset, tmp_path / "run", "--epochs", "1", "--scene-weight", "1.0")
+    args.annotations = str(tmp_path / "plain.json")
+    with pytest.raises(SystemExit, match="objects.*generated set"):
+        train.main(args)
+
+
+def test_fewer_captions_per_image_train_and_the_word_position_loss_refuses_them(dataset, tmp_path):
+    train.main(train_args(dataset, tmp_path / "one", "--epochs", "1", "--captions-per-image", "1"))
+    assert load_checkpoint(tmp_path / "one" / "checkpoint.pt")["epoch"] == 0
+    with pytest.raises(SystemExit, match="every caption"):
+        train.main(train_args(dataset, tmp_path / "two", "--epochs", "1", "--captions-per-image", "1",
+                              "--word-position-weight", "1.0"))
+
+
+def test_init_from_starts_a_new_run_on_a_checkpoints_weights_with_the_backbone_frozen(dataset, tmp_path):
+    first = train.main(train_args(dataset, tmp_path / "first", "--epochs", "2", "--train-backbone", "--scene-weight", "1.0"))
+    source = load_checkpoint(first)
+    second = train.main(train_args(dataset, tmp_path / "second", "--epochs", "1", "--scene-weight", "1.0",
+                                   "--init-from", str(first)))
+    result = load_checkpoint(second)
+    assert result["epoch"] == 0 and len(result["history"]["val_loss"]) == 1, "a new run, not the first one resumed"
+    assert result["config"]["train_backbone"] is False
+    assert result["vocab"] == source["vocab"]
+    backbone = [k for k in source["model"] if k.startswith("encoder.backbone.")]
+    assert backbone and all(torch.equal(result["model"][k], source["model"][k]) for k in backbone)
+    assert not torch.equal(result["model"]["decoder.linear.weight"], source["model"]["decoder.linear.weight"])
+    assert not torch.equal(result["scene_head"]["linear.weight"], source["scene_head"]["linear.weight"])
+    with pytest.raises(SystemExit, match="give one"):
+        train.main(train_args(dataset, tmp_path / "both", "--resume", str(first), "--init-from", str(first)))

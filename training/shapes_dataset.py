@@ -127,6 +127,24 @@ def named_objects(caption_tokens: list[str]) -> Counter:
     return pairs
 
 
+# Classes per attribute in `scene_labels`, "nothing here" (0) included.
+SCENE_ATTRIBUTE_CLASSES = (len(COLORS) + 1, len(SHAPES) + 1, len(SIZES) + 1)
+
+
+def scene_labels(objects: list[dict] | list[ShapeObject]) -> list[list[int]]:
+    """Per column, left to right: [colour, shape, size] class ids, 0 where the column is empty.
+
+    Training targets for `training.auxiliary_losses.SceneHead`.
+    """
+    labels = [[0, 0, 0] for _ in COLUMNS]
+    for obj in objects:
+        o = obj if isinstance(obj, dict) else asdict(obj)
+        labels[COLUMNS.index(o["column"])] = [
+            list(COLORS).index(o["color"]) + 1, SHAPES.index(o["shape"]) + 1, SIZES.index(o["size"]) + 1
+        ]
+    return labels
+
+
 def names_every_object(caption_tokens: list[str], objects: list[dict] | list[ShapeObject]) -> bool:
     """True when the caption names exactly the scene's colour/shape pairs."""
     truth = Counter(

@@ -10,6 +10,11 @@ the learning-rate schedule's position), `history.json` and
 `loss_curve.png`. With a frozen backbone and no augmentation, backbone features
 are computed once and reused every epoch.
 
+`--init-from` starts a new run from another run's weights: the default recipe
+(Makefile, README "Training") fine-tunes the backbone in a first run, then
+freezes it and trains the decoder on its cached features in a second, where an
+epoch costs a few seconds instead of minutes.
+
 Under `torchrun` it trains data-parallel on several processes (see
 `training/distributed.py` and README "Scaling").
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -28,8 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -39,8 +43,10 @@ from model.transforms import eval_transform, train_transform
 from model.vocabulary import PAD, SPECIAL_TOKENS, Vocabulary
 from training import distributed
 from training.checkpoints import load_checkpoint, save_checkpoint
+from training.auxiliary_losses import ConceptHead, SceneHead, WordPositionHead
 from training.coco_data import CaptionBatch, CocoCaptions, collate_captions, load_coco, split_image_ids
 from training.encoder_weights import load_encoder_weights
+from training.shapes_dataset import COLUMNS, SCENE_ATTRIBUTE_CLASSES, scene_labels
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -75,11 +81,25 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="weight of the auxiliary loss that predicts each word of an image's first caption, position by "
         "position, from the image embedding (for short, regular captions such as the generated set's)",
     )
+    optim.add_argument(
+        "--scene-weight", type=float, default=0.0,
+        help="weight of the auxiliary loss that predicts each column's colour, shape and size from the image "
+        "embedding (the generated set only: its image records carry their scenes)",
+    )
+    optim.add_argument(
+        "--captions-per-image", type=int, default=None,
+        help="captions of each image per step, drawn at random (default: all)",
+    )
     optim.add_argument("--augment", action="store_true", help="random shifts/scales (disables feature cache)")
     optim.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps")
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", default="build/train")
     run.add_argument("--resume", default=None, help="checkpoint to continue from")
+    run.add_argument(
+        "--init-from", default=None,
+        help="start a new run (fresh optimizer and schedule) from a checkpoint's weights, vocabulary and "
+        "image size; e.g. train the decoder on a backbone fine-tuned by an earlier run, now frozen",
+    )
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     run.add_argument("--workers", type=int, default=1, help="data loader processes")
     run.add_argument("--seed", type=int, default=0)
@@ -126,89 +146,20 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-class ConceptHead(nn.Module):
-    """Predicts, from the image embedding alone, which words the image's captions use.
-
-    A training-only auxiliary loss ("visual concepts" learned from captions, as
-    in Fang et al., 2015). With a backbone trained from scratch, the caption loss
-    reaches the encoder only through the LSTM and is slow to start; this loss
-    gives the encoder a direct signal (see README, "Training", for what it
-    changed). It is not exported.
-    """
-
-    def __init__(self, embed_size: int, vocab_size: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(embed_size, vocab_size)
-
-    def loss(self, embeddings: torch.Tensor, batch: CaptionBatch, first_word_id: int) -> torch.Tensor:
-        captions = batch.captions
-        targets = torch.zeros(len(embeddings), self.linear.out_features, device=captions.device)  # (B, V)
-        real = torch.arange(captions.shape[1], device=captions.device) < batch.lengths.to(captions.device)[:, None]
-        rows = batch.owners[:, None].expand_as(captions)[real]  # image of each real token
-        targets[rows, captions[real]] = 1.0
-        logits = self.linear(embeddings)[:, first_word_id:]  # special tokens carry no concept
-        return F.binary_cross_entropy_with_logits(logits, targets[:, first_word_id:])
-
-
-class WordPositionHead(nn.Module):
-    """Predicts the words of each image's first caption, position by position, from its embedding alone.
-
-    A training-only auxiliary loss. The concept head says which words an image
-    calls for but not in which order, so with several objects it cannot tell
-    the encoder which shape belongs to which colour; the caption loss can, but
-    reaches the encoder only through the LSTM. Predicting word t of one
-    reference caption directly from the embedding ties each attribute to its
-    place in the sentence. It suits short captions written to one pattern (the
-    generated set's first caption lists the objects left to right); it is not
-    exported.
-    """
-
-    def __init__(self, embed_size: int, vocab_size: int, max_length: int) -> None:
-        super().__init__()
-        self.vocab_size = vocab_size
-        self.max_length = max_length
-        self.linear = nn.Linear(embed_size, vocab_size * max_length)
-
-    def loss(self, embeddings: torch.Tensor, batch: CaptionBatch, pad_id: int) -> torch.Tensor:
-        owners = batch.owners
-        first = torch.ones_like(owners, dtype=torch.bool)
-        first[1:] = owners[1:] != owners[:-1]  # an image's captions are consecutive in the batch
-        targets = batch.captions[first][:, 1 : self.max_length + 1]  # drop <start>; (B, <= max_length)
-        targets = F.pad(targets, (0, self.max_length - targets.shape[1]), value=pad_id)
-        logits = self.linear(embeddings).view(-1, self.max_length, self.vocab_size)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad_id)
-
-
-def batch_loss(
-    model: Captioner,
-    batch: CaptionBatch,
-    device: torch.device,
-    uses_features: bool,
-    concept_head: ConceptHead | None = None,
-    concept_weight: float = 0.0,
-    position_head: WordPositionHead | None = None,
-    position_weight: float = 0.0,
-) -> torch.Tensor:
-    """Loss of one batch: caption cross-entropy (+ the weighted auxiliary losses when training with them).
-
-    `batch.images` holds backbone features when `uses_features`.
-    """
-    with autocast_for(device):
+def caption_only_loss(model: Captioner, batch: CaptionBatch, uses_features: bool) -> torch.Tensor:
+    """Teacher-forced caption cross-entropy of one batch (`batch.images` holds backbone features when `uses_features`)."""
+    with autocast_for(batch.captions.device):
         embeddings = model.embed_images(None if uses_features else batch.images, batch.images if uses_features else None)
-        _, loss = model.caption_loss(embeddings, batch.captions, batch.lengths, batch.owners)
-        if concept_head is not None and concept_weight > 0:
-            loss = loss + concept_weight * concept_head.loss(embeddings.float(), batch, len(SPECIAL_TOKENS))
-        if position_head is not None and position_weight > 0:
-            loss = loss + position_weight * position_head.loss(embeddings.float(), batch, SPECIAL_TOKENS.index(PAD))
-    return loss
+        return model.caption_loss(embeddings, batch.captions, batch.lengths, batch.owners)[1]
 
 
 class TrainingLoss(torch.nn.Module):
-    """The captioner and its auxiliary heads as one module whose `forward` is `batch_loss`.
+    """The captioner and its auxiliary heads as one module: `forward(batch)` is the training loss.
 
-    DistributedDataParallel averages the gradients of the parameters used in
-    its wrapped module's forward, so with several processes the loss goes
-    through this module (see `training/distributed.py`).
+    Caption cross-entropy plus each auxiliary head's loss times its weight
+    (`training.auxiliary_losses`). DistributedDataParallel averages the
+    gradients of the parameters used in its wrapped module's forward, so with
+    several processes the loss goes through this module (`training/distributed.py`).
     """
 
     def __init__(
@@ -220,21 +171,35 @@ class TrainingLoss(torch.nn.Module):
         concept_weight: float = 0.0,
         position_head: WordPositionHead | None = None,
         position_weight: float = 0.0,
+        scene_head: SceneHead | None = None,
+        scene_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
         self.concept_head = concept_head
         self.position_head = position_head
+        self.scene_head = scene_head
         self.uses_features = uses_features
         self.concept_weight = concept_weight
         self.position_weight = position_weight
+        self.scene_weight = scene_weight
 
     def forward(self, batch: CaptionBatch) -> torch.Tensor:
-        device = batch.captions.device
-        return batch_loss(
-            self.model, batch, device, self.uses_features,
-            self.concept_head, self.concept_weight, self.position_head, self.position_weight,
-        )
+        images = None if self.uses_features else batch.images
+        features = batch.images if self.uses_features else None
+        with autocast_for(batch.captions.device):
+            embeddings = self.model.embed_images(images, features)
+            loss = self.model.caption_loss(embeddings, batch.captions, batch.lengths, batch.owners)[1]
+            embeddings = embeddings.float()
+            if self.concept_head is not None and self.concept_weight > 0:
+                loss = loss + self.concept_weight * self.concept_head.loss(embeddings, batch, len(SPECIAL_TOKENS))
+            if self.position_head is not None and self.position_weight > 0:
+                loss = loss + self.position_weight * self.position_head.loss(
+                    embeddings, batch, SPECIAL_TOKENS.index(PAD)
+                )
+            if self.scene_head is not None and self.scene_weight > 0:
+                loss = loss + self.scene_weight * self.scene_head.loss(embeddings, batch)
+        return loss
 
 
 def train_one_epoch(
@@ -280,7 +245,7 @@ def evaluate_loss(model: Captioner, loader: DataLoader, device: torch.device, *,
     model.eval()
     total, count = 0.0, 0
     for batch in loader:
-        loss = batch_loss(model, batch.to(device), device, uses_features)
+        loss = caption_only_loss(model, batch.to(device), uses_features)
         total += loss.item() * len(batch.lengths)
         count += len(batch.lengths)
     return total / max(count, 1)
@@ -321,6 +286,20 @@ def plot_losses(history: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def scene_targets(dataset: CocoCaptions) -> dict[int, torch.Tensor]:
+    """Image id -> (columns, attributes) class ids for `SceneHead`, from the generated set's image records."""
+    targets = {}
+    for image_id in dataset.image_ids:
+        objects = dataset.coco.imgs[image_id].get("objects")
+        if objects is None:
+            raise SystemExit(
+                f"--scene-weight needs the scene of every training image, and image {image_id} has no `objects` "
+                "record; it works with the generated set (`make data`), not with COCO"
+            )
+        targets[image_id] = torch.tensor(scene_labels(objects))
+    return targets
+
+
 def build_datasets(args: argparse.Namespace, vocab: Vocabulary | None, config_image_size: int, mean, std):
     """Training and validation datasets, and the vocabulary (built from training captions if not given)."""
     coco = load_coco(args.annotations)
@@ -336,13 +315,16 @@ def build_datasets(args: argparse.Namespace, vocab: Vocabulary | None, config_im
         )
     train_tf = train_transform(image_size=config_image_size, mean=mean, std=std, augment=args.augment)
     val_tf = eval_transform(image_size=config_image_size, mean=mean, std=std)
-    train_set = CocoCaptions(coco, args.images, vocab, train_tf, train_ids)
+    train_set = CocoCaptions(coco, args.images, vocab, train_tf, train_ids, captions_per_image=args.captions_per_image)
     val_set = CocoCaptions(val_coco, args.val_images or args.images, vocab, val_tf, val_ids)
     return train_set, val_set, vocab
 
 
 def main(args: argparse.Namespace) -> Path:
     """Train and return the checkpoint path."""
+    if args.word_position_weight > 0 and args.captions_per_image is not None:
+        raise SystemExit("--word-position-weight reads each image's first caption; it needs every caption per step "
+                         "(drop --captions-per-image)")
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     # Under torchrun: join the process group; only rank 0 prints and writes files.
@@ -352,12 +334,17 @@ def main(args: argparse.Namespace) -> Path:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    checkpoint = load_checkpoint(args.resume) if args.resume else None
+    if args.resume and args.init_from:
+        raise SystemExit("--resume continues a run and --init-from starts a new one from a checkpoint: give one")
+    checkpoint = load_checkpoint(args.resume) if args.resume else None  # a run to continue
+    source = checkpoint or (load_checkpoint(args.init_from) if args.init_from else None)  # weights to start from
     # Before any data is read, so a missing weights file fails at once.
-    weights = load_encoder_weights(args.encoder_weights) if checkpoint is None else None
-    if checkpoint is not None:
-        config = CaptionerConfig.from_dict(checkpoint["config"])
-        vocab = Vocabulary.from_dict(checkpoint["vocab"])
+    weights = load_encoder_weights(args.encoder_weights) if source is None else None
+    if source is not None:
+        config = CaptionerConfig.from_dict(source["config"])
+        if checkpoint is None:  # --init-from: this run says whether the backbone trains
+            config = dataclasses.replace(config, train_backbone=args.train_backbone)
+        vocab = Vocabulary.from_dict(source["vocab"])
         train_set, val_set, _ = build_datasets(args, vocab, config.image_size, config.mean, config.std)
     else:
         train_set, val_set, vocab = build_datasets(args, None, args.image_size, IMAGENET_MEAN, IMAGENET_STD)
@@ -373,8 +360,8 @@ def main(args: argparse.Namespace) -> Path:
     model = Captioner(config)
     if weights is not None:
         model.encoder.load_backbone_state_dict(weights)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+    if source is not None:
+        model.load_state_dict(source["model"])
     model.to(device)
     # oneDNN's CPU convolutions run faster on NHWC tensors when the backbone trains (~15% a step here).
     channels_last = config.train_backbone and device.type == "cpu"
@@ -404,9 +391,13 @@ def main(args: argparse.Namespace) -> Path:
         WordPositionHead(config.embed_size, config.vocab_size, config.max_length).to(device)
         if args.word_position_weight > 0 else None
     )
+    scene_head = (
+        SceneHead(config.embed_size, len(COLUMNS), SCENE_ATTRIBUTE_CLASSES, scene_targets(train_set)).to(device)
+        if args.scene_weight > 0 else None
+    )
     backbone = [p for p in model.encoder.backbone.parameters() if p.requires_grad]
     others = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.backbone.")]
-    for head in (concept_head, position_head):
+    for head in (concept_head, position_head, scene_head):
         if head is not None:
             others += list(head.parameters())
     groups = [{"params": others, "lr": args.lr}]
@@ -423,11 +414,10 @@ def main(args: argparse.Namespace) -> Path:
     )
     history: dict[str, Any] = {"train_loss": [], "val_loss": [], "epoch_seconds": [], "val_metrics": []}
     start_epoch = 0
+    for name, head in (("concept_head", concept_head), ("position_head", position_head), ("scene_head", scene_head)):
+        if head is not None and source is not None and name in source:
+            head.load_state_dict(source[name])
     if checkpoint is not None:
-        if concept_head is not None and "concept_head" in checkpoint:
-            concept_head.load_state_dict(checkpoint["concept_head"])
-        if position_head is not None and "position_head" in checkpoint:
-            position_head.load_state_dict(checkpoint["position_head"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         history = checkpoint["history"]
         start_epoch = checkpoint["epoch"] + 1
@@ -443,6 +433,7 @@ def main(args: argparse.Namespace) -> Path:
     training_loss: torch.nn.Module = TrainingLoss(
         model, uses_features=uses_features, concept_head=concept_head, concept_weight=args.concept_weight,
         position_head=position_head, position_weight=args.word_position_weight,
+        scene_head=scene_head, scene_weight=args.scene_weight,
     )
     if place.enabled:  # wrapped once every weight is loaded: DDP starts all ranks from rank 0's
         training_loss = distributed.wrap(training_loss, place, device)
@@ -475,6 +466,7 @@ def main(args: argparse.Namespace) -> Path:
                 "optimizer": optimizer.state_dict(),
                 **({"concept_head": concept_head.state_dict()} if concept_head is not None else {}),
                 **({"position_head": position_head.state_dict()} if position_head is not None else {}),
+                **({"scene_head": scene_head.state_dict()} if scene_head is not None else {}),
                 "epoch": epoch,
                 "args": {k: v for k, v in vars(args).items()},
                 "config": config.to_dict(),

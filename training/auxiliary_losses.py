@@ -1,0 +1,104 @@
+"""Training-only heads that give a from-scratch encoder a direct signal; none is exported.
+
+With a randomly initialised backbone, the caption loss reaches the encoder only
+through the LSTM, and the encoder is slow to start. Each head here reads the
+image embedding alone and adds a loss that says something about the picture:
+
+- `ConceptHead`: which words the image's captions use (any caption set);
+- `WordPositionHead`: each word of the image's first caption, by position
+  (short captions written to one pattern, such as the generated set's);
+- `SceneHead`: what stands in each column of the picture (the generated set,
+  whose image records carry their scenes).
+
+README "Training" records what each changed.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from training.coco_data import CaptionBatch
+
+
+class ConceptHead(nn.Module):
+    """Predicts, from the image embedding alone, which words the image's captions use.
+
+    "Visual concepts" learned from captions, as in Fang et al., 2015. It says
+    which colours and shapes a scene holds, but not which object has which.
+    """
+
+    def __init__(self, embed_size: int, vocab_size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(embed_size, vocab_size)
+
+    def loss(self, embeddings: torch.Tensor, batch: CaptionBatch, first_word_id: int) -> torch.Tensor:
+        captions = batch.captions
+        targets = torch.zeros(len(embeddings), self.linear.out_features, device=captions.device)  # (B, V)
+        real = torch.arange(captions.shape[1], device=captions.device) < batch.lengths.to(captions.device)[:, None]
+        rows = batch.owners[:, None].expand_as(captions)[real]  # image of each real token
+        targets[rows, captions[real]] = 1.0
+        logits = self.linear(embeddings)[:, first_word_id:]  # special tokens carry no concept
+        return F.binary_cross_entropy_with_logits(logits, targets[:, first_word_id:])
+
+
+class WordPositionHead(nn.Module):
+    """Predicts the words of each image's first caption, position by position, from its embedding alone.
+
+    Predicting word t of one reference caption ties each attribute to its place
+    in the sentence, which the concept head cannot. It needs every image's
+    first caption in the batch (an image's captions travel together).
+    """
+
+    def __init__(self, embed_size: int, vocab_size: int, max_length: int) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.max_length = max_length
+        self.linear = nn.Linear(embed_size, vocab_size * max_length)
+
+    def loss(self, embeddings: torch.Tensor, batch: CaptionBatch, pad_id: int) -> torch.Tensor:
+        owners = batch.owners
+        first = torch.ones_like(owners, dtype=torch.bool)
+        first[1:] = owners[1:] != owners[:-1]  # an image's captions are consecutive in the batch
+        targets = batch.captions[first][:, 1 : self.max_length + 1]  # drop <start>; (B, <= max_length)
+        targets = F.pad(targets, (0, self.max_length - targets.shape[1]), value=pad_id)
+        logits = self.linear(embeddings).view(-1, self.max_length, self.vocab_size)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad_id)
+
+
+class SceneHead(nn.Module):
+    """Predicts, for each column of the picture, the colour, shape and size standing there (or none).
+
+    The encoder pools its last feature map to one vector, so it must learn to keep
+    *where* each colour is, or a caption cannot say which shape has which colour;
+    captions teach that only through the LSTM. Column labels are local to the
+    feature map and reach the encoder directly: with them, three-object scenes,
+    whose colours the other heads left mixed up, are learnt as fast as the rest
+    (README "Training").
+
+    Args:
+        embed_size: image embedding size.
+        attribute_classes: classes per attribute, none included (colour, shape, size).
+        scenes: image id -> (columns, attributes) class ids, from the image records.
+    """
+
+    def __init__(
+        self, embed_size: int, columns: int, attribute_classes: tuple[int, ...], scenes: Mapping[int, torch.Tensor]
+    ) -> None:
+        super().__init__()
+        self.columns = columns
+        self.attribute_classes = attribute_classes
+        self.scenes = scenes  # labels, not state: never saved with the head
+        self.linear = nn.Linear(embed_size, columns * sum(attribute_classes))
+
+    def loss(self, embeddings: torch.Tensor, batch: CaptionBatch) -> torch.Tensor:
+        targets = torch.stack([self.scenes[int(i)] for i in batch.image_ids]).to(embeddings.device)  # (B, C, A)
+        logits = self.linear(embeddings).view(len(embeddings), self.columns, -1)
+        per_attribute = logits.split(self.attribute_classes, dim=-1)
+        losses = [
+            F.cross_entropy(part.flatten(0, 1), targets[..., a].flatten()) for a, part in enumerate(per_attribute)
+        ]
+        return torch.stack(losses).mean()
