@@ -261,8 +261,8 @@ def caption_metrics(
     return score_captions(predictions, val_set.references(), scenes_of(val_set))
 
 
-def plot_losses(history: dict[str, Any], path: Path) -> None:
-    """Training loss per step (smoothed) and validation loss per epoch."""
+def plot_losses(history: dict[str, Any], path: Path, train_label: str = "train (smoothed)") -> None:
+    """Training loss per step (smoothed) and held-out caption loss per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,12 +272,12 @@ def plot_losses(history: dict[str, Any], path: Path) -> None:
     window = max(1, len(steps) // 50)
     smoothed = [sum(steps[max(0, i - window + 1) : i + 1]) / len(steps[max(0, i - window + 1) : i + 1]) for i in range(len(steps))]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(range(1, len(steps) + 1), smoothed, label="train (smoothed)")
+    ax.plot(range(1, len(steps) + 1), smoothed, label=train_label)
     if history["val_loss"]:
         per_epoch = len(steps) / len(history["val_loss"])
-        ax.plot([per_epoch * (i + 1) for i in range(len(history["val_loss"]))], history["val_loss"], "o-", label="val")
+        ax.plot([per_epoch * (i + 1) for i in range(len(history["val_loss"]))], history["val_loss"], "o-", label="held-out caption loss")
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy")
+    ax.set_ylabel("loss")
     ax.set_yscale("log")
     ax.legend()
     ax.set_title("captioner training loss")
@@ -476,7 +476,11 @@ def main(args: argparse.Namespace) -> Path:
             checkpoint_path,
         )
         (output_dir / "history.json").write_text(json.dumps(history))
-        plot_losses(history, output_dir / "loss_curve.png")
+        auxiliary = args.concept_weight > 0 or args.word_position_weight > 0 or args.scene_weight > 0
+        plot_losses(
+            history, output_dir / "loss_curve.png",
+            "train: caption + auxiliary losses (smoothed)" if auxiliary else "train: caption loss (smoothed)",
+        )
     distributed.wait_for_all(place)  # every process returns once rank 0 has written the checkpoint
     return checkpoint_path
 
