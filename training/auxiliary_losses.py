@@ -75,12 +75,13 @@ class SceneHead(nn.Module):
     The encoder pools its last feature map to one vector, so it must learn to keep
     *where* each colour is, or a caption cannot say which shape has which colour;
     captions teach that only through the LSTM. Column labels are local to the
-    feature map and reach the encoder directly: with them, three-object scenes,
-    whose colours the other heads left mixed up, are learnt as fast as the rest
-    (README "Training").
+    feature map and reach the encoder directly. With this loss (and a second stage
+    that trains the decoder on the frozen backbone), 90 of 93 held-out three-object
+    scenes were named right, against 52 before (README "Training").
 
     Args:
         embed_size: image embedding size.
+        columns: columns the picture is cut into (left, middle, right: 3).
         attribute_classes: classes per attribute, none included (colour, shape, size).
         scenes: image id -> (columns, attributes) class ids, from the image records.
     """
