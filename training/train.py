@@ -146,13 +146,6 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def caption_only_loss(model: Captioner, batch: CaptionBatch, uses_features: bool) -> torch.Tensor:
-    """Teacher-forced caption cross-entropy of one batch (`batch.images` holds backbone features when `uses_features`)."""
-    with autocast_for(batch.captions.device):
-        embeddings = model.embed_images(None if uses_features else batch.images, batch.images if uses_features else None)
-        return model.caption_loss(embeddings, batch.captions, batch.lengths, batch.owners)[1]
-
-
 class TrainingLoss(torch.nn.Module):
     """The captioner and its auxiliary heads as one module: `forward(batch)` is the training loss.
 
@@ -243,9 +236,10 @@ def train_one_epoch(
 def evaluate_loss(model: Captioner, loader: DataLoader, device: torch.device, *, uses_features: bool) -> float:
     """Mean teacher-forced loss over `loader`."""
     model.eval()
+    held_out = TrainingLoss(model, uses_features=uses_features)  # no auxiliary heads: the caption loss alone
     total, count = 0.0, 0
     for batch in loader:
-        loss = caption_only_loss(model, batch.to(device), uses_features)
+        loss = held_out(batch.to(device))
         total += loss.item() * len(batch.lengths)
         count += len(batch.lengths)
     return total / max(count, 1)
