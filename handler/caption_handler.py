@@ -20,7 +20,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler.model_loader import load_exported_captioner
-from handler.open_inference import v2_response
+from handler.open_inference import v2_error, v2_response
 from handler.request_parsing import BadRequest, CaptionRequest, Failed, RequestLimits, parse_request
 from handler.streaming import WordStreamer, to_json
 from model.batch_captioning import DecodeSpec, decode_mixed
@@ -155,7 +155,11 @@ class CaptionHandler(BaseHandler):
             if isinstance(result, Failed):
                 errors += 1
                 context.set_response_status(result.error.status, _reason(result.error.message), idx)
-                responses.append(to_json({"error": result.error.message, "status": result.error.status}))
+                error = {"error": result.error.message, "status": result.error.status}
+                if result.error.v2 is not None:
+                    error = v2_error(error, result.error.v2, context.get_request_id(idx), self.model_name,
+                                     self.model_version)
+                responses.append(to_json(error))
                 continue
             body = self.describe(result, request)
             if request.v2 is not None:

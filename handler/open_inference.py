@@ -48,3 +48,21 @@ def v2_response(result: dict[str, Any], call: OpenInferenceCall, request_id: str
         "parameters": {key: result[key] for key in ("method", "beam_size", "max_length")},
         "outputs": [tensor for tensor in caption_tensors(result) if tensor["name"] in call.outputs],
     }
+
+
+def v2_error(error: dict[str, Any], call: OpenInferenceCall, request_id: str, model_name: str,
+             model_version: str) -> dict[str, Any]:
+    """A refused v2 request's answer: v2's `{"error": ...}` (with `status`), plus what a v2 answer holds.
+
+    TorchServe's OIP gRPC service (ModelInfer) ignores the status the handler sets
+    and reads every answer as a v2 response; one without `id`, `model_name`,
+    `model_version` and `outputs` made its frontend throw and restart the worker.
+    With them, a refused request comes back there as an `error` output.
+    """
+    return {
+        **error,
+        "model_name": model_name,
+        "model_version": model_version,
+        "id": call.request_id or request_id,
+        "outputs": [_tensor("error", "BYTES", [error["error"]])],
+    }

@@ -43,7 +43,8 @@ V2_IMAGE_INPUT = "image"
 V2_OPTIONS = ("max_length", "beam_size", "n_best")
 V2_INTEGER_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
 V2_OUTPUTS = ("caption", "score", "tokens", "scores", "ended", "alternatives", "alternative_scores")
-V2_BODY_FIELDS = ("id", "inputs", "outputs", "parameters")
+# model_name and model_version: TorchServe's OIP gRPC service (ModelInfer) adds them to the body.
+V2_BODY_FIELDS = ("id", "inputs", "outputs", "parameters", "model_name", "model_version")
 Image.init()  # register every plugin now: `Image.open(formats=...)` looks the names up
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class BadRequest(ValueError):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.v2: OpenInferenceCall | None = None  # set when the refused body was a KServe v2 request
 
 
 @dataclass(frozen=True)
@@ -370,5 +372,10 @@ def parse_request(row: Mapping[str, Any], limits: RequestLimits) -> CaptionReque
     if any(name in row for name in OPTION_FIELDS):
         raise BadRequest("put options inside the JSON body, not beside it")
     if is_v2_body(document):
-        return parse_v2_body(document, limits)
+        try:
+            return parse_v2_body(document, limits)
+        except BadRequest as error:
+            request_id = document.get("id")
+            error.v2 = OpenInferenceCall(request_id if isinstance(request_id, str) and request_id else None)
+            raise
     return _from_json(document, limits)

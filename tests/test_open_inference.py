@@ -223,4 +223,6 @@ def test_one_handler_batch_answers_v2_and_plain_requests_each_in_their_own_form(
     assert answers[0]["id"] == "a" and len(outputs(answers[0])["tokens"]) <= 5
     assert answers[1]["caption"] and "outputs" not in answers[1]
     assert "base64" in answers[2]["error"] and answers[2]["status"] == 400
+    # What TorchServe's OIP gRPC service needs to read a refusal without restarting the worker.
+    assert answers[2]["model_name"] == "captioner" and outputs(answers[2])["error"] == [answers[2]["error"]]
     assert answers[3]["id"] == "d" and outputs(answers[3])["caption"] == [answers[1]["caption"]]
