@@ -57,8 +57,20 @@ class GrpcCaptionClient:
         return [("authorization", header["Authorization"])] if header else []
 
     def _request(self, image: bytes, options: dict[str, Any]):
-        inputs = {"data": image, **{k: _option_bytes(v) for k, v in options.items()}}
+        return self._predictions_request({"data": image, **{k: _option_bytes(v) for k, v in options.items()}})
+
+    def _predictions_request(self, inputs: dict[str, bytes]):
         return self.pb.PredictionsRequest(model_name=self.model, model_version=self.version or "", input=inputs)
+
+    def predict(self, inputs: dict[str, bytes]) -> bytes:
+        """Send a `PredictionsRequest` with exactly these input fields; the reply's bytes, errors included.
+
+        For callers that check the reply themselves (the bad-input corpus); `caption` is the usual call.
+        """
+        reply = self.inference.Predictions(
+            self._predictions_request(inputs), metadata=self._metadata("inference"), timeout=self.timeout
+        )
+        return reply.prediction
 
     @staticmethod
     def _decode(payload: bytes) -> Any:

@@ -3,7 +3,8 @@
 The whole TorchServe batch is encoded in one forward pass and decoded step by
 step together (greedy; beam search per request). A bad request is answered on
 its own with a 4xx and a JSON error; the rest of its batch is captioned as
-usual, and the worker keeps running.
+usual, and the worker keeps running. A KServe v2 request (`/v2/models/<name>/infer`)
+gets its answer in v2 form, also one per request of the batch.
 
 Request and response formats are in README.md ("Calling the service").
 """
@@ -19,6 +20,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler.model_loader import load_exported_captioner
+from handler.open_inference import v2_error, v2_response
 from handler.request_parsing import BadRequest, CaptionRequest, Failed, RequestLimits, parse_request
 from handler.streaming import WordStreamer, to_json
 from model.batch_captioning import DecodeSpec, decode_mixed
@@ -153,9 +155,15 @@ class CaptionHandler(BaseHandler):
             if isinstance(result, Failed):
                 errors += 1
                 context.set_response_status(result.error.status, _reason(result.error.message), idx)
-                responses.append(to_json({"error": result.error.message, "status": result.error.status}))
+                error = {"error": result.error.message, "status": result.error.status}
+                if result.error.v2 is not None:
+                    error = v2_error(error, result.error.v2, context.get_request_id(idx), self.model_name,
+                                     self.model_version)
+                responses.append(to_json(error))
                 continue
             body = self.describe(result, request)
+            if request.v2 is not None:
+                body = v2_response(body, request.v2, context.get_request_id(idx))
             # Streamed requests already got their result as the last intermediate chunk;
             # the closing chunk is empty.
             responses.append("" if request.options.stream else to_json(body))

@@ -6,6 +6,9 @@ TorchServe hands the handler one dict per request, shaped by how it arrived:
 - JSON (`Content-Type: application/json`): {"body": {"image": "<base64>", "beam_size": 3, ...}}
 - multipart form: one key per field, e.g. {"data": bytearray, "max_length": bytearray(b"12")}
 - gRPC: one key per entry of the `input` map, every value bytes
+- KServe v2 / Open Inference Protocol (`POST /v2/models/<name>/infer`): the JSON body
+  {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["<base64>"]}, ...]},
+  read here rather than by TorchServe's kservev2 envelope (see `parse_v2_body`)
 
 Everything here is plain Python (no TorchServe import), so it is unit tested
 directly. Problems raise `BadRequest` with an HTTP status and a message that
@@ -19,6 +22,7 @@ import binascii
 import io
 import json
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -33,6 +37,14 @@ OPTION_FIELDS = ("max_length", "beam_size", "n_best", "stream")
 # are risky: EPS hands the file to Ghostscript, rarely used decoders see little fuzzing.
 # "JPEG" includes the multi-picture JPEGs (MPO) many cameras write.
 IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
+# KServe v2 requests: the image input, option inputs (also accepted as request `parameters`),
+# and the outputs a request may ask for by name (handler/open_inference.py writes them).
+V2_IMAGE_INPUT = "image"
+V2_OPTIONS = ("max_length", "beam_size", "n_best")
+V2_INTEGER_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
+V2_OUTPUTS = ("caption", "score", "tokens", "scores", "ended", "alternatives", "alternative_scores")
+# model_name and model_version: TorchServe's OIP gRPC service (ModelInfer) adds them to the body.
+V2_BODY_FIELDS = ("id", "inputs", "outputs", "parameters", "model_name", "model_version")
 Image.init()  # register every plugin now: `Image.open(formats=...)` looks the names up
 
 logger = logging.getLogger(__name__)
@@ -45,6 +57,7 @@ class BadRequest(ValueError):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.v2: OpenInferenceCall | None = None  # set when the refused body was a KServe v2 request
 
 
 @dataclass(frozen=True)
@@ -68,11 +81,20 @@ class CaptionOptions:
         return "greedy" if self.beam_size == 1 else "beam"
 
 
+@dataclass(frozen=True)
+class OpenInferenceCall:
+    """What a KServe v2 request asked of its answer: the `id` to echo and the outputs to send."""
+
+    request_id: str | None = None
+    outputs: tuple[str, ...] = V2_OUTPUTS
+
+
 @dataclass
 class CaptionRequest:
     image: Image.Image | None  # upright 8-bit RGB; the handler drops it once `pixels` is made
     options: CaptionOptions
     pixels: Any = None  # the model input (3, S, S), made by the handler's preprocess
+    v2: OpenInferenceCall | None = None  # set for a KServe v2 body: answer in v2 form
 
 
 @dataclass
@@ -174,15 +196,15 @@ def decode_image(data: bytes, limits: RequestLimits) -> Image.Image:
         raise BadRequest(f"image could not be decoded: {type(error).__name__}: {error}") from error
 
 
-def _base64_image(value: Any) -> bytes:
+def _base64_image(value: Any, where: str = 'JSON field "image"') -> bytes:
     if not isinstance(value, str) or not value:
-        raise BadRequest('JSON field "image" must be a non-empty base64 string')
+        raise BadRequest(f"{where} must be a non-empty base64 string")
     if value.startswith("data:") and "," in value:  # a data URL from a browser
         value = value.split(",", 1)[1]
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as error:
-        raise BadRequest(f'JSON field "image" is not valid base64: {error}') from error
+        raise BadRequest(f"{where} is not valid base64: {error}") from error
 
 
 def _from_json(document: Any, limits: RequestLimits) -> CaptionRequest:
@@ -207,6 +229,118 @@ def _json_document(data: bytes) -> Any | None:
         raise BadRequest("body starts like JSON but is not valid JSON") from None
     except RecursionError:  # e.g. 100,000 nested brackets
         raise BadRequest("JSON body is nested too deeply") from None
+
+
+# --- KServe v2 / Open Inference Protocol bodies ---------------------------------------------------
+
+
+def is_v2_body(document: Any) -> bool:
+    """A JSON object with "inputs" is a v2 inference request (the service's own JSON has "image")."""
+    return isinstance(document, dict) and "inputs" in document
+
+
+def _v2_tensors(inputs: Any) -> dict[str, dict[str, Any]]:
+    """The request's input tensors by name, refusing unknown, unnamed and repeated ones."""
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest(
+            '"inputs" must be a non-empty list of tensors, e.g. '
+            '[{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["<base64>"]}]'
+        )
+    tensors: dict[str, dict[str, Any]] = {}
+    for position, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise BadRequest(f'input {position} must be an object with a string "name"')
+        if tensor["name"] in tensors:
+            raise BadRequest(f"input {tensor['name']!r} is given twice")
+        tensors[tensor["name"]] = tensor
+    unknown = sorted(set(tensors) - {V2_IMAGE_INPUT, *V2_OPTIONS})
+    if unknown:
+        raise BadRequest(
+            f"unknown inputs {unknown}; send {V2_IMAGE_INPUT!r} (BYTES, base64) and optionally "
+            f"{', '.join(V2_OPTIONS)} (INT32)"
+        )
+    if V2_IMAGE_INPUT not in tensors:
+        raise BadRequest(f'no {V2_IMAGE_INPUT!r} input: add {{"name": "image", "datatype": "BYTES", '
+                         '"shape": [1], "data": ["<base64 of the image file>"]}')
+    return tensors
+
+
+def _v2_element(tensor: dict[str, Any], datatypes: frozenset[str] | set[str]) -> Any:
+    """The one element of a shape-[1] tensor (its `data` flat, [x], or nested, [[x]])."""
+    name, datatype, shape = tensor["name"], tensor.get("datatype"), tensor.get("shape")
+    if datatype not in datatypes:
+        raise BadRequest(f"input {name!r} must have datatype {' or '.join(sorted(datatypes))}, got {datatype!r}")
+    if (
+        not isinstance(shape, list)
+        or not all(isinstance(size, int) and not isinstance(size, bool) for size in shape)
+        or math.prod(shape) != 1
+    ):
+        raise BadRequest(
+            f"input {name!r} must hold one element (shape [1]), got shape {shape!r}; "
+            "send one image per request (TorchServe batches concurrent requests)"
+        )
+    data = tensor.get("data")
+    while isinstance(data, list) and len(data) == 1:
+        data = data[0]
+    if data is None or isinstance(data, (list, dict)):
+        raise BadRequest(f'input {name!r} must hold one element in "data", got {str(data)[:40]}')
+    return data
+
+
+def _v2_options(tensors: dict[str, dict[str, Any]], parameters: Any) -> dict[str, Any]:
+    """Option values from the option inputs and the request's `parameters`, which may not both set one."""
+    if parameters is None:
+        parameters = {}
+    if not isinstance(parameters, dict):
+        raise BadRequest('"parameters" must be an object, e.g. {"beam_size": 3}')
+    unknown = sorted(set(parameters) - set(V2_OPTIONS))
+    if unknown:
+        raise BadRequest(f"unknown parameters {unknown}; allowed: {', '.join(V2_OPTIONS)}")
+    options = dict(parameters)
+    for name in V2_OPTIONS:
+        if name in tensors:
+            if name in parameters:
+                raise BadRequest(f"{name} is given both as an input and as a parameter; give it once")
+            options[name] = _v2_element(tensors[name], V2_INTEGER_TYPES)
+    return options
+
+
+def _v2_call(document: dict[str, Any]) -> OpenInferenceCall:
+    """The `id` to echo and the outputs asked for (all of them when "outputs" is absent)."""
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest(f'"id" must be a string, got {request_id!r}')
+    requested = document.get("outputs")
+    if requested is None:
+        return OpenInferenceCall(request_id or None)
+    if not isinstance(requested, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
+                                                  for o in requested):
+        raise BadRequest('"outputs" must be a list like [{"name": "caption"}]')
+    names = tuple(o["name"] for o in requested)
+    unknown = sorted(set(names) - set(V2_OUTPUTS))
+    if unknown:
+        raise BadRequest(f"unknown outputs {unknown}; this model answers {', '.join(V2_OUTPUTS)}")
+    return OpenInferenceCall(request_id or None, tuple(name for name in V2_OUTPUTS if name in names))
+
+
+def parse_v2_body(document: dict[str, Any], limits: RequestLimits) -> CaptionRequest:
+    """A KServe v2 inference request -> image + options, remembering what its answer must hold.
+
+    TorchServe's own kservev2 envelope is not used: in 0.12 it applies to every
+    request of the server (raw image bytes on /predictions fail in it), turns each
+    input tensor into a request of its own, reads only the first request of a
+    batch (pytorch/serve#2158) and drops `parameters`. Read here, each request of
+    a batch is parsed, answered and refused on its own.
+    """
+    unknown = sorted(set(document) - set(V2_BODY_FIELDS))
+    if unknown:
+        raise BadRequest(f"unknown fields {unknown} in the v2 request; allowed: {', '.join(V2_BODY_FIELDS)}")
+    tensors = _v2_tensors(document["inputs"])
+    call = _v2_call(document)
+    options = parse_options(_v2_options(tensors, document.get("parameters")), limits)
+    image_data = _v2_element(tensors[V2_IMAGE_INPUT], {"BYTES"})
+    image = decode_image(_base64_image(image_data, where=f"input {V2_IMAGE_INPUT!r}"), limits)
+    return CaptionRequest(image, options, v2=call)
 
 
 def parse_request(row: Mapping[str, Any], limits: RequestLimits) -> CaptionRequest:
@@ -237,4 +371,11 @@ def parse_request(row: Mapping[str, Any], limits: RequestLimits) -> CaptionReque
         return CaptionRequest(decode_image(bytes(value), limits), options)
     if any(name in row for name in OPTION_FIELDS):
         raise BadRequest("put options inside the JSON body, not beside it")
+    if is_v2_body(document):
+        try:
+            return parse_v2_body(document, limits)
+        except BadRequest as error:
+            request_id = document.get("id")
+            error.v2 = OpenInferenceCall(request_id if isinstance(request_id, str) and request_id else None)
+            raise
     return _from_json(document, limits)

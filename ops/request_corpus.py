@@ -2,8 +2,9 @@
 
 Every probe is built here from nothing (no downloads) and carries the answer
 the service must give: 200 with a caption, or a 4xx whose JSON error names the
-problem. The robustness tests send the whole corpus to a real TorchServe, and
-`ops.soak` mixes it into its load.
+problem. The robustness tests send the whole corpus to a real TorchServe, over
+REST and over gRPC `Predictions` (`Probe.over_grpc`), and `ops.soak` mixes it
+into its load.
 
     from ops.request_corpus import bad_input_corpus, scene_images
     for probe in bad_input_corpus():
@@ -14,6 +15,7 @@ problem. The robustness tests send the whole corpus to a real TorchServe, and
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import random
@@ -90,6 +92,44 @@ class Probe:
         if self.words.lower() not in str(body.get("error", "")).lower():
             return f"{self.kind}: error does not mention {self.words!r}: {body.get('error')!r}"
         return None
+
+    # --- the same request over gRPC ---------------------------------------------------------
+
+    def grpc_inputs(self) -> dict[str, bytes]:
+        """The request as the `input` map of a gRPC `PredictionsRequest`: one bytes value per field.
+
+        A raw or JSON body becomes `data` (what the HTTP body is to the handler); a
+        multipart form keeps its field names. The Content-Type has no gRPC counterpart.
+        """
+        if self.body is not None:
+            return {"data": self.body}
+        if self.files is not None or self.form is not None:
+            fields = {name: part[1] for name, part in (self.files or {}).items()}
+            return {**fields, **{name: value.encode() for name, value in (self.form or {}).items()}}
+        return {"data": json.dumps(self.json).encode()}
+
+    def over_grpc(self) -> "Probe":
+        """This probe with the answer it must get over gRPC, where requests carry no headers.
+
+        TorchServe's HTTP frontend hands a text/* body to the handler as text, which
+        is refused as text; over gRPC the same bytes reach the image decoder and are
+        refused as not an image (415 either way). A body over `max_request_size` is
+        refused by the gRPC server itself (RESOURCE_EXHAUSTED), as it is by the HTTP
+        frontend (`json_error` False either way).
+        """
+        if self.content_type and self.content_type.startswith("text/"):
+            return dataclasses.replace(self, words="not an image")
+        return self
+
+    def check_grpc_reply(self, prediction: bytes) -> str | None:
+        """`check` for a gRPC reply, which has no status of its own: its JSON `status` is it (200 for a caption)."""
+        text = prediction.decode("utf-8", errors="replace")
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return f"{self.kind}: gRPC reply is not JSON: {text[:200]!r}"
+        refused = isinstance(body, dict) and "error" in body
+        return self.check(body.get("status") if refused else 200, text)
 
 
 # --- images -----------------------------------------------------------------------------------

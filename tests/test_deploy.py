@@ -247,6 +247,18 @@ def test_the_pod_answers_the_probes_and_callers_without_a_token(pod_server):
     assert "ts_inference_requests_total" in metrics
 
 
+def test_the_pod_answers_kserve_v2_health_and_inference(pod_server):
+    base = pod_server.url("inference")
+    assert requests.get(f"{base}/v2/health/ready", timeout=10).json() == {"ready": True}
+    image = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(JPEG).decode("ascii")]}
+    reply = requests.post(f"{base}/v2/models/captioner/infer", json={"inputs": [image]}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    caption = {tensor["name"]: tensor["data"] for tensor in reply.json()["outputs"]}["caption"]
+    plain = requests.post(f"{base}/predictions/captioner", data=JPEG, headers={"Content-Type": "image/jpeg"},
+                          timeout=60)
+    assert caption == [plain.json()["caption"]]
+
+
 @pytest.fixture(scope="module")
 def kserve_server(tmp_path_factory, model_store):
     """TorchServe with deploy/kserve/config.properties: the model comes from its model_snapshot."""

@@ -1,0 +1,228 @@
+"""KServe v2 / Open Inference Protocol: `/v2/models/<name>/infer` and `/v2/health/*`.
+
+TorchServe 0.12 sends `/v2/models/<name>/infer` to the handler like `/predictions`;
+the handler reads the v2 body itself (`handler.request_parsing.parse_v2_body`), so
+every request of a batch gets its own v2 answer (TorchServe's kservev2 envelope
+answers only the first, pytorch/serve#2158). A caption over v2 must be the one
+`/predictions` gives for the same image and options.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from handler.caption_handler import CaptionHandler
+from ops.request_corpus import scene_images
+from tests.helpers import shape_image_bytes, torchserve_context, write_tiny_export
+
+JPEG, _ = shape_image_bytes(5)
+BATCH = 8  # batchSize in handler/model-config.yaml
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def image_input(data=None, datatype="BYTES", shape=(1,)) -> dict:
+    return {"name": "image", "datatype": datatype, "shape": list(shape), "data": [_b64(JPEG)] if data is None else data}
+
+
+def int_input(name: str, value, datatype="INT32") -> dict:
+    return {"name": name, "datatype": datatype, "shape": [1], "data": [value]}
+
+
+def v2_body(image: bytes, request_id: str | None = None, **options) -> dict:
+    body = {"inputs": [image_input([_b64(image)]), *(int_input(k, v) for k, v in options.items())]}
+    return body if request_id is None else {"id": request_id, **body}
+
+
+def infer(server, body: dict, model: str = "captioner") -> requests.Response:
+    return requests.post(
+        f"{server.url('inference')}/v2/models/{model}/infer", json=body,
+        headers=server.tokens().header("inference"), timeout=120,
+    )
+
+
+def outputs(reply: dict) -> dict[str, list]:
+    """Output data by name, after checking each output's shape matches its data."""
+    for tensor in reply["outputs"]:
+        assert tensor["shape"] == [len(tensor["data"])], tensor
+    return {tensor["name"]: tensor["data"] for tensor in reply["outputs"]}
+
+
+# --- health --------------------------------------------------------------------------------------
+
+
+def test_v2_health_live_and_ready_answer_with_the_inference_token(torchserve, registered):
+    base, token = torchserve.url("inference"), torchserve.tokens().header("inference")
+    live = requests.get(f"{base}/v2/health/live", headers=token, timeout=30)
+    ready = requests.get(f"{base}/v2/health/ready", headers=token, timeout=30)
+    assert live.status_code == 200 and live.json() == {"live": True}, live.text
+    assert ready.status_code == 200 and ready.json() == {"ready": True}, ready.text
+    assert requests.get(f"{base}/v2/health/ready", timeout=30).status_code in (400, 401, 403), "tokens apply"
+
+
+# --- one request ---------------------------------------------------------------------------------
+
+
+def test_v2_infer_answers_the_caption_predictions_gives(torchserve, registered):
+    reply = infer(torchserve, v2_body(JPEG, request_id="req-1", max_length=6, beam_size=2, n_best=2))
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"].startswith("application/json")
+    body = reply.json()
+    assert (body["model_name"], body["model_version"], body["id"]) == ("captioner", "1.0", "req-1")
+    assert body["parameters"] == {"method": "beam", "beam_size": 2, "max_length": 6}
+    data = outputs(body)
+    datatypes = {tensor["name"]: tensor["datatype"] for tensor in body["outputs"]}
+    assert datatypes == {"caption": "BYTES", "score": "FP32", "tokens": "BYTES", "scores": "FP32",
+                         "ended": "BOOL", "alternatives": "BYTES", "alternative_scores": "FP32"}
+    expected = registered.caption(JPEG, max_length=6, beam_size=2, n_best=2)
+    assert data["caption"] == [expected["caption"]] and data["tokens"] == expected["tokens"]
+    assert data["score"] == [expected["score"]] and data["ended"] == [expected["ended"]]
+    assert data["alternatives"] == [a["caption"] for a in expected["alternatives"]]
+
+
+def test_v2_outputs_pick_what_comes_back_and_parameters_carry_options(torchserve, registered):
+    body = {"inputs": [image_input()], "parameters": {"max_length": 3}, "outputs": [{"name": "caption"}]}
+    reply = infer(torchserve, body)
+    assert reply.status_code == 200, reply.text
+    answer = reply.json()
+    assert [tensor["name"] for tensor in answer["outputs"]] == ["caption"]
+    assert answer["parameters"]["max_length"] == 3
+    assert answer["outputs"][0]["data"] == [registered.caption(JPEG, max_length=3)["caption"]]
+    assert isinstance(answer["id"], str) and answer["id"], "without an id of its own, TorchServe's request id"
+
+
+# --- batches -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batching(registered):
+    """The archive again as `oip_batch`, one worker that waits up to 10 s to fill a batch of 8.
+
+    Requests sent 8 at a time are then decoded together in one batch; a lone
+    request would wait the whole delay, so references come from `captioner`.
+    """
+    registered.register("captioner.mar", model_name="oip_batch", initial_workers=1, batch_size=BATCH,
+                        max_batch_delay=10_000)
+    client = type(registered)(registered.inference_url, registered.management_url, registered.tokens,
+                              model="oip_batch", retries=0)
+    yield client
+    client.unregister()
+
+
+def _in_batches(jobs: list, send) -> list:
+    """Send `jobs` 8 at a time, each group released together so that it fills one batch."""
+    assert len(jobs) % BATCH == 0
+    barrier = threading.Barrier(BATCH)
+
+    def together(job):
+        barrier.wait(timeout=300)
+        return send(job)
+
+    with ThreadPoolExecutor(max_workers=BATCH) as pool:
+        return list(pool.map(together, jobs))
+
+
+def test_concurrent_v2_requests_each_get_the_caption_of_their_own_image(torchserve, registered, batching):
+    images = scene_images(BATCH, seed=500)
+    options = [{"max_length": 4 + i % 5, "beam_size": 1 + i % 3} for i in range(BATCH)]
+    references = [registered.caption(image, **o)["caption"] for image, o in zip(images, options)]
+    assert len(set(references)) == BATCH, "every image has its own caption, so a mix-up would show"
+    pids = batching.worker_pids()
+
+    def send(i):
+        reply = infer(torchserve, v2_body(images[i], request_id=f"image-{i}", **options[i]), model="oip_batch")
+        return reply.status_code, reply.json()
+
+    for i, (status, body) in enumerate(_in_batches(list(range(BATCH)), send)):
+        assert status == 200, body
+        assert body["id"] == f"image-{i}" and body["model_name"] == "oip_batch"
+        assert outputs(body)["caption"] == [references[i]], f"request {i} got another image's caption"
+    assert batching.worker_pids() == pids, "no worker died"
+
+
+def _bad_v2_requests() -> list[tuple[str, dict, int, str]]:
+    """(kind, body, status, words the error must contain) for v2 requests the handler must refuse."""
+    image = image_input()
+    return [
+        ("bad-base64", {"inputs": [image_input(["%%% not base64 %%%"])]}, 400, "base64"),
+        ("no-image-input", {"inputs": [int_input("max_length", 5)]}, 400, "no 'image' input"),
+        ("non-image-bytes", {"inputs": [image_input([_b64(b"hello, world")])]}, 415, "not an image"),
+        ("truncated-image", {"inputs": [image_input([_b64(JPEG[: len(JPEG) // 2])])]}, 400, "truncated"),
+        ("max-length-zero", {"inputs": [image, int_input("max_length", 0)]}, 400, "max_length must be between"),
+        ("beam-size-too-large", {"inputs": [image, int_input("beam_size", 99)]}, 400, "beam_size"),
+        ("beam-size-not-a-number", {"inputs": [image, int_input("beam_size", "three")]}, 400, "integer"),
+        ("option-as-float", {"inputs": [image, int_input("beam_size", 2.0, "FP32")]}, 400, "datatype"),
+        ("image-not-bytes", {"inputs": [image_input([1, 2, 3], "INT32", (3,))]}, 400, "datatype"),
+        ("two-images", {"inputs": [image_input([_b64(JPEG)] * 2, shape=(2,))]}, 400, "one image per request"),
+        ("unknown-input", {"inputs": [image, int_input("temperature", 1)]}, 400, "unknown inputs"),
+        ("stream-over-v2", {"inputs": [image, int_input("stream", 1, "BOOL")]}, 400, "unknown inputs"),
+        ("inputs-not-a-list", {"inputs": {"image": _b64(JPEG)}}, 400, "non-empty list"),
+        ("unknown-output", {"inputs": [image], "outputs": [{"name": "logits"}]}, 400, "unknown outputs"),
+        ("option-given-twice", {"inputs": [image, int_input("max_length", 4)], "parameters": {"max_length": 5}},
+         400, "both"),
+        ("unknown-parameter", {"inputs": [image], "parameters": {"temperature": 0.7}}, 400, "unknown parameters"),
+    ]
+
+
+def test_bad_v2_requests_get_a_json_4xx_and_leave_their_batch_alone(torchserve, registered, batching):
+    bad = _bad_v2_requests()
+    images = scene_images(4, seed=900)
+    references = [registered.caption(image)["caption"] for image in images]
+    jobs = [("bad", i) for i in range(len(bad))] + [("good", i % len(images)) for i in range(3 * BATCH - len(bad))]
+    random.Random(5).shuffle(jobs)
+    pids = batching.worker_pids()
+
+    def send(job):
+        kind, index = job
+        if kind == "good":
+            reply = infer(torchserve, v2_body(images[index]), model="oip_batch")
+            if reply.status_code != 200:
+                return f"good image {index}: HTTP {reply.status_code}: {reply.text[:200]}"
+            caption = outputs(reply.json())["caption"]
+            return None if caption == [references[index]] else f"good image {index}: {caption} != {references[index]!r}"
+        name, body, status, words = bad[index]
+        reply = infer(torchserve, body, model="oip_batch")
+        try:
+            error = reply.json()
+        except ValueError:
+            return f"{name}: answer is not JSON: {reply.text[:200]!r}"
+        if reply.status_code != status or error.get("status") != status:
+            return f"{name}: expected {status}, got HTTP {reply.status_code}: {error}"
+        return None if words.lower() in error.get("error", "").lower() else f"{name}: error lacks {words!r}: {error}"
+
+    problems = [problem for problem in _in_batches(jobs, send) if problem]
+    assert not problems, "\n".join(problems)
+    assert batching.worker_pids() == pids, "no worker died"
+
+
+# --- the handler alone, one batch of every kind ------------------------------------------------
+
+
+def test_one_handler_batch_answers_v2_and_plain_requests_each_in_their_own_form(tmp_path):
+    context, _ = torchserve_context(write_tiny_export(tmp_path / "export", seed=1), 4)
+    handler = CaptionHandler()
+    handler.initialize(context)
+    rows = [
+        {"body": v2_body(JPEG, request_id="a", max_length=5)},
+        {"body": bytearray(JPEG)},
+        {"body": {"inputs": [image_input(["%%%"])]}},
+        {"body": json.dumps(v2_body(JPEG, request_id="d")).encode()},  # a v2 body as bytes (no Content-Type)
+    ]
+    answers = [json.loads(text) for text in handler.handle(rows, context)]
+    statuses = [context.get_response_status(i)[0] for i in range(len(rows))]
+    assert statuses == [200, 200, 400, 200]
+    assert answers[0]["id"] == "a" and len(outputs(answers[0])["tokens"]) <= 5
+    assert answers[1]["caption"] and "outputs" not in answers[1]
+    assert "base64" in answers[2]["error"] and answers[2]["status"] == 400
+    # What TorchServe's OIP gRPC service needs to read a refusal without restarting the worker.
+    assert answers[2]["model_name"] == "captioner" and outputs(answers[2])["error"] == [answers[2]["error"]]
+    assert answers[3]["id"] == "d" and outputs(answers[3])["caption"] == [answers[1]["caption"]]
