@@ -14,7 +14,10 @@ the first phase to the last, while the drill
 waiting in each steady phase until --dwell-requests more requests have finished.
 Every reply must be the image's caption (both versions hold the same weights, so
 the caption is the same whichever answers); the client retries what the server
-refuses or fails while workers come and go, and those retries are counted. It
+refuses or fails while workers come and go, and those retries are counted.
+TorchServe 0.12 drops the requests a worker holds when a scale-down stops it,
+without an answer (pytorch/serve issue #1101), so the drill's clients give each
+attempt --attempt-timeout seconds and send it again after that. It
 prints one JSON line of figures per phase (requests, failed, retried, refused,
 p50/p99, the versions that answered) and exits 1 when any valid request failed.
 """
@@ -22,6 +25,7 @@ p50/p99, the versions that answered) and exits 1 when any valid request failed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import threading
@@ -101,8 +105,14 @@ class _Phases:
 
 def run_drill(client: CaptionClient, *, new_archive: str, concurrency: int = 8, dwell_requests: int = 40,
               images: list[bytes] | None = None, dwell_timeout_s: float = 300.0,
+              attempt_timeout_s: float = 20.0, give_up_after_s: float = 120.0,
               progress: str | None = None, log: Callable[[str], None] = lambda line: None) -> DrillReport:
-    """Run the operations on `client`'s model (1.0 registered) while a closed loop of valid images runs."""
+    """Run the operations on `client`'s model (1.0 registered) while a closed loop of valid images runs.
+
+    The load's clients wait `attempt_timeout_s` for each attempt (a request dropped by a
+    scale-down is then sent again) and give up after `give_up_after_s`.
+    """
+    loaded = dataclasses.replace(client, timeout=attempt_timeout_s, give_up_after=give_up_after_s)
     images = images if images is not None else scene_images(8, seed=400)
     expected = [client.caption(image)["caption"] for image in images]
     phases = _Phases("1.0 on 2 workers")
@@ -122,7 +132,7 @@ def run_drill(client: CaptionClient, *, new_archive: str, concurrency: int = 8, 
 
     def load() -> None:
         result["load"] = closed_loop(
-            caption_senders(client, images, expected), requests=10**9, concurrency=concurrency, stop=stop,
+            caption_senders(loaded, images, expected), requests=10**9, concurrency=concurrency, stop=stop,
             label=phases, on_sample=phases.count, progress=progress,
         )
 
@@ -152,6 +162,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--dwell-requests", type=int, default=40,
                         help="requests to finish in each steady phase before the next operation")
+    parser.add_argument("--attempt-timeout", type=float, default=20.0,
+                        help="seconds a client waits for one attempt before sending it again")
+    parser.add_argument("--give-up-after", type=float, default=120.0, help="seconds after which a client gives up")
     return parser
 
 
@@ -160,10 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     with own_server(args.export_dir, versions=("1.0", NEW_VERSION), prefix="drill-") as (_, client):
         client.register(archive_name("1.0"))
         report = run_drill(client, new_archive=archive_name(NEW_VERSION), concurrency=args.concurrency,
-                           dwell_requests=args.dwell_requests, progress="drill",
+                           dwell_requests=args.dwell_requests, attempt_timeout_s=args.attempt_timeout,
+                           give_up_after_s=args.give_up_after, progress="drill",
                            log=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps({"export_dir": str(args.export_dir), "concurrency": args.concurrency,
-                      "client": {"retries": client.retries, "give_up_after_s": client.give_up_after},
+                      "client": {"retries": client.retries, "attempt_timeout_s": args.attempt_timeout,
+                                 "give_up_after_s": args.give_up_after},
                       **report.figures()}))
     failures = report.failures()
     for failure in failures:

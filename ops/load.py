@@ -124,7 +124,8 @@ class LoadReport:
         return summary
 
     def labels(self) -> list[str]:
-        return list(dict.fromkeys(s.label for s in self.samples))
+        """Labels in the order their first request was sent."""
+        return list(dict.fromkeys(s.label for s in sorted(self.samples, key=lambda s: s.started_s)))
 
     def by_label(self) -> dict[str, dict[str, Any]]:
         return {label: self.summary(label) for label in self.labels()}
