@@ -53,6 +53,7 @@ help:
 	@echo "make stop         stop TorchServe and wait until it has exited"
 	@echo "make demo         the demo page on http://127.0.0.1:$(DEMO_PORT) (after make serve)"
 	@echo "make register | scale WORKERS=n | describe | unregister   management API calls"
+	@echo "make soak | overload | drill   load runs on their own TorchServe (SECURITY.md)"
 
 install: $(INSTALLED) $(STUBS)
 
@@ -128,11 +129,29 @@ demo: | $(INSTALLED)
 		CAPTION_MANAGEMENT_URL=http://127.0.0.1:8081 CAPTION_MODEL=$(MODEL_NAME) \
 		$(PY) -m streamlit run app/streamlit_app.py --server.address 127.0.0.1 --server.port $(DEMO_PORT)
 
-# Bounded load test: its own TorchServe, good and bad requests, figures printed (SECURITY.md).
-SOAK_ARGS ?= --requests 2000 --concurrency 16 --bad-fraction 0.05
-.PHONY: soak
+# Operations under pressure (SECURITY.md), each with its own TorchServe on free loopback ports,
+# on the model in $(EXPORT) (LOAD_EXPORT=build/tiny-export for a quick run on a tiny random model).
+# soak:     10,000 requests, 16 at a time, 5% bad inputs; worker memory may grow at most 5%.
+# overload: a burst far above a small job queue; nothing lost with the client's retries.
+# drill:    scale 2 -> 4 -> 1, register 2.0, make it default, roll back, unregister, under load.
+LOAD_EXPORT ?= $(EXPORT)
+SOAK_ARGS ?= --requests 10000 --concurrency 16 --bad-fraction 0.05 --max-memory-growth-percent 5
+OVERLOAD_ARGS ?= --requests 300 --concurrency 48 --job-queue-size 4
+DRILL_ARGS ?= --concurrency 8 --dwell-requests 40
+.PHONY: soak overload drill tiny-export
 soak: install
-	$(PY) -m ops.soak --export-dir $(EXPORT) $(SOAK_ARGS)
+	$(PY) -m ops.soak --export-dir $(LOAD_EXPORT) $(SOAK_ARGS)
+
+overload: install
+	$(PY) -m ops.overload --export-dir $(LOAD_EXPORT) $(OVERLOAD_ARGS)
+
+drill: install
+	$(PY) -m ops.drill --export-dir $(LOAD_EXPORT) $(DRILL_ARGS)
+
+# A tiny random model in build/tiny-export, to try the runs above without training.
+tiny-export: | $(INSTALLED)
+	$(PY) -c "from pathlib import Path; from tests.helpers import write_tiny_export; write_tiny_export(Path('build/tiny-export'))"
+
 # Benchmarks (bench/): seed-style pipeline vs the handler in process vs TorchServe, in one run.
 .PHONY: bench bench-quick bench-gpu
 bench: install

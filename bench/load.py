@@ -1,21 +1,23 @@
-"""A closed-loop load generator: `concurrency` clients, each sending its next request when the last is answered.
+"""The benchmarks' closed loop: `ops.load.closed_loop`, as the soak and the drill use it, timed as a `Run`.
 
-Clients are threads in this process; each gets its own caller (its own HTTP
-session), so they never wait on each other's connections. The process CPU
-time used during the run is recorded: the clients share the machine with the
-server, and that share is reported, not hidden.
+Each client thread gets its own caller (its own HTTP session or a shared gRPC
+channel). Every reply must be a caption; failures are counted and reported,
+never retried (the callers are made with `retries=0`), so a failed request never
+shows up as a slow success. The process CPU time used during the run is
+recorded: the clients share the machine with the server, and that share is
+reported, not hidden.
 """
 
 from __future__ import annotations
 
-import itertools
-import threading
 import time
 from typing import Callable, Sequence
 
 import psutil
 
 from bench.stats import Run
+from ops.load import Outcome, Send
+from ops.load import closed_loop as drive
 
 Caller = Callable[[bytes], dict]
 
@@ -39,6 +41,18 @@ def process_tree_cpu_s(pid: int | None) -> float:
     return total
 
 
+def caption_sender(call: Caller, payloads: Sequence[bytes]) -> Send:
+    """Request number i captions payload i (cycling); the reply must hold a caption."""
+
+    def send(index: int) -> Outcome:
+        body = call(payloads[index % len(payloads)])
+        if "caption" not in body:
+            return Outcome(ok=False, status=200, detail=f"reply without a caption: {str(body)[:200]}")
+        return Outcome(ok=True, status=200)
+
+    return send
+
+
 def closed_loop(
     make_caller: Callable[[], Caller],
     payloads: Sequence[bytes],
@@ -48,55 +62,23 @@ def closed_loop(
     warmup: int = 0,
     server_pid: int | None = None,
 ) -> Run:
-    """Send `requests` requests from `concurrency` clients after `warmup` unmeasured ones.
-
-    Every reply must be a caption (`"caption"` in the body); failures are counted
-    and reported, never retried.
-    """
-    callers = [make_caller() for _ in range(concurrency)]
+    """Send `requests` requests from `concurrency` clients after `warmup` unmeasured ones."""
+    senders = [caption_sender(make_caller(), payloads) for _ in range(concurrency)]
     if warmup:
-        _drive(callers, payloads, warmup)
+        drive(iter(senders).__next__, requests=warmup, concurrency=concurrency)
     server_cpu_before = process_tree_cpu_s(server_pid)
     client_cpu_before = time.process_time()
-    latencies, errors, wall = _drive(callers, payloads, requests)
+    report = drive(iter(senders).__next__, requests=requests, concurrency=concurrency)
     client_cpu = time.process_time() - client_cpu_before
     server_cpu = process_tree_cpu_s(server_pid) - server_cpu_before
+    captioned = [s.latency_s for s in report.samples if s.outcome.ok]
+    problems = report.problems(limit=1)
     return Run(
-        images=len(latencies), wall_s=wall, latencies_s=latencies,
+        images=len(captioned), wall_s=report.wall_s, latencies_s=captioned,
         extra={
-            "errors": len(errors),
-            "client_cpu_cores": round(client_cpu / wall, 3),
-            "server_cpu_ms_per_image": round(1000 * server_cpu / max(len(latencies), 1), 2),
-            **({"first_error": errors[0]} if errors else {}),
+            "errors": len(report.samples) - len(captioned),
+            "client_cpu_cores": round(client_cpu / report.wall_s, 3),
+            "server_cpu_ms_per_image": round(1000 * server_cpu / max(len(captioned), 1), 2),
+            **({"first_error": problems[0]} if problems else {}),
         },
     )
-
-
-def _drive(callers: list[Caller], payloads: Sequence[bytes], requests: int) -> tuple[list[float], list[str], float]:
-    counter = itertools.count()
-    latencies: list[float] = []
-    errors: list[str] = []
-    start = threading.Barrier(len(callers) + 1)
-
-    def client(call: Caller) -> None:
-        start.wait()
-        while (index := next(counter)) < requests:
-            payload = payloads[index % len(payloads)]
-            t0 = time.perf_counter()
-            try:
-                body = call(payload)
-                if "caption" not in body:
-                    raise ValueError(f"reply without a caption: {str(body)[:200]}")
-            except Exception as error:  # noqa: BLE001 - every failure is counted and reported
-                errors.append(repr(error)[:300])
-                continue
-            latencies.append(time.perf_counter() - t0)
-
-    threads = [threading.Thread(target=client, args=(call,), daemon=True) for call in callers]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    return latencies, errors, time.perf_counter() - started

@@ -6,19 +6,12 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import numpy as np
-
-PERCENTILES = (50, 90, 99)
+from ops.load import latency_ms
 
 
 def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
-    """p50/p90/p99 and mean of `seconds`, in milliseconds."""
-    if not seconds:
-        return {f"p{p}": float("nan") for p in PERCENTILES} | {"mean": float("nan")}
-    values = np.asarray(seconds, dtype=np.float64) * 1000.0
-    summary = {f"p{p}": round(float(np.percentile(values, p)), 2) for p in PERCENTILES}
-    summary["mean"] = round(float(values.mean()), 2)
-    return summary
+    """p50/p90/p99 and mean of `seconds`, in milliseconds, computed as for the soak and the drill."""
+    return latency_ms(seconds)
 
 
 @dataclass

@@ -4,6 +4,10 @@
     python -m client caption photo.jpg --grpc --stream    # gRPC, word by word
     python -m client describe | scale 2 | register captioner.mar | unregister | set-default 2.0
 
+A request the server refuses for overload (503) or fails while restarting a worker
+is sent again with exponential backoff (following Retry-After when given), up to
+--retries retries or --give-up-after seconds; then the error says what was tried.
+
 Tokens are read from the server's key file (default build/serve/key_file.json,
 override with --key-file or CAPTION_KEY_FILE).
 """
@@ -32,6 +36,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--key-file", default=None, help="server's key_file.json ('' when tokens are off)")
     parser.add_argument("--model", default="captioner")
     parser.add_argument("--version", default=None, help="model version (default: the default version)")
+    parser.add_argument("--retries", type=int, default=CaptionClient.retries,
+                        help="most retries of a request the server refused or failed (503, 502, 504, worker died)")
+    parser.add_argument("--give-up-after", type=float, default=CaptionClient.give_up_after,
+                        help="seconds after which a request is not sent again")
     commands = parser.add_subparsers(dest="command", required=True)
 
     caption = commands.add_parser("caption", help="caption image files")
@@ -74,7 +82,7 @@ def _caption(args: argparse.Namespace, tokens: TokenStore) -> int:
     else:
         client = CaptionClient(
             f"http://{args.host}:{args.inference_port}", f"http://{args.host}:{args.management_port}", tokens,
-            args.model, args.version,
+            args.model, args.version, retries=args.retries, give_up_after=args.give_up_after,
         )
     failures = 0
     if args.stream:

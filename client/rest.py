@@ -1,18 +1,23 @@
 """REST client: caption images (plain or streamed) and call the management API.
 
-Inference is idempotent, so failed attempts caused by the server are retried
-with exponential backoff: connection refused or reset, 502/503/504, and the
+Inference is idempotent, so failed attempts caused by the server are sent again
+(`client.retry`): connection refused or reset, 502/503/504 (503 is also how
+TorchServe refuses requests beyond its job queue when it is overloaded), and the
 requests a worker had in hand when it died (TorchServe answers those with the
 message "Worker died.", status 507 after a SIGKILL; it restarts the worker and
-queues new requests until it is back). The handler's own 4xx answers are
-never retried. A request that itself kills every worker it reaches is sent at
-most `retries + 1` times.
+queues new requests until it is back). Waits grow exponentially with jitter and
+follow `Retry-After` when the server sends one; the attempts stop after `retries`
+retries or `give_up_after` seconds, whichever comes first, and then `caption`
+raises `RetriesExhausted` naming the status and what was tried. The handler's own
+4xx answers are never retried, and a request that itself kills every worker it
+reaches is sent at most `worker_died_retries + 1` times.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -21,27 +26,16 @@ from typing import Any, Iterator
 import requests
 
 from client.auth import TokenStore
-
-
-def _parse(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return response.text
-
-
-RETRY_STATUSES = {502, 503, 504, 507}
-WORKER_DIED = "Worker died."  # TorchServe's message for the requests of a worker that exited
-
-
-def should_retry(response: requests.Response) -> bool:
-    """Whether a failed inference attempt is the server's fault and worth sending again."""
-    if response.status_code in RETRY_STATUSES:
-        return True
-    if response.status_code < 400:
-        return False
-    body = _parse(response)
-    return isinstance(body, dict) and body.get("message") == WORKER_DIED
+from client.retry import (  # noqa: F401 - RETRY_STATUSES, WORKER_DIED and should_retry are part of this API
+    RETRY_STATUSES,
+    WORKER_DIED,
+    Delivery,
+    backoff_s,
+    is_worker_died,
+    parse_body as _parse,
+    retry_after_s,
+    should_retry,
+)
 
 
 class ServiceError(RuntimeError):
@@ -54,6 +48,26 @@ class ServiceError(RuntimeError):
         self.body = body
 
 
+class RetriesExhausted(ServiceError):
+    """The server kept refusing (503, 502, 504, "Worker died.") until the client's retry bounds were reached."""
+
+    def __init__(self, delivery: Delivery) -> None:
+        super().__init__(delivery.response.status_code, _parse(delivery.response))
+        hint = " (the server is overloaded: its job queue is full, or it has no worker)" if self.status == 503 else ""
+        self.args = (f"{self.args[0]}{hint}; {delivery.give_up_message()}",)
+        self.delivery = delivery
+        self.attempts = delivery.attempts
+        self.seconds = delivery.seconds
+
+
+class Unreachable(requests.ConnectionError):
+    """No attempt reached the server before the client's retry bounds were reached."""
+
+    def __init__(self, url: str, delivery: Delivery) -> None:
+        super().__init__(f"cannot reach {url}: {delivery.error}; {delivery.give_up_message()}")
+        self.delivery = delivery
+
+
 @dataclass
 class CaptionClient:
     """Talks to one TorchServe instance.
@@ -63,8 +77,10 @@ class CaptionClient:
         management_url: e.g. http://127.0.0.1:8081
         tokens: bearer tokens (from the server's key file).
         model: registered model name; `version` picks a version (default version when None).
-        retries: extra attempts for inference on connection errors and 502/503/504.
-        backoff: first wait between attempts in seconds; doubles each time.
+        retries: most extra attempts for inference on connection errors, 502/503/504 and "Worker died.".
+        backoff: first wait between attempts in seconds; doubles each time (jittered), up to `max_backoff`.
+        give_up_after: seconds from the first attempt after which no new attempt starts.
+        worker_died_retries: most extra attempts after "Worker died." answers (the request may be the cause).
     """
 
     inference_url: str = "http://127.0.0.1:8080"
@@ -72,16 +88,20 @@ class CaptionClient:
     tokens: TokenStore | None = None
     model: str = "captioner"
     version: str | None = None
-    retries: int = 4
+    retries: int = 12
     backoff: float = 0.25
+    max_backoff: float = 5.0
+    give_up_after: float = 60.0
+    worker_died_retries: int = 2
     timeout: float = 60.0
 
     def __post_init__(self) -> None:
         self.session = requests.Session()
         if self.tokens is None:
             self.tokens = TokenStore(None)
-        self.retried = 0  # attempts sent again, over this client's life (read by ops.soak)
+        self.retried = 0  # attempts sent again, over this client's life
         self._retried_lock = threading.Lock()
+        self._rng = random.Random()
 
     # --- inference --------------------------------------------------------------------------
 
@@ -89,27 +109,84 @@ class CaptionClient:
         url = f"{self.inference_url}/predictions/{self.model}"
         return f"{url}/{self.version}" if self.version else url
 
-    def post(self, extra_headers: dict[str, str] | None = None, **kwargs) -> requests.Response:
+    def deliver(self, extra_headers: dict[str, str] | None = None, **kwargs) -> Delivery:
         """POST one predictions request (`data=`, `json=` or `files=` as for `requests`), retrying as above.
 
-        Returns the last response, whatever its status; raises only when the
-        server could not be reached on any attempt.
+        Never raises for the server's failures: the `Delivery` holds the last answer
+        (or the last connection error), every attempt's status and the waits.
         """
-        delay = self.backoff
-        for attempt in range(self.retries + 1):
+        delivery = Delivery()
+        started = time.monotonic()
+        worker_deaths = 0
+        while True:
+            retryable = False
             try:
                 headers = {**self.tokens.header("inference"), **(extra_headers or {})}
                 response = self.session.post(self._predictions_url(), headers=headers, timeout=self.timeout, **kwargs)
-                if attempt == self.retries or not should_retry(response):
-                    return response
-            except (requests.ConnectionError, requests.Timeout):
-                if attempt == self.retries:
-                    raise
+                delivery.response, delivery.error = response, None
+                delivery.statuses.append(response.status_code)
+                retryable = should_retry(response)
+                worker_deaths += is_worker_died(response)
+            except (requests.ConnectionError, requests.Timeout) as error:
+                delivery.response, delivery.error = None, error
+                delivery.statuses.append(type(error).__name__)
+                retryable = True
+            delivery.seconds = time.monotonic() - started
+            if not retryable:
+                return delivery
+            reason = self._stop_reason(delivery, worker_deaths)
+            if reason is None:
+                wait = self._next_wait(delivery)
+                if delivery.seconds + wait > self.give_up_after:
+                    reason = f"the next wait of {wait:.1f} s would pass the {self.give_up_after:.0f} s limit"
+            if reason is not None:
+                delivery.gave_up, delivery.reason = True, reason
+                return delivery
+            delivery.waits.append(wait)
             with self._retried_lock:
                 self.retried += 1
-            time.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
+            time.sleep(wait)
+
+    def _stop_reason(self, delivery: Delivery, worker_deaths: int) -> str | None:
+        if delivery.retried >= self.retries:
+            return f"at most {self.retries} retries"
+        if worker_deaths > self.worker_died_retries:
+            return f"'{WORKER_DIED}' {worker_deaths} times: the request itself may stop the workers"
+        return None
+
+    def _next_wait(self, delivery: Delivery) -> float:
+        """The server's `Retry-After` when it sent one, else exponential backoff with jitter."""
+        told = retry_after_s(delivery.response) if delivery.response is not None else None
+        if told is not None:
+            return told
+        with self._retried_lock:  # random.Random is not safe to share between threads unlocked
+            return backoff_s(delivery.retried, self.backoff, self.max_backoff, self._rng)
+
+    def post(self, extra_headers: dict[str, str] | None = None, **kwargs) -> requests.Response:
+        """`deliver`, returning the last response whatever its status.
+
+        Raises `Unreachable` (a `requests.ConnectionError`) or the last timeout when no
+        attempt reached the server.
+        """
+        delivery = self.deliver(extra_headers, **kwargs)
+        if delivery.response is None:
+            raise self._unreachable(delivery)
+        return delivery.response
+
+    def _unreachable(self, delivery: Delivery) -> Exception:
+        if isinstance(delivery.error, requests.Timeout):
+            return delivery.error
+        return Unreachable(self._predictions_url(), delivery)
+
+    def result(self, delivery: Delivery) -> dict[str, Any]:
+        """The caption a delivery brought, or the error explaining why there is none."""
+        if delivery.response is None:
+            raise self._unreachable(delivery)
+        if delivery.gave_up:
+            raise RetriesExhausted(delivery)
+        if delivery.response.status_code != 200:
+            raise ServiceError(delivery.response.status_code, _parse(delivery.response))
+        return delivery.response.json()
 
     def caption(self, image: bytes, **options: Any) -> dict[str, Any]:
         """Caption one image. Options: max_length, beam_size, n_best.
@@ -118,12 +195,10 @@ class CaptionClient:
         """
         if options:
             body = {"image": base64.b64encode(image).decode("ascii"), **options}
-            response = self.post(json=body)
+            delivery = self.deliver(json=body)
         else:
-            response = self.post(data=image, extra_headers={"Content-Type": "application/octet-stream"})
-        if response.status_code != 200:
-            raise ServiceError(response.status_code, _parse(response))
-        return response.json()
+            delivery = self.deliver(data=image, extra_headers={"Content-Type": "application/octet-stream"})
+        return self.result(delivery)
 
     def caption_stream(self, image: bytes, **options: Any) -> Iterator[dict[str, Any]]:
         """Yield `{"index", "token"}` chunks as words are decoded, then the full result."""

@@ -1,6 +1,6 @@
 """Bounded load test: many concurrent requests, some of them bad, against a real TorchServe.
 
-    python -m ops.soak                                    # 2,000 requests, 16 at a time, 5% bad
+    python -m ops.soak                                    # 10,000 requests, 16 at a time, 5% bad
     python -m ops.soak --requests 500 --kill-worker-after 100
     make soak
 
@@ -12,40 +12,43 @@ prints one JSON object of figures. It exits 1 when a guarantee broke:
 - a valid image got no caption, or another caption than when it was sent alone
   (which would also show answers going to the wrong request of a batch);
 - a bad input did not get its defined answer (see `ops.request_corpus`);
-- the workers' memory grew by more than --max-memory-growth-mb between the
-  end of a warm-up (every kind of input once) and the end of the load.
+- the workers' resident memory, measured after a warm-up (every kind of input
+  once), halfway and at the end, grew by more than --max-memory-growth-percent
+  (5% by default) over the first measurement, or by more than
+  --max-memory-growth-mb when that is given.
 
 With --kill-worker-after N it kills the worker process (SIGKILL, by the PID that
 the describe call reports) once N answers are in, and reports how long
 TorchServe took to have a new worker ready. `run_soak` is the same load against a
-server someone else started; the tests run a short version of it.
+server someone else started; the tests run a short version of it. The load
+itself is `ops.load.closed_loop`, the generator the drill and the benchmarks use.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psutil
 import requests
-from requests.adapters import HTTPAdapter
 
 from client.rest import CaptionClient
-from ops.archive import build_archive
+from ops.load import LoadReport, Outcome, Sample, Send, closed_loop
 from ops.request_corpus import Probe, bad_input_corpus, scene_images
-from ops.server import TorchServe, free_port_overrides
+from ops.own_server import own_server
+
+MEMORY_GROWTH_PERCENT = 5.0
 
 
 @dataclass
@@ -62,56 +65,68 @@ class SoakReport:
     statuses: Counter = field(default_factory=Counter)
     retries: int = 0
     seconds: float = 0.0
-    latencies: list[float] = field(default_factory=list)
-    worker_memory_mb_before: float | None = None
-    worker_memory_mb_after: float | None = None
+    load: LoadReport = field(default_factory=LoadReport)
+    worker_memory_mb: dict[str, float | None] = field(default_factory=dict)  # start, middle, end
     kill: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
-    def memory_growth_mb(self) -> float | None:
-        """Growth of the workers' resident memory; None when a worker was replaced during the run."""
-        if self.kill is not None or self.worker_memory_mb_before is None or self.worker_memory_mb_after is None:
-            return None
-        return self.worker_memory_mb_after - self.worker_memory_mb_before
+    def worker_memory_mb_before(self) -> float | None:
+        return self.worker_memory_mb.get("start")
 
-    def failures(self, max_memory_growth_mb: float = 64.0) -> list[str]:
+    @property
+    def worker_memory_mb_after(self) -> float | None:
+        return self.worker_memory_mb.get("end")
+
+    def _comparable(self) -> bool:
+        """Memory is compared only when the same workers ran throughout (no kill) and every reading was made."""
+        readings = [self.worker_memory_mb.get(when) for when in ("start", "middle", "end")]
+        return self.kill is None and all(reading is not None and reading > 0 for reading in readings)
+
+    @property
+    def memory_growth_mb(self) -> float | None:
+        """Largest growth of the workers' resident memory over the start; None when not comparable."""
+        if not self._comparable():
+            return None
+        memory = self.worker_memory_mb
+        return max(memory["middle"], memory["end"]) - memory["start"]
+
+    @property
+    def memory_growth_percent(self) -> float | None:
+        growth = self.memory_growth_mb
+        return None if growth is None else 100.0 * growth / self.worker_memory_mb["start"]
+
+    def failures(self, max_memory_growth_mb: float | None = None,
+                 max_memory_growth_percent: float | None = MEMORY_GROWTH_PERCENT) -> list[str]:
         failures = list(self.problems[:20])
         if len(self.problems) > 20:
             failures.append(f"... and {len(self.problems) - 20} more")
         if self.answered != self.requests:
             failures.append(f"{self.requests - self.answered} of {self.requests} requests got no answer")
-        growth = self.memory_growth_mb
-        if growth is not None and growth > max_memory_growth_mb:
-            failures.append(f"worker memory grew by {growth:.0f} MB (bound {max_memory_growth_mb:.0f} MB)")
+        memory = ", ".join(f"{when} {_round(mb)} MB" for when, mb in self.worker_memory_mb.items())
+        growth, percent = self.memory_growth_mb, self.memory_growth_percent
+        if growth is not None and max_memory_growth_mb is not None and growth > max_memory_growth_mb:
+            failures.append(f"worker memory grew by {growth:.0f} MB ({memory}; bound {max_memory_growth_mb:.0f} MB)")
+        if percent is not None and max_memory_growth_percent is not None and percent > max_memory_growth_percent:
+            failures.append(
+                f"worker memory grew by {percent:.1f}% ({memory}; bound {max_memory_growth_percent:g}%)")
         if self.kill is not None and self.kill.get("worker_ready_s") is None:
             failures.append("no new worker became ready after the kill")
         return failures
 
     def figures(self) -> dict[str, Any]:
-        latencies = sorted(self.latencies)
-
-        def quantile(q: float) -> float | None:
-            return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 3) if latencies else None
-
         figures = {
-            "requests": self.requests,
-            "answered": self.answered,
+            **self.load.summary(),
             "valid_images": self.valid,
             "valid_captioned": self.valid_captioned,
             "valid_errors": self.valid - self.valid_captioned,
             "bad_inputs": self.bad,
             "bad_answered_as_defined": self.bad_as_defined,
             "bad_input_kinds": self.bad_kinds,
-            "statuses": dict(sorted(self.statuses.items())),
-            "client_retries": self.retries,
-            "seconds": round(self.seconds, 1),
-            "requests_per_second": round(self.requests / self.seconds, 1) if self.seconds else None,
-            "latency_s": {"p50": quantile(0.5), "p99": quantile(0.99), "max": quantile(1.0)},
             "worker_memory_mb": {
-                "after_warm_up": _round(self.worker_memory_mb_before),
-                "after_load": _round(self.worker_memory_mb_after),
+                **{when: _round(mb) for when, mb in self.worker_memory_mb.items()},
                 "growth": _round(self.memory_growth_mb),
+                "growth_percent": None if self.memory_growth_percent is None else round(self.memory_growth_percent, 2),
             },
         }
         if self.kill is not None:
@@ -176,22 +191,22 @@ class _WorkerKiller:
 def run_soak(
     client: CaptionClient,
     *,
-    requests_total: int = 2000,
+    requests_total: int = 10_000,
     concurrency: int = 16,
     bad_fraction: float = 0.05,
     images: list[bytes] | None = None,
     probes: list[Probe] | None = None,
     kill_worker_after: int | None = None,
     seed: int = 0,
+    progress: str | None = None,
 ) -> SoakReport:
     """Send `requests_total` requests, `concurrency` at a time, a `bad_fraction` of them from `probes`.
 
-    The client's session gets a connection pool as large as `concurrency`, and
-    its retries are counted in the report.
+    Each client thread gets its own copy of `client` (its own HTTP session, the same
+    tokens and retry settings); their retries are counted in the report.
     """
     images = images if images is not None else scene_images(12, seed=1000 + seed)
     probes = probes if probes is not None else bad_input_corpus()
-    client.session.mount("http://", HTTPAdapter(pool_connections=2, pool_maxsize=max(10, concurrency)))
     report = SoakReport(requests=requests_total)
 
     # References: each valid image alone. Warm-up: every probe once, so that the memory
@@ -204,8 +219,7 @@ def run_soak(
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         report.problems += [f"warm-up: {problem}" for problem in pool.map(warm_up, probes) if problem]
-    report.worker_memory_mb_before = worker_memory_mb(client)
-    retries_before = client.retried
+    report.worker_memory_mb["start"] = worker_memory_mb(client)
 
     rng = random.Random(seed)
     bad_positions = set(rng.sample(range(requests_total), round(requests_total * bad_fraction))) if probes else set()
@@ -215,52 +229,55 @@ def run_soak(
     ]
     report.bad_kinds = len({index for kind, index in plan if kind == "bad"})
 
-    def send(kind: str, index: int) -> tuple[str, int, int | None, str, float]:
-        started = time.perf_counter()
-        try:
+    def make_send() -> Send:
+        own = dataclasses.replace(client)  # its own session; TokenStore shared
+
+        def send(number: int) -> Outcome:
+            kind, index = plan[number]
             if kind == "valid":
-                response = client.post(data=images[index], extra_headers={"Content-Type": "image/jpeg"})
-            else:
-                response = client.post(**probes[index].request_kwargs())
-            return kind, index, response.status_code, response.text, time.perf_counter() - started
-        except requests.RequestException as error:
-            return kind, index, None, f"{type(error).__name__}: {error}", time.perf_counter() - started
+                delivery = own.deliver(data=images[index], extra_headers={"Content-Type": "image/jpeg"})
+                return Outcome.of(delivery, lambda status, text: _caption_problem(index, status, text), tag=kind)
+            return Outcome.of(own.deliver(**probes[index].request_kwargs()), probes[index].check, tag=kind)
+
+        return send
+
+    def _caption_problem(index: int, status: int, text: str) -> str | None:
+        caption = _caption_of(text) if status == 200 else None
+        if caption == references[index]:
+            return None
+        if caption is None:
+            return f"valid image {index}: HTTP {status}: {text[:200]}"
+        return f"valid image {index}: caption {caption!r}, alone {references[index]!r}"
 
     killer = _WorkerKiller(client) if kill_worker_after is not None else None
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        futures = [pool.submit(send, kind, index) for kind, index in plan]
-        for future in as_completed(futures):
-            kind, index, status, text, seconds = future.result()
-            report.latencies.append(seconds)
-            if status is None:
-                report.problems.append(f"{kind} request got no answer: {text[:200]}")
-                continue
+
+    def on_sample(finished: int, sample: Sample) -> None:
+        if killer is not None and finished == kill_worker_after:
+            killer.kill()
+        if finished == requests_total // 2:
+            report.worker_memory_mb["middle"] = worker_memory_mb(client)
+
+    load = closed_loop(make_send, requests=requests_total, concurrency=concurrency, on_sample=on_sample,
+                       progress=progress)
+    report.load = load
+    report.seconds = load.wall_s
+    for sample in load.samples:
+        outcome = sample.outcome
+        report.retries += outcome.attempts - 1
+        if outcome.status is not None and not outcome.lost:
             report.answered += 1
-            report.statuses[status] += 1
-            if kind == "valid":
-                report.valid += 1
-                caption = _caption_of(text) if status == 200 else None
-                if caption == references[index]:
-                    report.valid_captioned += 1
-                elif caption is None:
-                    report.problems.append(f"valid image {index}: HTTP {status}: {text[:200]}")
-                else:
-                    report.problems.append(f"valid image {index}: caption {caption!r}, alone {references[index]!r}")
-            else:
-                report.bad += 1
-                problem = probes[index].check(status, text)
-                if problem is None:
-                    report.bad_as_defined += 1
-                else:
-                    report.problems.append(problem)
-            if killer is not None and report.answered == kill_worker_after:
-                killer.kill()
-    report.seconds = time.perf_counter() - started
-    report.retries = client.retried - retries_before
+            report.statuses[outcome.status] += 1
+        if outcome.tag == "valid":
+            report.valid += 1
+            report.valid_captioned += outcome.ok
+        elif outcome.tag == "bad":
+            report.bad += 1
+            report.bad_as_defined += outcome.ok
+    report.problems += load.problems(limit=len(load.samples))
     if killer is not None:
         report.kill = killer.wait()
-    report.worker_memory_mb_after = worker_memory_mb(client)
+    report.worker_memory_mb.setdefault("middle", None)
+    report.worker_memory_mb["end"] = worker_memory_mb(client)
     return report
 
 
@@ -275,43 +292,36 @@ def _caption_of(text: str) -> str | None:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Load TorchServe with good and bad requests and check every answer.")
     parser.add_argument("--export-dir", default="build/export", help="exported model to pack and serve")
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--bad-fraction", type=float, default=0.05)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--kill-worker-after", type=int, default=None, help="kill the worker after this many answers")
-    parser.add_argument("--max-memory-growth-mb", type=float, default=64.0)
+    parser.add_argument("--max-memory-growth-percent", type=float, default=MEMORY_GROWTH_PERCENT,
+                        help="most growth of the workers' memory over its first reading, in percent")
+    parser.add_argument("--max-memory-growth-mb", type=float, default=None, help="also an absolute bound, in MB")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    export_dir = Path(args.export_dir)
-    with tempfile.TemporaryDirectory(prefix="soak-") as folder:
-        root = Path(folder)
-        build_archive(export_dir, root / "model_store", stage_root=root / "stage")
-        server = TorchServe(root / "serve", root / "model_store", overrides=free_port_overrides())
-        server.start()
-        try:
-            client = CaptionClient(
-                server.url("inference"), server.url("management"), server.tokens(), timeout=180.0
-            )
-            client.register("captioner.mar", initial_workers=args.workers)
-            report = run_soak(
-                client,
-                requests_total=args.requests,
-                concurrency=args.concurrency,
-                bad_fraction=args.bad_fraction,
-                kill_worker_after=args.kill_worker_after,
-                seed=args.seed,
-            )
-        finally:
-            server.stop()
-    figures = {"export_dir": str(export_dir), "workers": args.workers, "concurrency": args.concurrency,
+    with own_server(args.export_dir, prefix="soak-") as (_, client):
+        client.register("captioner.mar")
+        client.scale(args.workers)  # model-config.yaml's minWorkers would win over initial_workers
+        report = run_soak(
+            client,
+            requests_total=args.requests,
+            concurrency=args.concurrency,
+            bad_fraction=args.bad_fraction,
+            kill_worker_after=args.kill_worker_after,
+            seed=args.seed,
+            progress="soak",
+        )
+    figures = {"export_dir": str(args.export_dir), "workers": args.workers, "concurrency": args.concurrency,
                **report.figures()}
     print(json.dumps(figures, indent=2))
-    failures = report.failures(args.max_memory_growth_mb)
+    failures = report.failures(args.max_memory_growth_mb, args.max_memory_growth_percent)
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0

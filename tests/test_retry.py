@@ -1,0 +1,124 @@
+"""The client's retry bounds and `Retry-After`, against a real HTTP server on loopback that refuses on purpose.
+
+TorchServe refuses an overload with 503 but never sends `Retry-After`; a proxy or
+rate limiter in front of it may. This server stands in for such a proxy: it
+answers the first N requests 503 (with or without `Retry-After`), then a caption.
+What the client decided to wait is read from its `Delivery`, not timed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from client.__main__ import main as cli
+from client.rest import CaptionClient, RetriesExhausted
+from client.retry import retry_after_s
+
+CAPTION = {"caption": "a red circle", "version": "1.0"}
+REFUSAL = {"code": 503, "type": "ServiceUnavailableException", "message": "Model \"captioner\" has no worker"}
+
+
+class RefusingServer:
+    """Answers `refusals` POSTs with 503 (adding `Retry-After: retry_after` when set), then 200 with a caption."""
+
+    def __init__(self, refusals: int, retry_after: str | None = None) -> None:
+        self.refusals = refusals
+        self.retry_after = retry_after
+        self.seen = 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                owner.seen += 1
+                refused = owner.seen <= owner.refusals
+                body = json.dumps(REFUSAL if refused else CAPTION).encode()
+                self.send_response(503 if refused else 200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                if refused and owner.retry_after is not None:
+                    self.send_header("Retry-After", owner.retry_after)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "RefusingServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def client(self, **settings) -> CaptionClient:
+        return CaptionClient(f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.port}", **settings)
+
+
+def test_refusals_are_retried_with_growing_jittered_waits():
+    with RefusingServer(refusals=3) as server:
+        client = server.client(backoff=0.05, max_backoff=1.0)
+        delivery = client.deliver(data=b"image")
+    assert delivery.statuses == [503, 503, 503, 200] and not delivery.gave_up
+    assert (delivery.retried, delivery.refused) == (3, 3)
+    for retry, wait in enumerate(delivery.waits):  # half of 0.05 * 2**retry fixed, the other half random
+        assert 0.025 * 2**retry <= wait <= 0.05 * 2**retry
+    assert client.result(delivery) == CAPTION
+
+
+def test_retry_after_is_waited_out_as_given():
+    with RefusingServer(refusals=2, retry_after="1") as server:
+        delivery = server.client(backoff=0.01).deliver(data=b"image")
+    assert delivery.statuses == [503, 503, 200]
+    assert delivery.waits == [1.0, 1.0], "the server's Retry-After, not the 10 ms backoff"
+
+
+def test_retry_after_as_an_http_date_is_read():
+    class Response:
+        headers = {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}
+
+    assert retry_after_s(Response()) == 0.0, "a date in the past means now"
+
+
+def test_the_client_gives_up_after_its_retries_and_says_so():
+    with RefusingServer(refusals=100) as server:
+        client = server.client(retries=3, backoff=0.01)
+        with pytest.raises(RetriesExhausted) as error:
+            client.caption(b"image")
+        assert server.seen == 4
+    message = str(error.value)
+    assert error.value.status == 503 and error.value.attempts == 4
+    assert message.startswith("HTTP 503: ") and "overloaded" in message
+    assert "gave up after 4 attempts in" in message and "at most 3 retries" in message
+
+
+def test_the_client_gives_up_when_the_next_wait_passes_its_time_limit():
+    with RefusingServer(refusals=100, retry_after="30") as server:
+        client = server.client(retries=10, give_up_after=5.0)
+        with pytest.raises(RetriesExhausted) as error:
+            client.caption(b"image")
+        assert server.seen == 1, "a Retry-After past the limit ends the attempts at once"
+    assert "gave up after 1 attempts" in str(error.value) and "5 s limit" in str(error.value)
+
+
+def test_the_cli_retries_and_reports_giving_up(tmp_path, capsys):
+    image = tmp_path / "img.jpg"
+    image.write_bytes(b"image")
+    with RefusingServer(refusals=1) as server:
+        assert cli(["--inference-port", str(server.port), "--key-file", "", "caption", str(image)]) == 0
+    assert capsys.readouterr().out.strip() == f"{image}: a red circle"
+    with RefusingServer(refusals=100) as server:
+        code = cli(["--inference-port", str(server.port), "--key-file", "", "--retries", "2",
+                    "caption", str(image)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "ERROR HTTP 503" in err and "gave up after 3 attempts" in err
