@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from client.grpc_client import GrpcCaptionClient
 from client.rest import CaptionClient
 from ops.archive import build_archive
 from ops.server import TorchServe, free_port_overrides
@@ -42,3 +43,12 @@ def registered(client) -> CaptionClient:
     reply = client.register("captioner.mar", initial_workers=1)
     assert "registered" in str(reply)
     return client
+
+
+@pytest.fixture(scope="session")
+def grpc_client(torchserve, registered):
+    """A gRPC client of the session server, with `captioner` registered."""
+    with GrpcCaptionClient(
+        torchserve.grpc_target("grpc_inference"), torchserve.grpc_target("grpc_management"), torchserve.tokens()
+    ) as client:
+        yield client

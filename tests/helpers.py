@@ -8,7 +8,6 @@ import socket
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from bench.worker_context import worker_context
 from model.captioner import Captioner

@@ -11,7 +11,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-import pytest
 
 from client.grpc_client import GrpcCaptionClient
 from ops.request_corpus import Probe, bad_input_corpus, scene_images
@@ -19,14 +18,6 @@ from ops.request_corpus import Probe, bad_input_corpus, scene_images
 # What the gRPC server answers a message over its maxInboundMessageSize (max_request_size);
 # CANCELLED when it resets the stream before the client has sent the whole message.
 SIZE_REFUSALS = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED)
-
-
-@pytest.fixture(scope="module")
-def grpc_client(torchserve, registered):
-    with GrpcCaptionClient(
-        torchserve.grpc_target("grpc_inference"), torchserve.grpc_target("grpc_management"), torchserve.tokens()
-    ) as client:
-        yield client
 
 
 def _send(client: GrpcCaptionClient, probe: Probe) -> str | None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,7 +9,6 @@ import psutil
 import pytest
 import requests
 
-from client.grpc_client import GrpcCaptionClient
 from client.rest import ServiceError
 from ops.server import WORKER_ENV
 from tests.helpers import shape_image_bytes
@@ -141,14 +138,6 @@ def test_batch_with_one_corrupt_image_fails_alone(registered):
 
 
 # --- gRPC ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def grpc_client(torchserve, registered):
-    with GrpcCaptionClient(
-        torchserve.grpc_target("grpc_inference"), torchserve.grpc_target("grpc_management"), torchserve.tokens()
-    ) as client:
-        yield client
 
 
 def test_grpc_predictions(grpc_client, registered):

@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import random
 import time
 import warnings
