@@ -147,7 +147,7 @@ bench-gpu: install
 		--out-plot build/bench/gpu/bench.png
 
 # Property-based fuzzing of request parsing and image decoding, in process (SECURITY.md "Fuzzing").
-FUZZ_ARGS ?= --batches 300 --seed 0
+FUZZ_ARGS ?= --batches 350 --seed 0
 .PHONY: fuzz
 fuzz: install
 	$(PY) -m ops.fuzz $(FUZZ_ARGS)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import io
 import json
 import logging
@@ -204,10 +205,13 @@ def _from_json(document: Any, limits: RequestLimits) -> CaptionRequest:
 
 def _json_document(data: bytes) -> Any | None:
     """The JSON in a bytes body (gRPC and untyped bodies carry JSON as bytes), or None for image bytes."""
-    if data.lstrip(b" \t\r\n")[:1] not in (b"{", b"["):
+    # Leading whitespace and a UTF-8 byte order mark (Windows tools write one) are still JSON;
+    # TorchServe's worker leaves a body with a BOM undecoded even under application/json.
+    text = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data
+    if text.lstrip(b" \t\r\n")[:1] not in (b"{", b"["):
         return None
     try:
-        return json.loads(data)
+        return json.loads(text)
     except ValueError:
         raise BadRequest("body starts like JSON but is not valid JSON") from None
     except RecursionError:  # e.g. 100,000 nested brackets

@@ -71,3 +71,14 @@ def test_json_after_leading_whitespace_is_read_as_json(service):
     body = b'\n  {"image": "' + base64.b64encode(JPEG) + b'", "max_length": 3}'
     status, reply = _answer(service, Request.raw(body, ""))
     assert status == 200 and reply["max_length"] == 3
+
+
+@pytest.mark.parametrize("content_type", ["application/json", ""])
+def test_json_after_a_byte_order_mark_is_read_as_json(service, content_type):
+    """Found by `make fuzz`: TorchServe's worker leaves a body starting with a UTF-8 BOM undecoded,
+    and the handler then took it for image bytes (415 "not an image")."""
+    body = b"\xef\xbb\xbf" + json.dumps({"image": base64.b64encode(JPEG).decode(), "beam_size": 2}).encode()
+    status, reply = _answer(service, Request.raw(body, content_type))
+    assert status == 200 and reply["beam_size"] == 2
+    status, error = _answer(service, Request.raw(b"\xef\xbb\xbf{}", content_type))
+    assert status == 400 and "lacks" in error["error"]
