@@ -52,6 +52,7 @@ help:
 	@echo "make serve        start TorchServe on 127.0.0.1 and register the model"
 	@echo "make stop         stop TorchServe and wait until it has exited"
 	@echo "make demo         the demo page on http://127.0.0.1:$(DEMO_PORT) (after make serve)"
+	@echo "make fuzz         fuzz request parsing and image decoding in process (thousands of cases)"
 	@echo "make register | scale WORKERS=n | describe | unregister   management API calls"
 	@echo "make soak | overload | drill   load runs on their own TorchServe (SECURITY.md)"
 
@@ -163,3 +164,9 @@ bench-quick: install
 bench-gpu: install
 	$(PY) -m bench --device cuda --out-json build/bench/gpu/results.json --out-md build/bench/gpu/BENCHMARKS.md \
 		--out-plot build/bench/gpu/bench.png
+
+# Property-based fuzzing of request parsing and image decoding, in process (SECURITY.md "Fuzzing").
+FUZZ_ARGS ?= --batches 350 --seed 0
+.PHONY: fuzz
+fuzz: install
+	$(PY) -m ops.fuzz $(FUZZ_ARGS)

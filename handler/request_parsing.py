@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import io
 import json
 import logging
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -48,6 +50,11 @@ V2_BODY_FIELDS = ("id", "inputs", "outputs", "parameters", "model_name", "model_
 Image.init()  # register every plugin now: `Image.open(formats=...)` looks the names up
 
 logger = logging.getLogger(__name__)
+
+# Option text is plain ASCII digits: int() alone would also take "1_0" (10) and other scripts' digits.
+INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+# What TorchServe's worker makes of an application/json body that holds a JSON scalar.
+JSON_SCALAR_NAMES = {bool: "true or false", int: "a number", float: "a number", type(None): "null"}
 
 
 class BadRequest(ValueError):
@@ -120,10 +127,9 @@ def _int_option(name: str, value: Any, low: int, high: int) -> int:
         value = int(value)
     if not isinstance(value, int):
         text = _as_text(value)
-        try:
-            value = int(text)
-        except ValueError:
-            raise BadRequest(f"{name} must be an integer, got {text[:40]!r}") from None
+        if not INTEGER_TEXT.fullmatch(text) or len(text) > 20:
+            raise BadRequest(f"{name} must be an integer, got {text[:40]!r}")
+        value = int(text)
     if not low <= value <= high:
         raise BadRequest(f"{name} must be between {low} and {high}, got {value}")
     return value
@@ -221,10 +227,13 @@ def _from_json(document: Any, limits: RequestLimits) -> CaptionRequest:
 
 def _json_document(data: bytes) -> Any | None:
     """The JSON in a bytes body (gRPC and untyped bodies carry JSON as bytes), or None for image bytes."""
-    if data[:1] not in (b"{", b"["):
+    # Leading whitespace and a UTF-8 byte order mark (Windows tools write one) are still JSON;
+    # TorchServe's worker leaves a body with a BOM undecoded even under application/json.
+    text = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data
+    if text.lstrip(b" \t\r\n")[:1] not in (b"{", b"["):
         return None
     try:
-        return json.loads(data)
+        return json.loads(text)
     except ValueError:
         raise BadRequest("body starts like JSON but is not valid JSON") from None
     except RecursionError:  # e.g. 100,000 nested brackets
@@ -365,7 +374,15 @@ def parse_request(row: Mapping[str, Any], limits: RequestLimits) -> CaptionReque
             'or JSON {"image": "<base64>"} with Content-Type application/json',
             status=415,
         )
-    document = value if isinstance(value, (dict, list)) else _json_document(bytes(value))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        document = _json_document(bytes(value))
+    elif isinstance(value, (dict, list)):
+        document = value
+    else:
+        # TorchServe's worker turns an application/json body into whatever JSON it holds, so a
+        # scalar arrives here; `bytes(10_000_000_000)` would have asked for 10 GB of zeros.
+        kind = JSON_SCALAR_NAMES.get(type(value), type(value).__name__)
+        raise BadRequest(f'JSON body must be an object like {{"image": "<base64>"}}, got {kind}')
     if document is None:
         options = parse_options(row, limits)
         return CaptionRequest(decode_image(bytes(value), limits), options)
