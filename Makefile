@@ -151,7 +151,7 @@ drill: install
 
 # A tiny random model in build/tiny-export, to try the runs above without training.
 tiny-export: | $(INSTALLED)
-	$(PY) -c "from pathlib import Path; from tests.helpers import write_tiny_export; write_tiny_export(Path('build/tiny-export'))"
+	$(PY) -m ops.tiny_model --out build/tiny-export
 
 # Benchmarks (bench/): seed-style pipeline vs the handler in process vs TorchServe, in one run.
 .PHONY: bench bench-quick bench-gpu

@@ -30,7 +30,7 @@ from bench.environment import cpu_model
 from ops.fuzzing.in_process import InProcessService, batches, check_batch
 from ops.fuzzing.profiles import FUZZ
 from ops.fuzzing.request_strategies import STRATEGIES
-from tests.helpers import write_tiny_export
+from ops.tiny_model import write_tiny_export
 
 
 def run_strategy(service: InProcessService, name: str, count: int, random_seed: int, figures: dict) -> None:

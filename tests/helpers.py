@@ -7,36 +7,10 @@ import random
 import socket
 from pathlib import Path
 
-import torch
-
 from bench.worker_context import worker_context
-from model.captioner import Captioner
-from model.config import CaptionerConfig
-from model.vocabulary import Vocabulary
-from training.export import export_captioner
+# Re-exported: the tests build their tiny models through this module.
+from ops.tiny_model import SHAPE_WORDS, tiny_captioner, tiny_config, write_tiny_export  # noqa: F401
 from training.shapes_dataset import describe, random_scene, render_scene
-
-SHAPE_WORDS = (
-    "a small large red green blue yellow purple circle square triangle and , there is picture of "
-    "on plain background from left to right in the middle image"
-).split()
-
-
-def tiny_config(vocab_size: int, **overrides) -> CaptionerConfig:
-    values = dict(vocab_size=vocab_size, embed_size=16, hidden_size=32, image_size=32, max_length=12)
-    values.update(overrides)
-    return CaptionerConfig(**values)
-
-
-def tiny_captioner(seed: int = 0, **overrides) -> tuple[Captioner, Vocabulary]:
-    torch.manual_seed(seed)
-    vocab = Vocabulary(SHAPE_WORDS)
-    return Captioner(tiny_config(len(vocab), **overrides)).eval(), vocab
-
-
-def write_tiny_export(directory: Path, seed: int = 0, **overrides) -> Path:
-    model, vocab = tiny_captioner(seed, **overrides)
-    return export_captioner(model, vocab, directory)
 
 
 def shape_image_bytes(seed: int = 0, fmt: str = "JPEG", size: int | None = None) -> tuple[bytes, list[str]]:

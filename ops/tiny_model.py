@@ -1,0 +1,50 @@
+"""A tiny random captioner over the shapes vocabulary, for load runs, fuzzing and tests.
+
+Its captions are meaningless, but it goes through every stage a trained model
+does (export files, archive, handler) in a fraction of the time, so runs that
+test the service rather than the model need no training first.
+
+    python -m ops.tiny_model --out build/tiny-export
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from model.captioner import Captioner
+from model.config import CaptionerConfig
+from model.vocabulary import Vocabulary
+from training.export import export_captioner
+
+SHAPE_WORDS = (
+    "a small large red green blue yellow purple circle square triangle and , there is picture of "
+    "on plain background from left to right in the middle image"
+).split()
+
+
+def tiny_config(vocab_size: int, **overrides) -> CaptionerConfig:
+    values = dict(vocab_size=vocab_size, embed_size=16, hidden_size=32, image_size=32, max_length=12)
+    values.update(overrides)
+    return CaptionerConfig(**values)
+
+
+def tiny_captioner(seed: int = 0, **overrides) -> tuple[Captioner, Vocabulary]:
+    torch.manual_seed(seed)
+    vocab = Vocabulary(SHAPE_WORDS)
+    return Captioner(tiny_config(len(vocab), **overrides)).eval(), vocab
+
+
+def write_tiny_export(directory: Path, seed: int = 0, **overrides) -> Path:
+    model, vocab = tiny_captioner(seed, **overrides)
+    return export_captioner(model, vocab, directory)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Write a tiny random captioner as an export folder.")
+    parser.add_argument("--out", default="build/tiny-export")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(f"tiny random model exported to {write_tiny_export(Path(args.out), args.seed)}")
