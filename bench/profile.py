@@ -41,7 +41,7 @@ def stage_times_ms(pipeline: InProcessPipeline, jpegs: Sequence[bytes], batch_si
             embeddings = handler.model.encode(images)
             _sync(handler.device)
             t3 = time.perf_counter()
-            specs = [r.options.to_spec() for r in requests]
+            specs = [r.options.decoding for r in requests]
             captions, _ = decode_mixed(handler.model.decoder, embeddings, specs,
                                        start_id=handler.vocab.start_id, end_id=handler.vocab.end_id)
             t4 = time.perf_counter()

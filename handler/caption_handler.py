@@ -112,7 +112,7 @@ class CaptionHandler(BaseHandler):
             images = images.contiguous(memory_format=torch.channels_last)
         started = time.perf_counter()
         embeddings = self.model.encode(images)  # (B, E)
-        specs = [requests[i].options.to_spec() for i in rows]
+        specs = [requests[i].options.decoding for i in rows]
         streamer = WordStreamer(self.context, self.vocab, self.describe, rows, requests)
         captions, steps = decode_mixed(
             self.model.decoder,

@@ -93,49 +93,40 @@ class RequestLimits:
 
 @dataclass(frozen=True)
 class CaptionOptions:
-    """A request's decoding options, validated by `parse_options` (the one place that checks them).
+    """A request's options, validated by `parse_options` (the one place that checks them).
 
-    Like Hugging Face's `GenerationConfig`, one object holds every strategy's
-    settings: greedy (the default), beam search (`beam_size`), diverse beam search
-    (`beam_groups`, `diversity`), sampling (`do_sample` with `temperature`,
-    `top_k`, `top_p`, `seed`); `num_captions` of them come back.
+    `decoding` holds every strategy's settings in one object, as Hugging Face's
+    `GenerationConfig` does: greedy (the default), beam search (`beam_size`),
+    diverse beam search (`beam_groups`, `diversity`), sampling (`sample` with
+    `temperature`, `top_k`, `top_p`, `seed`), and how many captions come back.
     """
 
-    max_length: int
-    beam_size: int = 1
-    num_captions: int = 1
-    beam_groups: int = 1
-    diversity: float = 0.0
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
+    decoding: DecodeSpec
     stream: bool = False
 
     @property
-    def n_best(self) -> int:
-        """The older name of `num_captions`."""
-        return self.num_captions
+    def max_length(self) -> int:
+        return self.decoding.max_length
+
+    @property
+    def beam_size(self) -> int:
+        return self.decoding.beam_size
+
+    @property
+    def num_captions(self) -> int:
+        return self.decoding.n_best
 
     @property
     def method(self) -> str:
-        return self.to_spec().method
-
-    def to_spec(self) -> DecodeSpec:
-        """The decoding these options ask for, in the model's terms."""
-        return DecodeSpec(
-            max_length=self.max_length, beam_size=self.beam_size, n_best=self.num_captions,
-            beam_groups=self.beam_groups, diversity=self.diversity, sample=self.do_sample,
-            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed,
-        )
+        return self.decoding.method
 
     def in_reply(self) -> dict[str, Any]:
         """The settings a reply echoes besides method, beam_size and max_length: the seed to reproduce it."""
-        if self.do_sample:
-            return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "seed": self.seed}
-        if self.beam_groups > 1:
-            return {"beam_groups": self.beam_groups, "diversity": self.diversity}
+        spec = self.decoding
+        if spec.sample:
+            return {"temperature": spec.temperature, "top_k": spec.top_k, "top_p": spec.top_p, "seed": spec.seed}
+        if spec.beam_groups > 1:
+            return {"beam_groups": spec.beam_groups, "diversity": spec.diversity}
         return {}
 
 
@@ -292,9 +283,9 @@ def parse_options(fields: Mapping[str, Any], limits: RequestLimits) -> CaptionOp
     if do_sample:
         values.update(_sampling_options(given, limits))
     values.update(_beam_group_options(given, beam_size, limits))
-    values["num_captions"] = _num_captions(given, beam_size, do_sample, limits)
-    values["stream"] = _bool_option("stream", given["stream"]) if "stream" in given else False
-    return CaptionOptions(beam_size=beam_size, do_sample=do_sample, **values)
+    values["n_best"] = _num_captions(given, beam_size, do_sample, limits)
+    stream = _bool_option("stream", given["stream"]) if "stream" in given else False
+    return CaptionOptions(DecodeSpec(beam_size=beam_size, sample=do_sample, **values), stream)
 
 
 def decode_image(data: bytes, limits: RequestLimits) -> Image.Image:
