@@ -15,7 +15,7 @@ import torch
 from bench.in_process import InProcessPipeline
 from handler.request_parsing import CaptionRequest, parse_request
 from handler.streaming import to_json
-from model.batch_captioning import DecodeSpec, decode_mixed
+from model.batch_captioning import decode_mixed
 
 
 def stage_times_ms(pipeline: InProcessPipeline, jpegs: Sequence[bytes], batch_size: int, repeats: int = 3) -> dict:
@@ -41,7 +41,7 @@ def stage_times_ms(pipeline: InProcessPipeline, jpegs: Sequence[bytes], batch_si
             embeddings = handler.model.encode(images)
             _sync(handler.device)
             t3 = time.perf_counter()
-            specs = [DecodeSpec(r.options.max_length, r.options.beam_size, r.options.n_best) for r in requests]
+            specs = [r.options.decoding for r in requests]
             captions, _ = decode_mixed(handler.model.decoder, embeddings, specs,
                                        start_id=handler.vocab.start_id, end_id=handler.vocab.end_id)
             t4 = time.perf_counter()

@@ -2,6 +2,7 @@
 
     python -m client caption photo.jpg other.png          # REST, concurrent
     python -m client caption photo.jpg --grpc --stream    # gRPC, word by word
+    python -m client caption photo.jpg --do-sample --top-p 0.9 --num-captions 3 --seed 1
     python -m client describe | scale 2 | register captioner.mar | unregister | set-default 2.0
 
 A request the server refuses for overload (503) or fails while restarting a worker
@@ -47,8 +48,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     caption.add_argument("--grpc", action="store_true", help="use gRPC instead of REST")
     caption.add_argument("--stream", action="store_true", help="print words as they are decoded")
     caption.add_argument("--beam-size", type=int, default=None)
-    caption.add_argument("--n-best", type=int, default=None)
+    caption.add_argument("--num-captions", type=int, default=None, help="several captions: top beams or samples")
+    caption.add_argument("--n-best", type=int, default=None, help="the older name of --num-captions")
     caption.add_argument("--max-length", type=int, default=None)
+    caption.add_argument("--beam-groups", type=int, default=None, help="> 1: diverse beam search")
+    caption.add_argument("--diversity", type=float, default=None, help="diverse beam search penalty")
+    caption.add_argument("--do-sample", action="store_true", help="sample the caption instead of searching")
+    caption.add_argument("--temperature", type=float, default=None)
+    caption.add_argument("--top-k", type=int, default=None)
+    caption.add_argument("--top-p", type=float, default=None)
+    caption.add_argument("--seed", type=int, default=None, help="the same seed gives the same samples")
     caption.add_argument("--json", action="store_true", help="print the full JSON replies")
     caption.add_argument("--concurrency", type=int, default=8, help="requests in flight (batched by the server)")
 
@@ -66,9 +75,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DECODING_OPTIONS = (
+    "beam_size", "num_captions", "n_best", "max_length", "beam_groups", "diversity", "temperature", "top_k", "top_p",
+    "seed",
+)
+
+
 def _options(args: argparse.Namespace) -> dict:
-    values = {"beam_size": args.beam_size, "n_best": args.n_best, "max_length": args.max_length}
+    values = {name: getattr(args, name) for name in DECODING_OPTIONS}
+    values["do_sample"] = True if args.do_sample else None
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _print_result(path: Path, result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"file": str(path), **result}))
+    elif "captions" in result:
+        print(f"{path}:")
+        for entry in result["captions"]:
+            print(f"  {entry['score']:8.3f}  {entry['caption']}")
+    else:
+        print(f"{path}: {result['caption']}")
 
 
 def _caption(args: argparse.Namespace, tokens: TokenStore) -> int:
@@ -107,10 +134,8 @@ def _caption(args: argparse.Namespace, tokens: TokenStore) -> int:
             if isinstance(result, Exception):
                 failures += 1
                 print(f"{path}: ERROR {result}", file=sys.stderr)
-            elif args.json:
-                print(json.dumps({"file": str(path), **result}))
             else:
-                print(f"{path}: {result['caption']}")
+                _print_result(path, result, args.json)
     return 1 if failures else 0
 
 

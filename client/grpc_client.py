@@ -85,7 +85,7 @@ class GrpcCaptionClient:
         return self.inference.Ping(empty_pb2.Empty(), timeout=self.timeout).health
 
     def caption(self, image: bytes, **options: Any) -> dict[str, Any]:
-        """Caption one image (options: max_length, beam_size, n_best)."""
+        """Caption one image; the options are `CaptionClient.caption`'s, sent as text inputs."""
         reply = self.inference.Predictions(
             self._request(image, options), metadata=self._metadata("inference"), timeout=self.timeout
         )

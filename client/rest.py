@@ -189,7 +189,8 @@ class CaptionClient:
         return delivery.response.json()
 
     def caption(self, image: bytes, **options: Any) -> dict[str, Any]:
-        """Caption one image. Options: max_length, beam_size, n_best.
+        """Caption one image. Options (README "Calling the service"): max_length, beam_size,
+        num_captions (n_best), beam_groups, diversity, do_sample, temperature, top_k, top_p, seed.
 
         Without options the raw bytes are posted; with options, a JSON body.
         """

@@ -1,7 +1,8 @@
 """TorchServe handler for the image captioner.
 
 The whole TorchServe batch is encoded in one forward pass and decoded step by
-step together (greedy; beam search per request). A bad request is answered on
+step together (one greedy run, one sampling run, a beam search per set of beam
+settings; `model/batch_captioning.py`). A bad request is answered on
 its own with a 4xx and a JSON error; the rest of its batch is captioned as
 usual, and the worker keeps running. A KServe v2 request (`/v2/models/<name>/infer`)
 gets its answer in v2 form, also one per request of the batch.
@@ -23,7 +24,7 @@ from handler.model_loader import load_exported_captioner
 from handler.open_inference import v2_error, v2_response
 from handler.request_parsing import BadRequest, CaptionRequest, Failed, RequestLimits, parse_request
 from handler.streaming import WordStreamer, to_json
-from model.batch_captioning import DecodeSpec, decode_mixed
+from model.batch_captioning import decode_mixed
 from model.decoding import Caption
 from model.transforms import eval_transform
 
@@ -46,11 +47,7 @@ class CaptionHandler(BaseHandler):
         config = self.model.config
         self._set_up_cpu_kernels(settings)
         self.transform = eval_transform(image_size=config.image_size, mean=config.mean, std=config.std)
-        self.limits = RequestLimits(
-            max_length=int(settings.get("max_length", config.max_length)),
-            max_beam_size=int(settings.get("max_beam_size", RequestLimits.max_beam_size)),
-            max_image_pixels=int(settings.get("max_image_pixels", RequestLimits.max_image_pixels)),
-        )
+        self.limits = RequestLimits.from_settings(settings, int(settings.get("max_length", config.max_length)))
         manifest_model = (context.manifest or {}).get("model", {})
         self.model_name = context.model_name or manifest_model.get("modelName", "captioner")
         self.model_version = manifest_model.get("modelVersion", "")
@@ -115,10 +112,7 @@ class CaptionHandler(BaseHandler):
             images = images.contiguous(memory_format=torch.channels_last)
         started = time.perf_counter()
         embeddings = self.model.encode(images)  # (B, E)
-        specs = [
-            DecodeSpec(requests[i].options.max_length, requests[i].options.beam_size, requests[i].options.n_best)
-            for i in rows
-        ]
+        specs = [requests[i].options.decoding for i in rows]
         streamer = WordStreamer(self.context, self.vocab, self.describe, rows, requests)
         captions, steps = decode_mixed(
             self.model.decoder,
@@ -126,7 +120,7 @@ class CaptionHandler(BaseHandler):
             specs,
             start_id=self.vocab.start_id,
             end_id=self.vocab.end_id,
-            on_greedy_step=streamer.on_greedy_step if streamer.active else None,
+            on_step=streamer.on_step if streamer.active else None,
         )
         for row, caption in zip(rows, captions):
             results[row] = caption
@@ -184,15 +178,20 @@ class CaptionHandler(BaseHandler):
             "method": options.method,
             "beam_size": options.beam_size,
             "max_length": options.max_length,
+            **options.in_reply(),
             "model": self.model_name,
             "version": self.model_version,
         }
-        if options.n_best > 1:
-            body["alternatives"] = [
-                {"caption": " ".join(self.vocab.decode(a.tokens)), "score": round(a.score, 5)}
-                for a in caption.alternatives
-            ]
+        if options.num_captions > 1:
+            every = [self._caption_entry(c) for c in [caption, *caption.alternatives]]
+            body["captions"] = every
+            # The runner-ups as the reply gave them before `captions` (also the v2 `alternatives` output).
+            body["alternatives"] = [{"caption": c["caption"], "score": c["score"]} for c in every[1:]]
         return body
+
+    def _caption_entry(self, caption: Caption) -> dict[str, Any]:
+        words = self.vocab.decode(caption.tokens)
+        return {"caption": " ".join(words), "tokens": words, "score": round(caption.score, 5)}
 
     # --- helpers ----------------------------------------------------------------------------
 

@@ -25,16 +25,24 @@ import json
 import logging
 import math
 import re
+import secrets
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields as dataclass_fields
 from typing import Any, Mapping
 
 from PIL import Image, UnidentifiedImageError
 
+from model.batch_captioning import DecodeSpec
 from model.transforms import to_rgb
 
 IMAGE_FIELDS = ("data", "image", "file", "body")
-OPTION_FIELDS = ("max_length", "beam_size", "n_best", "stream")
+OPTION_FIELDS = (
+    "max_length", "beam_size", "num_captions", "n_best", "beam_groups", "diversity",
+    "do_sample", "temperature", "top_k", "top_p", "seed", "stream",
+)
+SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")  # meaningful only with do_sample=true
+MAX_SEED = 2**32 - 1
+DEFAULT_DIVERSITY = 0.5  # the penalty when beam_groups > 1 and none is asked for (the paper's usual value)
 # The only decoders untrusted bytes reach. Pillow can open many more formats, and some
 # are risky: EPS hands the file to Ghostscript, rarely used decoders see little fuzzing.
 # "JPEG" includes the multi-picture JPEGs (MPO) many cameras write.
@@ -69,23 +77,64 @@ class BadRequest(ValueError):
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """What a single request may ask for; comes from the model's `model-config.yaml`."""
+    """What a single request may ask for; comes from the `captioner:` section of `model-config.yaml`."""
 
     max_length: int = 20
     max_beam_size: int = 8
+    max_num_captions: int = 8  # sampled captions per request (beam search gives at most beam_size)
+    min_temperature: float = 0.05
+    max_temperature: float = 2.0
+    max_top_k: int = 100
+    max_diversity: float = 10.0
     max_image_pixels: int = 40_000_000
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], max_length: int) -> "RequestLimits":
+        """The limits the settings name, defaults for the others (`max_length`: the model's own)."""
+        values: dict[str, Any] = {"max_length": max_length}
+        for field in dataclass_fields(cls):
+            if field.name in settings:
+                values[field.name] = type(field.default)(settings[field.name])
+        return cls(**values)
 
 
 @dataclass(frozen=True)
 class CaptionOptions:
-    max_length: int
-    beam_size: int = 1
-    n_best: int = 1
+    """A request's options, validated by `parse_options` (the one place that checks them).
+
+    `decoding` holds every strategy's settings in one object, as Hugging Face's
+    `GenerationConfig` does: greedy (the default), beam search (`beam_size`),
+    diverse beam search (`beam_groups`, `diversity`), sampling (`sample` with
+    `temperature`, `top_k`, `top_p`, `seed`), and how many captions come back.
+    """
+
+    decoding: DecodeSpec
     stream: bool = False
 
     @property
+    def max_length(self) -> int:
+        return self.decoding.max_length
+
+    @property
+    def beam_size(self) -> int:
+        return self.decoding.beam_size
+
+    @property
+    def num_captions(self) -> int:
+        return self.decoding.n_best
+
+    @property
     def method(self) -> str:
-        return "greedy" if self.beam_size == 1 else "beam"
+        return self.decoding.method
+
+    def in_reply(self) -> dict[str, Any]:
+        """The settings a reply echoes besides method, beam_size and max_length: the seed to reproduce it."""
+        spec = self.decoding
+        if spec.sample:
+            return {"temperature": spec.temperature, "top_k": spec.top_k, "top_p": spec.top_p, "seed": spec.seed}
+        if spec.beam_groups > 1:
+            return {"beam_groups": spec.beam_groups, "diversity": spec.diversity}
+        return {}
 
 
 @dataclass(frozen=True)
@@ -120,7 +169,7 @@ def _as_text(value: Any) -> str:
     return str(value).strip()
 
 
-def _int_option(name: str, value: Any, low: int, high: int) -> int:
+def _int_option(name: str, value: Any, low: int, high: int, hint: str = "") -> int:
     if isinstance(value, bool):
         raise BadRequest(f"{name} must be an integer, got {value!r}")
     if isinstance(value, float) and value.is_integer():
@@ -131,7 +180,23 @@ def _int_option(name: str, value: Any, low: int, high: int) -> int:
             raise BadRequest(f"{name} must be an integer, got {text[:40]!r}")
         value = int(text)
     if not low <= value <= high:
-        raise BadRequest(f"{name} must be between {low} and {high}, got {value}")
+        raise BadRequest(f"{name} must be between {low} and {high}, got {value}{hint}")
+    return value
+
+
+def _float_option(name: str, value: Any, low: float, high: float, *, above_low: bool = False) -> float:
+    """A number in [low, high] (or (low, high] with `above_low`), from JSON or from text."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        text = _as_text(value)
+        try:
+            value = float(text)
+        except ValueError:
+            raise BadRequest(f"{name} must be a number, got {text[:40]!r}") from None
+    value = float(value)
+    inside = (low < value if above_low else low <= value) and value <= high
+    if not math.isfinite(value) or not inside:
+        allowed = f"greater than {low} and at most {high}" if above_low else f"between {low} and {high}"
+        raise BadRequest(f"{name} must be {allowed}, got {value}")
     return value
 
 
@@ -146,19 +211,87 @@ def _bool_option(name: str, value: Any) -> bool:
     raise BadRequest(f"{name} must be true or false, got {text[:40]!r}")
 
 
+def _sampling_options(given: Mapping[str, Any], limits: RequestLimits) -> dict[str, Any]:
+    """temperature, top_k, top_p and seed for a sampling request (a fresh seed when none is given)."""
+    values: dict[str, Any] = {}
+    if "temperature" in given:
+        values["temperature"] = _float_option(
+            "temperature", given["temperature"], limits.min_temperature, limits.max_temperature
+        )
+    if "top_k" in given:
+        values["top_k"] = _int_option("top_k", given["top_k"], 0, limits.max_top_k, " (0: no limit)")
+    if "top_p" in given:
+        values["top_p"] = _float_option("top_p", given["top_p"], 0.0, 1.0, above_low=True)
+    values["seed"] = _int_option("seed", given["seed"], 0, MAX_SEED) if "seed" in given else secrets.randbelow(MAX_SEED + 1)
+    return values
+
+
+def _beam_group_options(given: Mapping[str, Any], beam_size: int, limits: RequestLimits) -> dict[str, Any]:
+    """beam_groups (dividing beam_size) and diversity, which only several groups use."""
+    groups = _int_option("beam_groups", given["beam_groups"], 1, beam_size) if "beam_groups" in given else 1
+    if beam_size % groups:
+        divisors = ", ".join(str(d) for d in range(1, beam_size + 1) if beam_size % d == 0)
+        raise BadRequest(f"beam_groups must divide beam_size ({beam_size}): one of {divisors}; got {groups}")
+    if "diversity" in given and groups == 1:
+        raise BadRequest("diversity applies only to diverse beam search: add beam_groups > 1 (dividing beam_size)")
+    if groups == 1:
+        return {}
+    diversity = DEFAULT_DIVERSITY
+    if "diversity" in given:
+        diversity = _float_option("diversity", given["diversity"], 0.0, limits.max_diversity)
+    return {"beam_groups": groups, "diversity": diversity}
+
+
+def _num_captions(given: Mapping[str, Any], beam_size: int, do_sample: bool, limits: RequestLimits) -> int:
+    """How many captions to return: `num_captions`, or `n_best`, its older name (not both, unless equal)."""
+    names = [name for name in ("num_captions", "n_best") if name in given]
+    if not names:
+        return 1
+    if len(names) == 2 and _as_text(given["num_captions"]) != _as_text(given["n_best"]):
+        raise BadRequest(
+            f"n_best is the older name of num_captions; give one of them "
+            f"(got num_captions={given['num_captions']!r}, n_best={given['n_best']!r})"
+        )
+    name = names[0]
+    if beam_size > 1:
+        return _int_option(name, given[name], 1, beam_size, " (at most beam_size)")
+    if do_sample:
+        return _int_option(name, given[name], 1, limits.max_num_captions, " (max_num_captions of this model)")
+    return _int_option(
+        name, given[name], 1, 1, "; greedy decoding gives one caption: for more, ask beam_size >= that many "
+        "or do_sample=true",
+    )
+
+
 def parse_options(fields: Mapping[str, Any], limits: RequestLimits) -> CaptionOptions:
-    """Validate decoding options; absent ones take defaults (greedy, the model's max length)."""
-    max_length = limits.max_length
-    if fields.get("max_length") is not None:
-        max_length = _int_option("max_length", fields["max_length"], 1, limits.max_length)
-    beam_size = 1
-    if fields.get("beam_size") is not None:
-        beam_size = _int_option("beam_size", fields["beam_size"], 1, limits.max_beam_size)
-    n_best = 1
-    if fields.get("n_best") is not None:
-        n_best = _int_option("n_best", fields["n_best"], 1, beam_size)
-    stream = _bool_option("stream", fields["stream"]) if fields.get("stream") is not None else False
-    return CaptionOptions(max_length=max_length, beam_size=beam_size, n_best=n_best, stream=stream)
+    """Validate decoding options; absent ones take defaults (greedy, the model's max length).
+
+    Every check of a request's options is here, each refusal naming the option
+    and what it may be; settings that would do nothing (temperature without
+    do_sample, diversity with one beam group) are refused rather than ignored.
+    """
+    given = {name: fields[name] for name in OPTION_FIELDS if fields.get(name) is not None}
+    values: dict[str, Any] = {}
+    values["max_length"] = (
+        _int_option("max_length", given["max_length"], 1, limits.max_length)
+        if "max_length" in given else limits.max_length
+    )
+    beam_size = _int_option("beam_size", given["beam_size"], 1, limits.max_beam_size) if "beam_size" in given else 1
+    do_sample = _bool_option("do_sample", given["do_sample"]) if "do_sample" in given else False
+    if do_sample and beam_size > 1:
+        raise BadRequest(
+            f"beam_size must be 1 with do_sample=true, got {beam_size}: sampling draws its captions one by one "
+            "(ask num_captions for several)"
+        )
+    for name in SAMPLING_OPTIONS:
+        if name in given and not do_sample:
+            raise BadRequest(f"{name} applies only to sampling: add do_sample=true")
+    if do_sample:
+        values.update(_sampling_options(given, limits))
+    values.update(_beam_group_options(given, beam_size, limits))
+    values["n_best"] = _num_captions(given, beam_size, do_sample, limits)
+    stream = _bool_option("stream", given["stream"]) if "stream" in given else False
+    return CaptionOptions(DecodeSpec(beam_size=beam_size, sample=do_sample, **values), stream)
 
 
 def decode_image(data: bytes, limits: RequestLimits) -> Image.Image:

@@ -56,7 +56,8 @@ class WordStreamer:
             context,
         )
 
-    def on_greedy_step(self, step: int, rows: list[int], tokens: torch.Tensor) -> None:
+    def on_step(self, step: int, rows: list[int], tokens: torch.Tensor) -> None:
+        """Send the words just chosen for streamed rows (greedy, or sampling one caption)."""
         vocab = self.vocab
         for position, token in zip(rows, tokens.tolist()):
             if position not in self.stream_rows or position in self.done:
@@ -69,7 +70,8 @@ class WordStreamer:
                 self.sent[position] += 1
 
     def finish(self, captions_by_row: dict[int, Caption]) -> None:
-        """Send the words of streamed beam-search captions (known only at the end), then every final result."""
+        """Send the words not streamed yet (beam search and several samples know their best caption only
+        at the end), then every final result."""
         for idx in sorted(self.stream_rows):
             caption, request = captions_by_row[idx], self.requests[idx]
             words = self.vocab.decode(caption.tokens)

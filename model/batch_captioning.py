@@ -1,9 +1,12 @@
 """Decode a batch whose requests ask for different decoding options.
 
-A serving batch mixes requests: some greedy with various `max_length`, some
-beam search. Greedy is prefix-consistent, so every greedy request shares one
-batched greedy run (as long as the longest asks) and is cut to its own length;
-beam requests are grouped by (beam_size, max_length), one batched search each.
+A serving batch mixes requests: greedy with various `max_length`, beam search
+(plain or diverse), sampling. Greedy is prefix-consistent, so every greedy
+request shares one batched greedy run (as long as the longest asks) and is cut
+to its own length; beam requests are grouped by their search settings
+(beam_size, max_length, beam_groups, diversity), one batched search each; every
+sampling request, whatever its settings, joins one batched sampling run, each
+with its own random generator so that its captions do not depend on the batch.
 """
 
 from __future__ import annotations
@@ -14,18 +17,51 @@ from typing import Callable, Sequence
 
 import torch
 
-from model.decoder import DecoderRNN
 from model.decoding import Caption, beam_search, greedy_decode
+from model.sampling import SamplingSettings, sample_captions
+from model.step_decoder import StepDecoder
 
-# (step, rows of the full batch, chosen ids for those rows)
-GreedyStepCallback = Callable[[int, list[int], torch.Tensor], None]
+# (step, rows of the full batch, chosen ids for those rows): the token-by-token runs, for streaming
+TokenStepCallback = Callable[[int, list[int], torch.Tensor], None]
 
 
 @dataclass(frozen=True)
 class DecodeSpec:
+    """How one image is decoded: the model's side of a request's options.
+
+    `n_best` is how many captions come back: beam search's n best hypotheses, or
+    that many distinct samples. Sampling (`sample=True`) uses `temperature`,
+    `top_k` (0: no limit), `top_p` and `seed` (None: a fresh random one); beam
+    search with `beam_groups` > 1 is diverse beam search with penalty `diversity`.
+    """
+
     max_length: int
     beam_size: int = 1
     n_best: int = 1
+    beam_groups: int = 1
+    diversity: float = 0.0
+    sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    @property
+    def method(self) -> str:
+        if self.sample:
+            return "sample"
+        if self.beam_size == 1:
+            return "greedy"
+        return "diverse_beam" if self.beam_groups > 1 else "beam"
+
+    def generator(self) -> torch.Generator:
+        """This request's own random numbers (CPU, so a seed means the same on every device)."""
+        generator = torch.Generator()
+        if self.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(self.seed)
+        return generator
 
 
 def cut_to_length(caption: Caption, max_length: int) -> Caption:
@@ -36,54 +72,88 @@ def cut_to_length(caption: Caption, max_length: int) -> Caption:
     return replace(caption, tokens=tokens, scores=scores, score=float(sum(scores)), ended=False)
 
 
+def _rows_calling(on_step: TokenStepCallback | None, rows: list[int]) -> Callable | None:
+    """`on_step` with a run's own row positions turned into rows of the full batch."""
+    if on_step is None:
+        return None
+    return lambda step, positions, tokens: on_step(step, [rows[p] for p in positions], tokens)
+
+
+def _decode_greedy(decoder, embeddings, specs, rows, ids, on_step) -> tuple[dict[int, Caption], int]:
+    callback = None
+    if on_step is not None:
+        callback = lambda step, tokens: on_step(step, rows, tokens)  # noqa: E731
+    output = greedy_decode(
+        decoder, embeddings[rows], max_length=max(specs[i].max_length for i in rows), on_step=callback, **ids
+    )
+    return {row: cut_to_length(c, specs[row].max_length) for row, c in zip(rows, output.captions)}, output.steps
+
+
+def _decode_beams(decoder, embeddings, specs, rows, ids) -> tuple[dict[int, Caption], int]:
+    """One batched search per set of search settings; `n_best` is cut per request afterwards."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i in rows:
+        spec = specs[i]
+        groups[(spec.beam_size, spec.max_length, spec.beam_groups, spec.diversity)].append(i)
+    captions, steps = {}, 0
+    for (beam_size, max_length, beam_groups, diversity), members in groups.items():
+        output = beam_search(
+            decoder, embeddings[members], max_length=max_length, beam_size=beam_size,
+            n_best=max(specs[i].n_best for i in members), beam_groups=beam_groups, diversity=diversity, **ids,
+        )
+        steps += output.steps
+        for row, caption in zip(members, output.captions):
+            captions[row] = replace(caption, alternatives=caption.alternatives[: specs[row].n_best - 1])
+    return captions, steps
+
+
+def _decode_samples(decoder, embeddings, specs, rows, ids, on_step) -> tuple[dict[int, Caption], int]:
+    chosen = [specs[i] for i in rows]
+    captions, steps = sample_captions(
+        decoder,
+        embeddings[rows],
+        settings=[SamplingSettings(s.temperature, s.top_k, s.top_p) for s in chosen],
+        num_captions=[s.n_best for s in chosen],
+        generators=[s.generator() for s in chosen],
+        max_lengths=[s.max_length for s in chosen],
+        on_step=_rows_calling(on_step, rows),
+        **ids,
+    )
+    return dict(zip(rows, captions)), steps
+
+
 def decode_mixed(
-    decoder: DecoderRNN,
+    decoder: StepDecoder,
     image_embeddings: torch.Tensor,
     specs: Sequence[DecodeSpec],
     *,
     start_id: int,
     end_id: int,
-    on_greedy_step: GreedyStepCallback | None = None,
+    on_step: TokenStepCallback | None = None,
 ) -> tuple[list[Caption], int]:
-    """One caption per row of `image_embeddings` (B, E), each decoded as its spec says.
+    """The captions for each row of `image_embeddings` (B, E), each decoded as its spec says.
 
-    Returns the captions and the number of decoding steps run in total.
+    `on_step` sees the tokens of greedy rows and of sampled rows asking for one
+    caption as they are chosen (beam search knows its captions only at the end).
+    Returns the captions (the best, others in `alternatives`) and the number of
+    decoding steps run in total.
     """
     if len(specs) != image_embeddings.shape[0]:
         raise ValueError(f"{len(specs)} specs for {image_embeddings.shape[0]} images")
-    captions: list[Caption | None] = [None] * len(specs)
-    total_steps = 0
-    greedy_rows = [i for i, spec in enumerate(specs) if spec.beam_size == 1]
-    if greedy_rows:
-        callback = None
-        if on_greedy_step is not None:
-            callback = lambda step, tokens: on_greedy_step(step, greedy_rows, tokens)  # noqa: E731
-        output = greedy_decode(
-            decoder,
-            image_embeddings[greedy_rows],
-            start_id=start_id,
-            end_id=end_id,
-            max_length=max(specs[i].max_length for i in greedy_rows),
-            on_step=callback,
-        )
-        total_steps += output.steps
-        for row, caption in zip(greedy_rows, output.captions):
-            captions[row] = cut_to_length(caption, specs[row].max_length)
-    beam_groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    ids = dict(start_id=start_id, end_id=end_id)
+    by_method: dict[str, list[int]] = defaultdict(list)
     for i, spec in enumerate(specs):
-        if spec.beam_size > 1:
-            beam_groups[(spec.beam_size, spec.max_length)].append(i)
-    for (beam_size, max_length), rows in beam_groups.items():
-        output = beam_search(
-            decoder,
-            image_embeddings[rows],
-            start_id=start_id,
-            end_id=end_id,
-            max_length=max_length,
-            beam_size=beam_size,
-            n_best=max(specs[i].n_best for i in rows),
-        )
-        total_steps += output.steps
-        for row, caption in zip(rows, output.captions):
-            captions[row] = replace(caption, alternatives=caption.alternatives[: specs[row].n_best - 1])
-    return captions, total_steps  # type: ignore[return-value]
+        by_method["beam" if spec.method == "diverse_beam" else spec.method].append(i)
+    captions: dict[int, Caption] = {}
+    total_steps = 0
+    runs = (
+        ("greedy", lambda rows: _decode_greedy(decoder, image_embeddings, specs, rows, ids, on_step)),
+        ("beam", lambda rows: _decode_beams(decoder, image_embeddings, specs, rows, ids)),
+        ("sample", lambda rows: _decode_samples(decoder, image_embeddings, specs, rows, ids, on_step)),
+    )
+    for method, run in runs:
+        if by_method.get(method):
+            decoded, steps = run(by_method[method])
+            captions.update(decoded)
+            total_steps += steps
+    return [captions[i] for i in range(len(specs))], total_steps

@@ -1,4 +1,7 @@
-"""LSTM caption decoder: the image embedding is the first input, then word embeddings."""
+"""LSTM caption decoder: the image embedding is the first input, then word embeddings.
+
+`start`, `step` and `select` are the decoding protocol (`model/step_decoder.py`).
+"""
 
 from __future__ import annotations
 
@@ -73,6 +76,11 @@ class DecoderRNN(nn.Module):
         """One decoding step: (B,) token ids -> (B, V) logits and the new state."""
         hidden, state = self._cell(self.embed(tokens), state)  # (B, H)
         return self.linear(hidden), state
+
+    def select(self, state: LSTMState, index: torch.Tensor) -> LSTMState:
+        """Rows `index` (N,) of the state, for beam search to expand and reorder its hypotheses."""
+        h, c = state  # (L, B, H) each
+        return h[:, index], c[:, index]  # (L, N, H) each
 
     def _cell(self, inputs: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
         """One time step of `self.lstm`: (B, E) inputs -> (B, H) top-layer output and the new state.

@@ -318,7 +318,15 @@ def bad_input_corpus(
         Probe("beam-size-too-large", 400, "beam_size", json={"image": b64, "beam_size": max_beam_size + 1}),
         Probe("n-best-over-beam-size", 400, "n_best", json={"image": b64, "beam_size": 2, "n_best": 3}),
         Probe("stream-not-a-boolean", 400, "stream", json={"image": b64, "stream": "maybe"}),
-        Probe("unknown-json-option", 400, "unknown JSON fields", json={"image": b64, "temperature": 0.7}),
+        Probe("unknown-json-option", 400, "unknown JSON fields", json={"image": b64, "colour": "red"}),
+        Probe("temperature-out-of-range", 400, "temperature",
+              json={"image": b64, "do_sample": True, "temperature": 1e9}),
+        Probe("temperature-not-finite", 400, "temperature",
+              json={"image": b64, "do_sample": True, "temperature": "inf"}),
+        Probe("sampling-option-without-do-sample", 400, "do_sample", json={"image": b64, "top_p": 0.9}),
+        Probe("beam-groups-not-dividing", 400, "beam_groups", json={"image": b64, "beam_size": 4, "beam_groups": 3}),
+        Probe("num-captions-over-beam-size", 400, "num_captions",
+              json={"image": b64, "beam_size": 2, "num_captions": 3}),
         # --- multipart forms
         Probe("multipart-no-file", 400, "no image", form={"beam_size": "2"}),
         Probe("multipart-empty-file", 400, "empty", files={"data": ("empty.jpg", b"", "image/jpeg")}),
@@ -332,6 +340,8 @@ def bad_input_corpus(
               files={"data": ("a.jpg", jpeg, "image/jpeg")}, form={"beam_size": "99"}),
         Probe("multipart-valid-with-options", 200,
               files={"data": ("a.jpg", jpeg, "image/jpeg")}, form={"beam_size": "2", "max_length": "6"}),
+        Probe("multipart-valid-sampling", 200,
+              files={"data": ("a.jpg", jpeg, "image/jpeg")}, form={"do_sample": "true", "top_k": "5", "seed": "1"}),
     ]
     kinds = [p.kind for p in probes]
     assert len(kinds) == len(set(kinds)), "probe kinds are unique"

@@ -1,5 +1,7 @@
 """The client CLI against a real TorchServe (REST and gRPC), as ops use it for smoke checks."""
 
+import json
+
 from client.__main__ import main
 from tests.helpers import shape_image_bytes
 
@@ -44,3 +46,16 @@ def test_cli_reports_a_refused_image(torchserve, registered, tmp_path, capsys):
 def test_cli_describe(torchserve, registered, capsys):
     assert _cli(torchserve, "describe") == 0
     assert '"modelName": "captioner"' in capsys.readouterr().out
+
+
+def test_cli_passes_sampling_options_over_rest_and_grpc(torchserve, registered, tmp_path, capsys):
+    path = tmp_path / "scene.jpg"
+    path.write_bytes(shape_image_bytes(4)[0])
+    options = ["--do-sample", "--temperature", "1.5", "--top-k", "8", "--num-captions", "2", "--seed", "3", "--json"]
+    assert _cli(torchserve, "caption", str(path), *options) == 0
+    rest = json.loads(capsys.readouterr().out)
+    assert rest["method"] == "sample" and rest["seed"] == 3 and rest["top_k"] == 8
+    assert _cli(torchserve, "caption", str(path), "--grpc", *options) == 0
+    assert json.loads(capsys.readouterr().out)["captions"] == rest["captions"]
+    assert _cli(torchserve, "caption", str(path), "--beam-size", "4", "--beam-groups", "3") == 1
+    assert "beam_groups must divide beam_size" in capsys.readouterr().err

@@ -179,3 +179,108 @@ def test_handler_records_custom_metrics(export_dir):
     handler.handle([{"body": bytearray(JPEG)}, {"body": bytearray(b"junk")}], context)
     names = {name for by_type in context.metrics.cache.values() for name in by_type}
     assert {"CaptionDecodeSteps", "CaptionInferenceTime", "CaptionRequestErrors"} <= names, names
+
+
+def _json_row(**options):
+    return {"body": {"image": base64.b64encode(JPEG).decode(), **options}}
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"do_sample": True, "temperature": 0}, "temperature must be between 0.05 and 2.0"),
+        ({"do_sample": True, "temperature": 9.5}, "temperature must be between 0.05 and 2.0"),
+        ({"do_sample": True, "temperature": "hot"}, "temperature must be a number"),
+        ({"do_sample": True, "temperature": "nan"}, "temperature must be between"),
+        ({"do_sample": True, "top_k": -1}, "top_k must be between 0 and 100"),
+        ({"do_sample": True, "top_p": 0}, "top_p must be greater than 0.0 and at most 1.0"),
+        ({"do_sample": True, "top_p": 1.5}, "top_p must be greater than 0.0 and at most 1.0"),
+        ({"do_sample": True, "seed": -3}, "seed must be between 0 and 4294967295"),
+        ({"do_sample": True, "num_captions": 9}, "num_captions must be between 1 and 8"),
+        ({"do_sample": True, "beam_size": 3}, "beam_size must be 1 with do_sample=true"),
+        ({"do_sample": "maybe"}, "do_sample must be true or false"),
+        ({"temperature": 0.7}, "temperature applies only to sampling"),
+        ({"seed": 1}, "seed applies only to sampling"),
+        ({"num_captions": 2}, "num_captions must be between 1 and 1"),
+        ({"beam_size": 3, "num_captions": 4}, "num_captions must be between 1 and 3"),
+        ({"beam_size": 3, "n_best": 2, "num_captions": 3}, "n_best is the older name of num_captions"),
+        ({"beam_size": 4, "beam_groups": 3}, "beam_groups must divide beam_size (4): one of 1, 2, 4"),
+        ({"beam_size": 4, "beam_groups": 5}, "beam_groups must be between 1 and 4"),
+        ({"beam_size": 4, "beam_groups": 2, "diversity": -1}, "diversity must be between 0.0 and 10.0"),
+        ({"beam_size": 4, "diversity": 1.0}, "diversity applies only to diverse beam search"),
+    ],
+)
+def test_out_of_range_decoding_options_get_a_400_naming_the_option(export_dir, options, words):
+    out, statuses, _, _ = run(export_dir, [_json_row(**options), {"body": bytearray(JPEG)}])
+    assert statuses == [400, 200]
+    assert words in json.loads(out[0])["error"]
+
+
+def test_several_captions_come_back_in_a_captions_list(export_dir):
+    rows = [
+        _json_row(do_sample=True, temperature=2.0, num_captions=3, seed=4),
+        _json_row(beam_size=4, beam_groups=2, diversity=1.0, num_captions=4),
+        _json_row(beam_size=3, n_best=2),
+        _json_row(),
+    ]
+    out, statuses, _, _ = run(export_dir, rows)
+    assert statuses == [200] * 4
+    sampled, diverse, beam, greedy = (json.loads(o) for o in out)
+    assert sampled["method"] == "sample" and sampled["seed"] == 4 and sampled["temperature"] == 2.0
+    assert diverse["method"] == "diverse_beam" and diverse["beam_groups"] == 2 and diverse["diversity"] == 1.0
+    for body, n in ((sampled, 3), (diverse, 4), (beam, 2)):
+        assert len(body["captions"]) == n
+        assert len({c["caption"] for c in body["captions"]}) == n, "distinct captions"
+        assert body["captions"][0] == {"caption": body["caption"], "tokens": body["tokens"], "score": body["score"]}
+        assert all(set(c) == {"caption", "tokens", "score"} for c in body["captions"])
+        assert body["alternatives"] == [{"caption": c["caption"], "score": c["score"]} for c in body["captions"][1:]]
+    assert "captions" not in greedy and "seed" not in greedy
+
+
+def test_a_sampled_request_without_a_seed_reports_the_one_that_reproduces_it(export_dir):
+    first = json.loads(run(export_dir, [_json_row(do_sample=True, temperature=2.0)])[0][0])
+    again = json.loads(run(export_dir, [_json_row(do_sample=True, temperature=2.0, seed=first["seed"])])[0][0])
+    assert again["tokens"] == first["tokens"]
+
+
+def test_every_decoding_method_in_one_batch_matches_single_requests(export_dir):
+    options = [
+        {},
+        {"beam_size": 3, "max_length": 6},
+        {"do_sample": True, "top_k": 5, "seed": 1},
+        {"do_sample": True, "temperature": 1.5, "top_p": 0.9, "num_captions": 2, "seed": 2},
+        {"beam_size": 4, "beam_groups": 2, "num_captions": 3},
+    ]
+    rows = [_json_row(**o) for o in options]
+    together, _, _, _ = run(export_dir, rows)
+    for row, joint in zip(rows, together):
+        alone = json.loads(run(export_dir, [row])[0][0])
+        joint = json.loads(joint)
+        assert alone["tokens"] == joint["tokens"]
+        assert alone.get("captions") == joint.get("captions")
+
+
+def test_multipart_and_grpc_style_text_options_are_read(export_dir):
+    row = {"data": bytearray(JPEG), "do_sample": bytearray(b"true"), "temperature": bytearray(b"0.5"),
+           "num_captions": bytearray(b"2"), "seed": bytearray(b"9")}
+    out, statuses, _, _ = run(export_dir, [row])
+    body = json.loads(out[0])
+    assert statuses == [200] and body["temperature"] == 0.5 and body["seed"] == 9 and len(body["captions"]) >= 1
+
+
+def test_sampling_limits_come_from_model_config_yaml(export_dir):
+    rows = [_json_row(do_sample=True, num_captions=3), _json_row(do_sample=True, temperature=1.9)]
+    out, statuses, _, _ = run(export_dir, rows, {"captioner": {"max_num_captions": 2, "max_temperature": 1.0}})
+    assert statuses == [400, 400]
+    assert "num_captions must be between 1 and 2" in json.loads(out[0])["error"]
+    assert "temperature must be between 0.05 and 1.0" in json.loads(out[1])["error"]
+
+
+def test_a_sampled_request_streams_its_words(long_caption_export):
+    rows = [_json_row(do_sample=True, seed=3, stream=True)]
+    handler, context, reader = make_handler(long_caption_export, 1)
+    assert handler.handle(rows, context) == [""]
+    chunks = _streamed_chunks(reader)
+    result = chunks[-1]
+    assert result["method"] == "sample"
+    assert [c["token"] for c in chunks[:-1]] == result["tokens"]

@@ -102,6 +102,38 @@ def test_rest_base64_json(registered):
     assert body["method"] == "beam" and len(body["alternatives"]) == 1
 
 
+def test_rest_sampling_returns_several_captions_reproducibly(registered):
+    options = {"do_sample": True, "temperature": 1.5, "num_captions": 3, "seed": 5}
+    body = registered.caption(JPEG, **options)
+    assert body["method"] == "sample" and body["seed"] == 5
+    assert 1 <= len(body["captions"]) <= 3 and body["captions"][0]["caption"] == body["caption"]
+    assert registered.caption(JPEG, **options)["captions"] == body["captions"]
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"do_sample": True, "temperature": 50}, "temperature must be between 0.05 and 2.0"),
+        ({"beam_size": 4, "beam_groups": 3}, "beam_groups must divide beam_size"),
+    ],
+)
+def test_rest_out_of_range_decoding_options_get_a_400_naming_them(registered, options, words):
+    with pytest.raises(ServiceError) as error:
+        registered.caption(JPEG, **options)
+    assert error.value.status == 400 and words in error.value.body["error"]
+
+
+def test_rest_multipart_option_out_of_range_gets_a_400(torchserve, registered):
+    response = requests.post(
+        _predictions_url(torchserve),
+        files={"data": ("scene.jpg", JPEG, "image/jpeg")},
+        data={"do_sample": "true", "top_p": "0"},
+        headers=torchserve.tokens().header("inference"),
+        timeout=60,
+    )
+    assert response.status_code == 400 and "top_p must be greater than 0.0" in response.json()["error"]
+
+
 def test_rest_bad_image_gets_json_4xx(torchserve, registered):
     headers = {**torchserve.tokens().header("inference"), "Content-Type": "image/jpeg"}
     response = requests.post(_predictions_url(torchserve), data=b"\xff\xd8\xff garbage", headers=headers, timeout=60)
@@ -143,6 +175,12 @@ def test_batch_with_one_corrupt_image_fails_alone(registered):
 def test_grpc_predictions(grpc_client, registered):
     body = grpc_client.caption(JPEG, max_length=5)
     assert body["caption"] == registered.caption(JPEG, max_length=5)["caption"]
+
+
+def test_grpc_passes_sampling_and_diverse_options_as_text(grpc_client, registered):
+    for options in ({"do_sample": True, "top_k": 3, "num_captions": 2, "seed": 8},
+                    {"beam_size": 4, "beam_groups": 2, "diversity": 0.8, "num_captions": 4}):
+        assert grpc_client.caption(JPEG, **options)["captions"] == registered.caption(JPEG, **options)["captions"]
 
 
 def test_grpc_stream_predictions_word_by_word(grpc_client, registered):

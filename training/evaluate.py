@@ -2,12 +2,18 @@
 
     python -m training.evaluate --export-dir build/export \
         --annotations data/shapes/annotations/captions_val.json --images data/shapes/images
+    python -m training.evaluate ... --do-sample --top-p 0.9 --num-captions 5     # diversity too
+    python -m training.evaluate ... --beam-size 6 --beam-groups 3 --diversity 0.5 --num-captions 6
 
 Prints one JSON line of metrics. BLEU and CIDEr-D are pycocoevalcap's
 corpus-level scorers (pure Python); captions are tokenised with the model's own
 tokenizer instead of the Java PTB tokenizer. Attribute accuracy is the share of
 images whose caption names exactly the scene's (colour, shape) pairs; it is
 reported only when the annotation file carries scenes (the generated set does).
+
+With `--num-captions` N > 1 those figures score each image's best caption, and
+`diversity_metrics` scores all N: distinct-1/2, mBLEU-4, oracle BLEU-4 and
+oracle and all-captions attribute accuracy (see its docstring).
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ import contextlib
 import io
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from pycocoevalcap.bleu.bleu import Bleu
@@ -33,8 +40,44 @@ from model.vocabulary import Vocabulary, tokenize
 from training.coco_data import CocoCaptions, load_coco
 from training.shapes_dataset import names_every_object
 
+SEED_RANGE = 2**32
+
+
+def _for_image(spec: DecodeSpec, image_id: int) -> DecodeSpec:
+    """A sampled spec's seed moved by the image id: images draw different numbers, and a run repeats."""
+    if not spec.sample or spec.seed is None:
+        return spec
+    return replace(spec, seed=(spec.seed + image_id) % SEED_RANGE)
+
 
 @torch.inference_mode()
+def caption_every_image(
+    model: Captioner,
+    vocab: Vocabulary,
+    dataset: CocoCaptions,
+    *,
+    device: torch.device,
+    spec: DecodeSpec,
+    batch_size: int = 64,
+    quiet: bool = False,
+) -> dict[int, list[list[str]]]:
+    """Every caption `spec` asks for (best first, as words) of every image of `dataset`, in batches."""
+    model.eval()
+    predictions: dict[int, list[list[str]]] = {}
+    ids = dataset.image_ids
+    for start in tqdm(range(0, len(ids), batch_size), desc="captioning", unit="batch", disable=quiet):
+        chunk = ids[start : start + batch_size]
+        images = torch.stack([dataset.transform(dataset.load_image(i)) for i in chunk]).to(device)
+        embeddings = model.encode(images)
+        specs = [_for_image(spec, image_id) for image_id in chunk]
+        captions, _ = decode_mixed(
+            model.decoder, embeddings, specs, start_id=vocab.start_id, end_id=vocab.end_id
+        )  # the same dispatch (greedy, beam, sampling) the handler uses
+        for image_id, caption in zip(chunk, captions):
+            predictions[image_id] = [vocab.decode(c.tokens) for c in [caption, *caption.alternatives]]
+    return predictions
+
+
 def caption_dataset(
     model: Captioner,
     vocab: Vocabulary,
@@ -43,23 +86,13 @@ def caption_dataset(
     device: torch.device,
     batch_size: int = 64,
     beam_size: int = 1,
+    spec: DecodeSpec | None = None,
     quiet: bool = False,
 ) -> dict[int, list[str]]:
-    """Predicted caption words for every image of `dataset`, decoded in batches."""
-    model.eval()
-    predictions: dict[int, list[str]] = {}
-    ids = dataset.image_ids
-    for start in tqdm(range(0, len(ids), batch_size), desc="captioning", unit="batch", disable=quiet):
-        chunk = ids[start : start + batch_size]
-        images = torch.stack([dataset.transform(dataset.load_image(i)) for i in chunk]).to(device)
-        embeddings = model.encode(images)
-        specs = [DecodeSpec(model.config.max_length, beam_size)] * len(chunk)
-        captions, _ = decode_mixed(
-            model.decoder, embeddings, specs, start_id=vocab.start_id, end_id=vocab.end_id
-        )  # the same dispatch (greedy or beam) the handler uses
-        for image_id, caption in zip(chunk, captions):
-            predictions[image_id] = vocab.decode(caption.tokens)
-    return predictions
+    """The best caption's words for every image of `dataset` (greedy, or beam search, or as `spec` says)."""
+    spec = spec or DecodeSpec(model.config.max_length, beam_size)
+    every = caption_every_image(model, vocab, dataset, device=device, spec=spec, batch_size=batch_size, quiet=quiet)
+    return {image_id: captions[0] for image_id, captions in every.items()}
 
 
 def scenes_of(dataset: CocoCaptions) -> dict[int, list[dict]] | None:
@@ -86,6 +119,78 @@ def score_captions(
     return metrics
 
 
+def distinct_n(captions: Sequence[Sequence[str]], n: int) -> float:
+    """Distinct n-grams over all n-grams of one image's captions (Li et al., 2016): 1.0 when none repeats."""
+    grams = [tuple(words[i : i + n]) for words in captions for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def sentence_bleu4(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]]) -> list[float]:
+    """BLEU-4 of each hypothesis against its own references, pycocoevalcap's sentence-level figure."""
+    gts = {i: [" ".join(r) for r in refs] for i, refs in enumerate(references)}
+    res = {i: [" ".join(words) or "<empty>"] for i, words in enumerate(hypotheses)}
+    with contextlib.redirect_stdout(io.StringIO()):
+        _, scores = Bleu(4).compute_score(gts, res, verbose=0)
+    return [float(score) for score in scores[3]]
+
+
+def mbleu4(captions: Sequence[Sequence[str]]) -> float | None:
+    """Mean BLEU-4 of each caption against the image's other captions (Shetty et al., 2017).
+
+    High when the captions repeat each other; lower is more diverse. None for fewer than two captions.
+    """
+    if len(captions) < 2:
+        return None
+    others = [[c for j, c in enumerate(captions) if j != i] for i in range(len(captions))]
+    scores = sentence_bleu4(captions, others)
+    return sum(scores) / len(scores)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def diversity_metrics(
+    predictions: dict[int, list[list[str]]],
+    references: dict[int, list[str]],
+    scenes: dict[int, list[dict]] | None = None,
+) -> dict[str, Any]:
+    """How different and how good an image's several captions are, averaged over images.
+
+    - distinct1, distinct2: `distinct_n` of each image's captions.
+    - mbleu4: `mbleu4` per image (images with one caption are left out); lower = more diverse.
+    - oracle_bleu4: corpus BLEU-4 of each image's caption with the best sentence BLEU-4: how good
+      the best of n is, the figure a reranker could reach.
+    - oracle_attribute_accuracy: share of images with at least one caption naming every object;
+      attribute_accuracy_all: share of all captions that do (when scenes are known).
+    """
+    ids = sorted(predictions)
+    tokenised = {i: [tokenize(r) for r in references[i]] for i in ids}
+    per_image = {i: sentence_bleu4(predictions[i], [tokenised[i]] * len(predictions[i])) for i in ids}
+    oracle = {i: predictions[i][max(range(len(per_image[i])), key=per_image[i].__getitem__)] for i in ids}
+    metrics: dict[str, Any] = {
+        "distinct1": _mean([distinct_n(predictions[i], 1) for i in ids]),
+        "distinct2": _mean([distinct_n(predictions[i], 2) for i in ids]),
+        "mbleu4": _mean([m for m in (mbleu4(predictions[i]) for i in ids) if m is not None]),
+        "oracle_bleu4": score_captions(oracle, references)["bleu4"],
+        "captions_per_image": _mean([len(predictions[i]) for i in ids]),
+    }
+    if scenes:
+        named = {i: [names_every_object(words, scenes[i]) for words in predictions[i]] for i in ids}
+        metrics["oracle_attribute_accuracy"] = _mean([float(any(named[i])) for i in ids])
+        metrics["attribute_accuracy_all"] = _mean([float(ok) for i in ids for ok in named[i]])
+    return metrics
+
+
+def describe_decoding(spec: DecodeSpec) -> str:
+    """A short name for a decoding setting, e.g. `greedy`, `beam3`, `diverse_beam6x3(0.5)`, `sample(t=1.0,k=0,p=0.9)`."""
+    if spec.method == "sample":
+        return f"sample(t={spec.temperature},k={spec.top_k},p={spec.top_p})"
+    if spec.method == "diverse_beam":
+        return f"diverse_beam{spec.beam_size}x{spec.beam_groups}({spec.diversity})"
+    return "greedy" if spec.method == "greedy" else f"beam{spec.beam_size}"
+
+
 def evaluate_model(
     model: Captioner,
     vocab: Vocabulary,
@@ -96,20 +201,29 @@ def evaluate_model(
     limit: int | None = None,
     batch_size: int = 64,
     beam_size: int = 1,
+    spec: DecodeSpec | None = None,
     quiet: bool = False,
 ) -> tuple[dict[str, Any], dict[int, list[str]]]:
-    """Metrics on a COCO-format caption file, and the predictions behind them."""
+    """Metrics on a COCO-format caption file, and the best predictions behind them.
+
+    `spec` sets the decoding (default: greedy, or beam search of `beam_size`); with
+    `spec.n_best` > 1 the metrics include `diversity_metrics` over all its captions.
+    """
     coco = load_coco(annotations)
     image_ids = sorted(coco.imgs)[:limit]
     config = model.config
+    spec = spec or DecodeSpec(config.max_length, beam_size)
     transform = eval_transform(image_size=config.image_size, mean=config.mean, std=config.std)
     dataset = CocoCaptions(coco, images, vocab, transform, image_ids)
     started = time.perf_counter()
-    predictions = caption_dataset(
-        model, vocab, dataset, device=device, batch_size=batch_size, beam_size=beam_size, quiet=quiet
-    )
-    metrics = score_captions(predictions, dataset.references(), scenes_of(dataset))
-    metrics["decoding"] = "greedy" if beam_size == 1 else f"beam{beam_size}"
+    every = caption_every_image(model, vocab, dataset, device=device, spec=spec, batch_size=batch_size, quiet=quiet)
+    predictions = {image_id: captions[0] for image_id, captions in every.items()}
+    scenes = scenes_of(dataset)
+    metrics = score_captions(predictions, dataset.references(), scenes)
+    if spec.n_best > 1:
+        metrics.update(diversity_metrics(every, dataset.references(), scenes))
+    metrics["decoding"] = describe_decoding(spec)
+    metrics["num_captions"] = spec.n_best
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     return metrics, predictions
 
@@ -121,19 +235,38 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", required=True, help="image folder")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--beam-size", type=int, default=1, help="1 = greedy")
+    decoding = parser.add_argument_group("decoding (as the service's request options)")
+    decoding.add_argument("--beam-size", type=int, default=1, help="1 = greedy")
+    decoding.add_argument("--num-captions", type=int, default=1,
+                          help="captions per image; > 1 adds the diversity metrics")
+    decoding.add_argument("--beam-groups", type=int, default=1, help="> 1: diverse beam search")
+    decoding.add_argument("--diversity", type=float, default=0.5, help="diverse beam search penalty")
+    decoding.add_argument("--do-sample", action="store_true", help="sample instead of searching")
+    decoding.add_argument("--temperature", type=float, default=1.0)
+    decoding.add_argument("--top-k", type=int, default=0, help="0 = no limit")
+    decoding.add_argument("--top-p", type=float, default=1.0)
+    decoding.add_argument("--seed", type=int, default=0, help="sampling seed (image i uses seed + its id)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--predictions-out", default=None, help="also write predictions as JSON here")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
 
+def decode_spec_from_args(args: argparse.Namespace, max_length: int) -> DecodeSpec:
+    """The decoding the command line asks for; `DecodeSpec`'s searches check what does not fit together."""
+    return DecodeSpec(
+        max_length=max_length, beam_size=args.beam_size, n_best=args.num_captions, beam_groups=args.beam_groups,
+        diversity=args.diversity if args.beam_groups > 1 else 0.0, sample=args.do_sample,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+    )
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     model, vocab = load_exported_captioner(args.export_dir, device)
     metrics, predictions = evaluate_model(
-        model, vocab, args.annotations, args.images,
-        device=device, limit=args.limit, batch_size=args.batch_size, beam_size=args.beam_size, quiet=args.quiet,
+        model, vocab, args.annotations, args.images, device=device, limit=args.limit, batch_size=args.batch_size,
+        spec=decode_spec_from_args(args, model.config.max_length), quiet=args.quiet,
     )
     if args.predictions_out:
         Path(args.predictions_out).write_text(json.dumps({str(k): " ".join(v) for k, v in predictions.items()}))
