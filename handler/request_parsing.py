@@ -59,8 +59,10 @@ Image.init()  # register every plugin now: `Image.open(formats=...)` looks the n
 
 logger = logging.getLogger(__name__)
 
-# Option text is plain ASCII digits: int() alone would also take "1_0" (10) and other scripts' digits.
+# Option text is plain ASCII digits: int() and float() alone would also take "1_0" (10) and other
+# scripts' digits.
 INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+NUMBER_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 # What TorchServe's worker makes of an application/json body that holds a JSON scalar.
 JSON_SCALAR_NAMES = {bool: "true or false", int: "a number", float: "a number", type(None): "null"}
 
@@ -188,10 +190,9 @@ def _float_option(name: str, value: Any, low: float, high: float, *, above_low: 
     """A number in [low, high] (or (low, high] with `above_low`), from JSON or from text."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         text = _as_text(value)
-        try:
-            value = float(text)
-        except ValueError:
-            raise BadRequest(f"{name} must be a number, got {text[:40]!r}") from None
+        if not NUMBER_TEXT.fullmatch(text) or len(text) > 40:
+            raise BadRequest(f"{name} must be a number, got {text[:40]!r}")
+        value = float(text)
     value = float(value)
     inside = (low < value if above_low else low <= value) and value <= high
     if not math.isfinite(value) or not inside:

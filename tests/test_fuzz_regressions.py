@@ -60,6 +60,20 @@ def test_option_text_must_be_ascii_digits(text):
         parse_request(row, RequestLimits())
 
 
+@pytest.mark.parametrize("text", ["1_0", "٣", "0x1", "nan", "inf", "1" * 41])
+def test_number_option_text_must_be_ascii_decimal(text):
+    """float() alone took "1_0" as 10, other scripts' digits, and nan/inf spelled out."""
+    row = {"data": bytearray(JPEG), "do_sample": bytearray(b"true"), "temperature": bytearray(text.encode())}
+    with pytest.raises(BadRequest, match="temperature must be a number"):
+        parse_request(row, RequestLimits())
+
+
+@pytest.mark.parametrize("text, value", [("0.7", 0.7), (" .5 ", 0.5), ("1e-1", 0.1), ("+1", 1.0)])
+def test_plain_number_text_is_still_read(text, value):
+    row = {"data": bytearray(JPEG), "do_sample": bytearray(b"true"), "temperature": bytearray(text.encode())}
+    assert parse_request(row, RequestLimits()).options.decoding.temperature == value
+
+
 @pytest.mark.parametrize("text, value", [("7", 7), (" 3 ", 3), ("+2", 2)])
 def test_plain_option_text_is_still_read(text, value):
     row = {"data": bytearray(JPEG), "max_length": bytearray(text.encode())}
