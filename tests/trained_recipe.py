@@ -1,0 +1,136 @@
+"""The trained-model test's recipe, its held-out images and its score, in one place.
+
+`tests/test_trained_model.py` trains with this recipe and captions the held-out
+images through TorchServe. Run as a script, it trains the same recipe on several
+training and data seeds and captions the same images through the handler in
+process (the code a worker runs), so the margin above the test's bar can be
+measured on any machine (README "Tests"):
+
+    .venv/bin/python -m tests.trained_recipe --seeds 0 1 2 --data-seeds 11 12
+
+Why a seed sweep: a CPU's kernels round differently (AVX2, AVX-512, AMX), and a
+short from-scratch training amplifies those differences the way a new seed does.
+A recipe that clears the bar on every seed has room for another CPU's rounding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import random
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from model.vocabulary import tokenize
+from training import train
+from training.export import export_checkpoint
+from training.shapes_dataset import ShapeObject, generate, names_every_object, random_scene, render_scene
+
+HELD_OUT = 60
+BAR = 0.8  # the test's: share of held-out images whose caption names the right colour and shape
+TRAIN_IMAGES = 1200
+DATA_SEED = 11
+HELD_OUT_SEED = 2024  # a stream no training image comes from
+# One stage on single-object scenes: the default's fine-tuning settings (Makefile) with the
+# word-position loss in place of the scene loss, all five captions per image, 8 epochs of 75
+# steps. With 4 epochs the outcome hung on the seed (training seed 1: 24 of 60; seed 0: 54-56
+# on one CPU, 36 on another); README "Tests" has the sweep behind 8.
+TRAIN_ARGS = [
+    "--encoder-weights", "none", "--train-backbone", "--image-size", "96",
+    "--epochs", "8", "--batch-size", "16", "--lr", "5e-3", "--backbone-lr", "1.5e-3",
+    "--concept-weight", "4.0", "--word-position-weight", "1.0", "--quiet",
+]
+
+
+def train_export(root: Path, *, seed: int = 0, data_seed: int = DATA_SEED, extra: list[str] = ()) -> Path:
+    """Generate the single-object set, train the recipe (`extra` overrides its flags), export."""
+    data = generate(root / "data", train=TRAIN_IMAGES, val=50, seed=data_seed, max_objects=1)
+    args = train.get_args_parser().parse_args(
+        [
+            "--annotations", str(data / "annotations" / "captions_train.json"),
+            "--val-annotations", str(data / "annotations" / "captions_val.json"),
+            "--images", str(data / "images"),
+            "--output-dir", str(root / "run"),
+            "--seed", str(seed),
+            *TRAIN_ARGS,
+            *extra,
+        ]
+    )
+    return export_checkpoint(train.main(args), root / "export")
+
+
+def held_out_images() -> tuple[list[list[ShapeObject]], list[bytes]]:
+    """The held-out scenes and their JPEG bytes (seeds no training image came from)."""
+    rng = random.Random(HELD_OUT_SEED)
+    scenes = [random_scene(rng, max_objects=1) for _ in range(HELD_OUT)]
+    images = []
+    for objects in scenes:
+        buffer = io.BytesIO()
+        render_scene(objects, rng).save(buffer, format="JPEG", quality=90)
+        images.append(buffer.getvalue())
+    return scenes, images
+
+
+def named_right(captions: list[str], scenes: list[list[ShapeObject]]) -> int:
+    """How many captions name exactly their scene's colour and shape."""
+    return sum(names_every_object(tokenize(c), objects) for c, objects in zip(captions, scenes))
+
+
+def caption_in_process(export_dir: Path, images: list[bytes]) -> list[str]:
+    """Captions from the handler's own `handle()`, in batches of 8 as the server forms them."""
+    from bench.in_process import InProcessPipeline
+
+    pipeline = InProcessPipeline(export_dir)
+    captions = []
+    for start in range(0, len(images), 8):
+        captions += [body["caption"] for body in pipeline.handle(images[start : start + 8])]
+    return captions
+
+
+def cpu_model() -> str:
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown CPU"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "unknown CPU")
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    scenes, images = held_out_images()
+    results = []
+    for data_seed in args.data_seeds:
+        for seed in args.seeds:
+            with tempfile.TemporaryDirectory() as root:
+                started = time.perf_counter()
+                export = train_export(Path(root), seed=seed, data_seed=data_seed, extra=args.extra)
+                seconds = time.perf_counter() - started
+                captions = caption_in_process(export, images)
+            correct = named_right(captions, scenes)
+            misses = [(c, f"{o[0].color} {o[0].shape}") for c, o in zip(captions, scenes)
+                      if not names_every_object(tokenize(c), o)]
+            row = {"seed": seed, "data_seed": data_seed, "extra": " ".join(args.extra), "named_right": correct, "of": HELD_OUT,
+                   "train_s": round(seconds), "cpu": cpu_model(), "misses": misses[:4]}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    counts = [r["named_right"] for r in results]
+    print(f"named right: {counts}; min {min(counts)}, median {statistics.median(counts)}; "
+          f"bar {int(BAR * HELD_OUT)} of {HELD_OUT}", flush=True)
+    return results
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train the trained-model test's recipe on several seeds.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (--seed)")
+    parser.add_argument("--data-seeds", type=int, nargs="+", default=[DATA_SEED], help="generator seeds")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                        help="training flags that override the recipe's, e.g. --extra --epochs 6")
+    return parser
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
