@@ -191,7 +191,7 @@ def _json_row(**options):
         ({"do_sample": True, "temperature": 0}, "temperature must be between 0.05 and 2.0"),
         ({"do_sample": True, "temperature": 9.5}, "temperature must be between 0.05 and 2.0"),
         ({"do_sample": True, "temperature": "hot"}, "temperature must be a number"),
-        ({"do_sample": True, "temperature": "nan"}, "temperature must be between"),
+        ({"do_sample": True, "temperature": "nan"}, "temperature must be a number"),
         ({"do_sample": True, "top_k": -1}, "top_k must be between 0 and 100"),
         ({"do_sample": True, "top_p": 0}, "top_p must be greater than 0.0 and at most 1.0"),
         ({"do_sample": True, "top_p": 1.5}, "top_p must be greater than 0.0 and at most 1.0"),
