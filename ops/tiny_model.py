@@ -45,6 +45,8 @@ def write_tiny_export(directory: Path, seed: int = 0, **overrides) -> Path:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Write a tiny random captioner as an export folder.")
     parser.add_argument("--out", default="build/tiny-export")
-    parser.add_argument("--seed", type=int, default=0)
+    # Seed 2's model says words that depend a little on the image; seed 0's ends every caption at
+    # once, and an empty caption would make the load runs' "each image its own caption" check vacuous.
+    parser.add_argument("--seed", type=int, default=2)
     args = parser.parse_args()
     print(f"tiny random model exported to {write_tiny_export(Path(args.out), args.seed)}")
