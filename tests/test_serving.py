@@ -84,14 +84,19 @@ def test_rest_raw_bytes(torchserve, registered):
     assert len(body["tokens"]) == len(body["scores"])
 
 
-def test_rest_multipart_with_options(torchserve, registered):
-    response = requests.post(
+def _post_form(torchserve, options: dict[str, str]) -> requests.Response:
+    """The test image as a multipart file field, with `options` as text fields."""
+    return requests.post(
         _predictions_url(torchserve),
         files={"data": ("scene.jpg", JPEG, "image/jpeg")},
-        data={"beam_size": "3", "max_length": "6"},
+        data=options,
         headers=torchserve.tokens().header("inference"),
         timeout=60,
     )
+
+
+def test_rest_multipart_with_options(torchserve, registered):
+    response = _post_form(torchserve, {"beam_size": "3", "max_length": "6"})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["method"] == "beam" and body["beam_size"] == 3 and len(body["tokens"]) <= 6
@@ -124,13 +129,7 @@ def test_rest_out_of_range_decoding_options_get_a_400_naming_them(registered, op
 
 
 def test_rest_multipart_option_out_of_range_gets_a_400(torchserve, registered):
-    response = requests.post(
-        _predictions_url(torchserve),
-        files={"data": ("scene.jpg", JPEG, "image/jpeg")},
-        data={"do_sample": "true", "top_p": "0"},
-        headers=torchserve.tokens().header("inference"),
-        timeout=60,
-    )
+    response = _post_form(torchserve, {"do_sample": "true", "top_p": "0"})
     assert response.status_code == 400 and "top_p must be greater than 0.0" in response.json()["error"]
 
 
