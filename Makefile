@@ -55,6 +55,8 @@ help:
 	@echo "make fuzz         fuzz request parsing and image decoding in process (thousands of cases)"
 	@echo "make register | scale WORKERS=n | describe | unregister   management API calls"
 	@echo "make soak | overload | drill   load runs on their own TorchServe (SECURITY.md)"
+	@echo "make tiny-export  a tiny random model in build/tiny-export (LOAD_EXPORT=build/tiny-export for the load runs)"
+	@echo "make bench        benchmarks: writes BENCHMARKS.md, docs/bench.json, docs/bench.png"
 
 install: $(INSTALLED) $(STUBS)
 
