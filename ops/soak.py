@@ -38,13 +38,13 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import psutil
 import requests
 
 from client.rest import CaptionClient
-from ops.load import LoadReport, Outcome, Sample, Send, closed_loop
+from ops.load import LoadReport, Outcome, Sample, Send, caption_check, closed_loop
 from ops.request_corpus import Probe, bad_input_corpus, scene_images
 from ops.own_server import own_server
 
@@ -229,6 +229,9 @@ def run_soak(
     ]
     report.bad_kinds = len({index for kind, index in plan if kind == "bad"})
 
+    # Each valid image must get the caption it got alone.
+    valid_checks = [_labelled(f"valid image {i}", caption_check(reference)) for i, reference in enumerate(references)]
+
     def make_send() -> Send:
         own = dataclasses.replace(client)  # its own session; TokenStore shared
 
@@ -236,18 +239,10 @@ def run_soak(
             kind, index = plan[number]
             if kind == "valid":
                 delivery = own.deliver(data=images[index], extra_headers={"Content-Type": "image/jpeg"})
-                return Outcome.of(delivery, lambda status, text: _caption_problem(index, status, text), tag=kind)
+                return Outcome.of(delivery, valid_checks[index], tag=kind)
             return Outcome.of(own.deliver(**probes[index].request_kwargs()), probes[index].check, tag=kind)
 
         return send
-
-    def _caption_problem(index: int, status: int, text: str) -> str | None:
-        caption = _caption_of(text) if status == 200 else None
-        if caption == references[index]:
-            return None
-        if caption is None:
-            return f"valid image {index}: HTTP {status}: {text[:200]}"
-        return f"valid image {index}: caption {caption!r}, alone {references[index]!r}"
 
     killer = _WorkerKiller(client) if kill_worker_after is not None else None
 
@@ -281,12 +276,14 @@ def run_soak(
     return report
 
 
-def _caption_of(text: str) -> str | None:
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return None
-    return body.get("caption") if isinstance(body, dict) else None
+def _labelled(label: str, check: Callable[[int, str], str | None]) -> Callable[[int, str], str | None]:
+    """`check`, its problems prefixed with `label` (which request of the soak it was)."""
+
+    def labelled(status: int, text: str) -> str | None:
+        problem = check(status, text)
+        return None if problem is None else f"{label}: {problem}"
+
+    return labelled
 
 
 def get_args_parser() -> argparse.ArgumentParser:
