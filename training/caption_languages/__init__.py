@@ -42,15 +42,19 @@ class CaptionLanguage:
     shape_words: dict[str, str]
     colour_offset: int
 
-    def named_objects(self, caption_tokens: Sequence[str]) -> Counter:
-        """(colour, shape) pairs a caption names, as a multiset: `un cercle rouge` -> ('red', 'circle')."""
+    def named_sequence(self, caption_tokens: Sequence[str]) -> list[tuple[str, str]]:
+        """(colour, shape) pairs in the order the caption names them: `un cercle rouge` -> [('red', 'circle')]."""
         words = [token.lower() for token in caption_tokens]
-        pairs = Counter()
+        pairs = []
         for position, word in enumerate(words):
             colour_at = position + self.colour_offset
             if word in self.shape_words and 0 <= colour_at < len(words) and words[colour_at] in self.colour_words:
-                pairs[(self.colour_words[words[colour_at]], self.shape_words[word])] += 1
+                pairs.append((self.colour_words[words[colour_at]], self.shape_words[word]))
         return pairs
+
+    def named_objects(self, caption_tokens: Sequence[str]) -> Counter:
+        """The pairs of `named_sequence` as a multiset, for checking a caption whatever its order."""
+        return Counter(self.named_sequence(caption_tokens))
 
 
 def listing(phrases: Sequence[str], conjunction: str) -> str:
