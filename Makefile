@@ -30,14 +30,17 @@ SAMPLE ?= $(DATA)/images/003001.jpg
 TRAIN_IMAGES ?= 3000
 VAL_IMAGES ?= 300
 # Caption languages of the generated set: five captions per image in each, one multilingual model.
+# The first stage, which teaches the encoder to see, learns from the first language's captions only.
 LANGUAGES ?= en fr de es
+ENCODER_LANGUAGES ?= $(firstword $(LANGUAGES))
 IMAGE_SIZE ?= 96
 FINETUNE_EPOCHS ?= 3
 DECODER_EPOCHS ?= 8
 FINETUNE_DIR := $(TRAIN_DIR)/finetune
 AUX_LOSSES ?= --concept-weight 4.0 --scene-weight 1.0
 FINETUNE_ARGS ?= --encoder-weights none --train-backbone --image-size $(IMAGE_SIZE) --epochs $(FINETUNE_EPOCHS) \
-	--batch-size 16 --lr 5e-3 --backbone-lr 1.5e-3 --captions-per-image 2 $(AUX_LOSSES)
+	--batch-size 16 --lr 5e-3 --backbone-lr 1.5e-3 --captions-per-image 2 --train-languages $(ENCODER_LANGUAGES) \
+	$(AUX_LOSSES)
 DECODER_ARGS ?= --epochs $(DECODER_EPOCHS) --batch-size 32 --lr 3e-3 --captions-per-image 5 $(AUX_LOSSES)
 DATA_ARGS = --annotations $(TRAIN_JSON) --val-annotations $(VAL_JSON) --images $(DATA)/images
 

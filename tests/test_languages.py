@@ -269,3 +269,17 @@ def test_the_default_language_is_english_and_an_unknown_one_is_a_400_listing_the
     with pytest.raises(ServiceError) as refused:
         served_multilingual.caption(image, language="ja")
     assert refused.value.status == 400 and "en, fr, de, es" in str(refused.value)
+
+
+def test_training_can_learn_from_some_languages_with_a_vocabulary_of_all(multilingual):
+    from model.transforms import eval_transform
+    from training.coco_data import CocoCaptions
+
+    coco = load_captions(multilingual["data"] / "annotations" / "captions_train.json")
+    _, vocab = load_exported_captioner(multilingual["export"])
+    english = CocoCaptions(coco, multilingual["data"] / "images", vocab, eval_transform(image_size=32),
+                           languages=["en"])
+    starts = {int(ids[0]) for image_id in english.image_ids for ids in english.caption_ids(image_id)}
+    assert starts == {vocab.start_id_for("en")}
+    with pytest.raises(ValueError, match="no captions in ja"):
+        CocoCaptions(coco, multilingual["data"] / "images", vocab, eval_transform(image_size=32), languages=["ja"])

@@ -110,6 +110,7 @@ class CocoCaptions(Dataset):
         vocab: turns captions into ids.
         transform: PIL RGB image -> tensor (from `model.transforms`).
         image_ids: restrict to these images (a split); all when None.
+        languages: train on the captions in these languages only (all when None).
         captions_per_image: each time an image is read, this many of its captions,
             drawn at random (all when None). The decoder is a fifth of a training
             step's cost with five captions; fewer per step trade caption variety
@@ -124,6 +125,7 @@ class CocoCaptions(Dataset):
         transform: Callable[[Image.Image], torch.Tensor],
         image_ids: Sequence[int] | None = None,
         captions_per_image: int | None = None,
+        languages: Sequence[str] | None = None,
     ) -> None:
         self.coco = coco
         self.image_dir = Path(image_dir)
@@ -133,9 +135,14 @@ class CocoCaptions(Dataset):
         if captions_per_image is not None and captions_per_image < 1:
             raise ValueError(f"captions_per_image must be at least 1, got {captions_per_image}")
         self.captions_per_image = captions_per_image
-        missing = [i for i in self.image_ids if not coco.imgToAnns[i]]
+        self.languages = None if languages is None else frozenset(languages)
+        missing = [
+            i for i in self.image_ids
+            if not any(self.languages is None or caption_language(a) in self.languages for a in coco.imgToAnns[i])
+        ]
         if missing:
-            raise ValueError(f"{len(missing)} images have no captions, e.g. image id {missing[0]}")
+            wanted = "" if self.languages is None else f" in {', '.join(sorted(self.languages))}"
+            raise ValueError(f"{len(missing)} images have no captions{wanted}, e.g. image id {missing[0]}")
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -148,6 +155,8 @@ class CocoCaptions(Dataset):
     def caption_ids(self, image_id: int) -> list[torch.Tensor]:
         """The image's captions as id tensors: all, or a random `captions_per_image` of them in file order."""
         annotations = self.coco.imgToAnns[image_id]
+        if self.languages is not None:
+            annotations = [a for a in annotations if caption_language(a) in self.languages]
         if self.captions_per_image is not None and self.captions_per_image < len(annotations):
             keep = sorted(random.sample(range(len(annotations)), self.captions_per_image))
             annotations = [annotations[k] for k in keep]

@@ -219,11 +219,13 @@ def evaluate_model(
     beam_size: int = 1,
     spec: DecodeSpec | None = None,
     quiet: bool = False,
+    languages: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], dict[int, list[str]]]:
     """Metrics on a COCO-format caption file, and the best predictions behind them.
 
     `spec` sets the decoding (default: greedy, or beam search of `beam_size`); with
     `spec.n_best` > 1 the metrics include `diversity_metrics` over all its captions.
+    `languages`: score only these of the model's languages (default: all it has).
     """
     coco = load_captions([annotations])
     image_ids = sorted(coco.imgs)[:limit]
@@ -235,7 +237,7 @@ def evaluate_model(
     started = time.perf_counter()
     per_language: dict[str, dict[str, Any]] = {}
     default_predictions: dict[int, list[str]] = {}
-    for language in config.languages:
+    for language in config.languages if languages is None else languages:
         references = dataset.references(language)
         if not all(references.values()):
             continue  # the file has no captions in this language to score against

@@ -94,6 +94,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--captions-per-image", type=int, default=None,
         help="captions of each image per step, drawn at random (default: all)",
     )
+    optim.add_argument(
+        "--train-languages", nargs="+", default=None,
+        help="train on the captions in these languages only; the vocabulary still holds every language's "
+             "words (e.g. fine-tune the encoder on one language, then train the decoder on all)",
+    )
     optim.add_argument("--augment", action="store_true", help="random shifts/scales (disables feature cache)")
     optim.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps")
     run = parser.add_argument_group("run")
@@ -316,7 +321,8 @@ def build_datasets(args: argparse.Namespace, vocab: Vocabulary | None, config_im
         )
     train_tf = train_transform(image_size=config_image_size, mean=mean, std=std, augment=args.augment)
     val_tf = eval_transform(image_size=config_image_size, mean=mean, std=std)
-    train_set = CocoCaptions(coco, args.images, vocab, train_tf, train_ids, captions_per_image=args.captions_per_image)
+    train_set = CocoCaptions(coco, args.images, vocab, train_tf, train_ids, captions_per_image=args.captions_per_image,
+                             languages=args.train_languages)
     val_set = CocoCaptions(val_coco, args.val_images or args.images, vocab, val_tf, val_ids)
     return train_set, val_set, vocab
 
