@@ -323,7 +323,9 @@ def build_datasets(args: argparse.Namespace, vocab: Vocabulary | None, config_im
     val_tf = eval_transform(image_size=config_image_size, mean=mean, std=std)
     train_set = CocoCaptions(coco, args.images, vocab, train_tf, train_ids, captions_per_image=args.captions_per_image,
                              languages=args.train_languages)
-    val_set = CocoCaptions(val_coco, args.val_images or args.images, vocab, val_tf, val_ids)
+    # Held out in the languages trained on, so the held-out loss measures what this run learns.
+    val_set = CocoCaptions(val_coco, args.val_images or args.images, vocab, val_tf, val_ids,
+                           languages=args.train_languages)
     return train_set, val_set, vocab
 
 
