@@ -24,12 +24,17 @@ Log = Callable[[str], None]
 
 def handler_setting_experiments(export_dir: Path, device: torch.device, jpegs: Sequence[bytes], threads: int, *,
                                 repeats: int, images: int, log: Log) -> list[dict]:
-    """The handler in process with one `model-config.yaml` setting changed, at batch 1 and 8."""
+    """The handler in process with one `model-config.yaml` setting changed, at batch 1 and 8, in fp32.
+
+    fp32 throughout, so that each setting means what it meant before `precision` (a bf16
+    vocabulary projection does not go through oneDNN's fp32 kernel at all).
+    """
+    fp32 = {"torch_threads": threads, "precision": "fp32"}
     variants = {
-        "handler defaults": {"torch_threads": threads},
-        "channels_last off": {"torch_threads": threads, "channels_last": False},
-        "oneDNN vocabulary projection off": {"torch_threads": threads, "onednn_linear": False},
-        "1 torch thread": {"torch_threads": 1},
+        "handler defaults, fp32": fp32,
+        "channels_last off": {**fp32, "channels_last": False},
+        "oneDNN vocabulary projection off": {**fp32, "onednn_linear": False},
+        "1 torch thread": {**fp32, "torch_threads": 1},
     }
     pipelines = {name: InProcessPipeline(export_dir, str(device), s) for name, s in variants.items()}
     results = []

@@ -364,7 +364,8 @@ def _precision_experiments_section(results: dict) -> list[str]:
     lines = [
         "## Precision and compiled encoders",
         "",
-        "The handler in process with `precision` and `compile` set, runs interleaved (random weights, 224 px). "
+        f"The handler in process with `precision` and `compile` set, runs interleaved (random weights, "
+        f"{results['model']['image_size']} px). "
         "Worker start is the handler's `initialize`: loading, and for compiled encoders quantizing and "
         "compiling one graph per batch bucket (1, 2, 4, 8); TorchServe allows `startupTimeout` "
         "(`handler/model-config.yaml`) for it.",
@@ -438,7 +439,8 @@ def _experiments_section(results: dict) -> list[str]:
     lines = [
         "## Optimisations measured in this run",
         "",
-        "The handler in process with one `model-config.yaml` setting changed from its defaults, runs interleaved:",
+        "The handler in process in fp32 with one `model-config.yaml` setting changed from its defaults, "
+        "runs interleaved:",
         "",
         "| variant | batch | images/s | latency p50 (ms) |",
         "| --- | --- | --- | --- |",
@@ -551,11 +553,28 @@ NOTES = [
     "compared with training, so it was left out.",
     "- **Host syncs in the decoding loop**: the early-stop check reads one boolean per step. On CPU that costs "
     "nothing; on a GPU it is the one sync per step left, to be measured there.",
-    "- **GPU** (not measured here): `make bench-gpu` (`python -m bench --device cuda`) runs this program on "
-    "CUDA, with in-process batches of 64 and 256 through the handler's `handle()` with real JPEG bytes. "
-    "bf16 autocast for the encoder, CUDA graphs or `torch.compile` for the decoding step, GPU JPEG decoding "
-    "and pinned memory are not in the handler: none could be measured without a GPU, and each should go in "
-    "only if that run shows it helps.",
+    "- **Precision** (`precision` in `model-config.yaml`, model/precision.py): `auto` runs bf16 where the "
+    "CPU reports `amx_bf16` or `avx512_bf16` (the header's flags) and fp32 elsewhere. bf16 is the encoder "
+    "under `torch.autocast` and the vocabulary projection with bf16 weights (its own bf16 matmul, not "
+    "oneDNN's fp32 one); the LSTM cell, log-softmax and search stay fp32. The tables above measure fp32 "
+    "and the chosen precision in process and served in the same run, and the caption agreement table "
+    "checks the trained model's held-out captions; a precision losing more than 0.5 point of attribute "
+    "accuracy is never the default.",
+    "- **int8** (PT2E, torchao's `X86InductorQuantizer`, calibrated on the archive's `calibration/` images "
+    "at worker start, compiled with inductor, the only way its int8 kernels run) is a setting, never "
+    "`auto`'s choice: compare it in the precision table before choosing it.",
+    "- **Compiled encoders** (`compile: true`: `torch.compile`, inductor, frozen weights) are compiled at "
+    "worker start for batch buckets 1, 2, 4, ..., the batch size (a batch is padded up to its bucket), so "
+    "no request waits for a compilation; the precision table gives the worker start this costs. It is off "
+    "by default: two workers compiling at once on a busy 2-core machine come close to TorchServe's "
+    "`startupTimeout`, and a restarted worker pays it again.",
+    "- **Core pinning** (`cpu_launcher_enable`, TorchServe wrapping each worker in "
+    "`torch.backends.xeon.run_cpu`, two workers each on its own core) is a candidate in the server table.",
+    "- **GPU**: `make bench-gpu` (`python -m bench.gpu`, one prepared run of under 10 minutes) measures the "
+    "handler in process at batch 1 to 256 in fp32 and bf16, one decoding step eager against a CUDA graph "
+    "and `torch.compile`, and GPU JPEG decoding (`torchvision.io.decode_jpeg` on the device) against PIL, "
+    "into build/bench/gpu/. Served GPU figures need Java: a jlink'd Java 17 runtime (51 MB) with "
+    "TorchServe's jar (46 MB) does not fit in what can be carried to a bare GPU machine (64 MiB).",
 ]
 
 
