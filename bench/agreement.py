@@ -51,10 +51,19 @@ def staged_export(export_dir: Path, data_dir: Path, work_dir: Path) -> Path:
     return staged
 
 
+# The variants compared: `captioner:` settings, fp32 first (the reference).
+VARIANTS = {
+    "fp32": {"precision": "fp32"},
+    "bf16": {"precision": "bf16"},
+    "int8": {"precision": "int8"},
+    "bf16, bf16 vocabulary projection": {"precision": "bf16", "vocabulary_projection": "bf16"},
+}
+
+
 def caption_agreement(export_dir: Path | str, data_dir: Path | str, work_dir: Path | str, device: torch.device,
-                      threads: int, *, precisions: Sequence[str], limit: int | None = None,
+                      threads: int, *, variants: Sequence[str] = tuple(VARIANTS), limit: int | None = None,
                       log: Callable[[str], None] = print) -> dict:
-    """Held-out captions of `export_dir` in each precision, against fp32's (fp32 first)."""
+    """Held-out captions of `export_dir` in each of `variants` (names in VARIANTS), against fp32's."""
     export_dir, data_dir, work_dir = Path(export_dir), Path(data_dir), Path(work_dir)
     if not (export_dir / "config.json").is_file():
         raise SystemExit(f"no trained export in {export_dir}; run `make model` (or pass --agreement-export none)")
@@ -63,8 +72,8 @@ def caption_agreement(export_dir: Path | str, data_dir: Path | str, work_dir: Pa
     jpegs = [(data_dir / "images" / image["file_name"]).read_bytes() for image in held_out]
     captions: dict[str, list[list[str]]] = {}
     start_s: dict[str, float] = {}
-    for name in ["fp32", *[p for p in precisions if p != "fp32"]]:
-        pipeline = InProcessPipeline(staged, str(device), {"torch_threads": threads, "precision": name},
+    for name in ["fp32", *[v for v in variants if v != "fp32"]]:
+        pipeline = InProcessPipeline(staged, str(device), {"torch_threads": threads, **VARIANTS[name]},
                                      max_batch=BATCH)
         start_s[name] = round(pipeline.start_s, 1)
         captions[name] = [body["tokens"] for i in range(0, len(jpegs), BATCH)
@@ -75,7 +84,7 @@ def caption_agreement(export_dir: Path | str, data_dir: Path | str, work_dir: Pa
     for name, tokens in captions.items():
         identical = sum(a == b for a, b in zip(tokens, reference))
         correct = sum(names_every_object(t, image["objects"]) for t, image in zip(tokens, held_out))
-        rows.append({"precision": name, "images": len(tokens), "identical_to_fp32": round(identical / len(tokens), 4),
+        rows.append({"precision": name, "settings": VARIANTS[name], "images": len(tokens), "identical_to_fp32": round(identical / len(tokens), 4),
                      "attribute_accuracy": round(correct / len(tokens), 4), "worker_start_s": start_s[name]})
     fp32_accuracy = rows[0]["attribute_accuracy"]
     for row in rows:

@@ -104,6 +104,7 @@ def decoding_step_experiment(export_dir: Path, device: torch.device, *, repeats:
 PRECISION_VARIANTS = {
     "fp32, eager": {"precision": "fp32"},
     "bf16, eager": {"precision": "bf16"},
+    "bf16, eager, bf16 vocabulary projection": {"precision": "bf16", "vocabulary_projection": "bf16"},
     "fp32, compiled": {"precision": "fp32", "compile": True},
     "bf16, compiled": {"precision": "bf16", "compile": True},
     "int8 (PT2E, compiled)": {"precision": "int8"},

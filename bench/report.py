@@ -555,8 +555,9 @@ NOTES = [
     "nothing; on a GPU it is the one sync per step left, to be measured there.",
     "- **Precision** (`precision` in `model-config.yaml`, model/precision.py): `auto` runs bf16 where the "
     "CPU reports `amx_bf16` or `avx512_bf16` (the header's flags) and fp32 elsewhere. bf16 is the encoder "
-    "under `torch.autocast` and the vocabulary projection with bf16 weights (its own bf16 matmul, not "
-    "oneDNN's fp32 one); the LSTM cell, log-softmax and search stay fp32. The tables above measure fp32 "
+    "under `torch.autocast`; the decoder stays fp32. A bf16 vocabulary projection (`vocabulary_projection: "
+    "bf16`, its own bf16 matmul instead of oneDNN's fp32 one) is measured beside it, and left off where the "
+    "agreement table shows it changing captions. The tables above measure fp32 "
     "and the chosen precision in process and served in the same run, and the caption agreement table "
     "checks the trained model's held-out captions; a precision losing more than 0.5 point of attribute "
     "accuracy is never the default.",

@@ -25,6 +25,7 @@ import torch
 from bench import environment, report
 from bench.baseline import SeedStylePipeline
 from bench.agreement import DEFAULT_AGREEMENT_DATA, DEFAULT_AGREEMENT_EXPORT, caption_agreement
+from bench.agreement import VARIANTS as AGREEMENT_VARIANTS
 from bench.experiments import (
     decoding_step_experiment,
     handler_setting_experiments,
@@ -202,7 +203,7 @@ def main(args: argparse.Namespace) -> dict:
     if plan["agreement_export"]:
         results["agreement"] = caption_agreement(
             plan["agreement_export"], plan["agreement_data"], work_dir / "agreement", device, threads,
-            precisions=list(PRECISIONS) if device.type == "cpu" else ["fp32", "bf16"],
+            variants=list(AGREEMENT_VARIANTS) if device.type == "cpu" else ["fp32", "bf16"],
             limit=plan["agreement_images"], log=log)
     if "served" in plan["parts"]:
         results["served"] = measure_served(plan, args, export_dir, device, jpegs, work_dir, results)

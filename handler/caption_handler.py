@@ -27,7 +27,7 @@ from handler.request_parsing import BadRequest, CaptionRequest, Failed, RequestL
 from handler.streaming import WordStreamer, to_json
 from model.batch_captioning import decode_mixed
 from model.decoding import Caption
-from model.precision import PrecisionError, choose_precision, prepare_inference, read_cpu_flags
+from model.precision import PrecisionError, choose_precision, prepare_inference, projection_dtype, read_cpu_flags
 from model.transforms import eval_transform, to_rgb
 
 logger = logging.getLogger(__name__)
@@ -70,12 +70,14 @@ class CaptionHandler(BaseHandler):
         try:
             self.precision = choose_precision(settings.get("precision"), device_type=self.device.type,
                                               cpu_flags=read_cpu_flags(), cuda_bf16=cuda_bf16)
+            self.projection_dtype = projection_dtype(settings.get("vocabulary_projection"))
             self._set_up_cpu_kernels(settings)
             calibration = _calibration_batches(properties["model_dir"], settings, self.transform) \
                 if self.precision.quantized_encoder else []
             self.encode = prepare_inference(
                 self.model, self.precision, self.device, compile=bool(settings.get("compile", False)),
-                max_batch=int(properties.get("batch_size") or 1), calibration=calibration)
+                max_batch=int(properties.get("batch_size") or 1), calibration=calibration,
+                projection=self.projection_dtype)
         except PrecisionError as error:
             logger.error("captioner worker not started: %s", error)
             raise
@@ -83,8 +85,9 @@ class CaptionHandler(BaseHandler):
         if self.encode.buckets:
             layout = torch.channels_last if self.channels_last else torch.contiguous_format
             compiled += f", warm-up {self.encode.warm_up(self.model.config.image_size, layout):.1f} s"
-        logger.info("captioner precision %s (setting %r: %s), encoder %s", self.precision.name,
-                    settings.get("precision", "auto"), self.precision.description, compiled)
+        logger.info("captioner precision %s (setting %r: %s), encoder %s, vocabulary projection %s",
+                    self.precision.name, settings.get("precision", "auto"), self.precision.description, compiled,
+                    str(self.projection_dtype).removeprefix("torch."))
 
     def _set_up_cpu_kernels(self, settings: dict[str, Any]) -> None:
         """On CPU, the layouts and kernels that BENCHMARKS.md ("Optimisations measured") found faster."""
@@ -95,8 +98,8 @@ class CaptionHandler(BaseHandler):
             self.model.encoder.to(memory_format=torch.channels_last)
         # The projection onto the vocabulary (hidden -> 10,000 words on COCO) runs at every decoding
         # step; oneDNN's matrix product beat the default BLAS on it with more than one thread.
-        # A bf16 projection (`precision`) is left to its own bf16 matmul, faster still (BENCHMARKS.md).
-        linear_fp32 = self.precision.projection_dtype == torch.float32
+        # A bf16 projection (`vocabulary_projection`) is left to its own bf16 matmul, faster still.
+        linear_fp32 = self.projection_dtype == torch.float32
         if on_cpu and linear_fp32 and bool(settings.get("onednn_linear", True)) and torch.backends.mkldnn.is_available():
             with warnings.catch_warnings():
                 # torch.utils.mkldnn's modules are TorchScript classes, whose decorators warn of

@@ -6,13 +6,17 @@ applied by `prepare_inference`, which returns the function that turns a batch
 of images into fp32 embeddings for the decoder:
 
 - **fp32**: the model as trained.
-- **bf16**: the encoder under `torch.autocast` to bfloat16 and the decoder's
-  vocabulary projection (a (hidden x vocabulary) matmul at every step) with
-  bfloat16 weights; the LSTM cell, the log-softmax and the search stay fp32.
-  CPUs with AMX or AVX512-BF16 run bf16 matmuls and convolutions in hardware.
+- **bf16**: the encoder under `torch.autocast` to bfloat16; CPUs with AMX or
+  AVX512-BF16 run its convolutions in hardware. The decoder stays fp32.
 - **int8**: the encoder quantized with PT2E (torchao's `X86InductorQuantizer`,
   calibrated on given images) and compiled with inductor, the only way its int8
-  kernels are used; the decoder as in bf16 when the CPU has bf16, else fp32.
+  kernels are used; the decoder stays fp32.
+
+The decoder's vocabulary projection (a hidden x vocabulary matmul at every
+step) has its own setting, `vocabulary_projection: fp32 | bf16`: bf16 weights
+make that matmul faster, but on the trained model they moved near-ties between
+ending a caption and going on (BENCHMARKS.md, "Caption agreement"), so fp32 is
+the default. The LSTM cell, log-softmax and search are fp32 in every case.
 
 `auto` picks bf16 where the CPU reports `amx_bf16` or `avx512_bf16` (or on a CUDA
 device that supports bf16) and fp32 elsewhere; int8 is never picked by itself
@@ -53,15 +57,13 @@ class Precision:
 
     Args:
         name: the setting's value.
-        encoder_dtype: the encoder's autocast dtype (None: fp32 throughout).
-        projection_dtype: the dtype of the vocabulary projection's weights.
+        encoder_dtype: the encoder's autocast dtype (None: fp32).
         quantized_encoder: the encoder runs PT2E int8 kernels (needs calibration images).
         description: for logs and reports.
     """
 
     name: str
     encoder_dtype: torch.dtype | None
-    projection_dtype: torch.dtype
     quantized_encoder: bool
     description: str
 
@@ -69,14 +71,13 @@ class Precision:
 PRECISIONS: dict[str, Precision] = {
     p.name: p
     for p in (
-        Precision("fp32", None, torch.float32, False, "fp32 throughout"),
-        Precision("bf16", torch.bfloat16, torch.bfloat16, False,
-                  "encoder under bf16 autocast, bf16 vocabulary projection, LSTM cell fp32"),
-        Precision("int8", None, torch.bfloat16, True,
-                  "encoder PT2E int8 (X86InductorQuantizer, compiled), bf16 vocabulary projection"),
+        Precision("fp32", None, False, "fp32 throughout"),
+        Precision("bf16", torch.bfloat16, False, "encoder under bf16 autocast"),
+        Precision("int8", None, True, "encoder PT2E int8 (X86InductorQuantizer, compiled)"),
     )
 }
 SETTINGS = (AUTO, *PRECISIONS)
+PROJECTION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # `vocabulary_projection` values
 
 
 def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
@@ -122,6 +123,16 @@ def choose_precision(setting: str | None, *, device_type: str, cpu_flags: Iterab
     if name == "int8" and device_type != "cpu":
         raise PrecisionError("precision int8 runs on CPU workers only (x86 PT2E kernels); use bf16 or auto on GPU")
     return PRECISIONS[name]
+
+
+def projection_dtype(setting: str | None) -> torch.dtype:
+    """The dtype a `vocabulary_projection:` setting names (None: fp32)."""
+    name = "fp32" if setting is None else str(setting).strip().lower()
+    if name not in PROJECTION_DTYPES:
+        raise PrecisionError(
+            f"vocabulary_projection must be one of {', '.join(PROJECTION_DTYPES)}, got {setting!r}; "
+            "fix it in the `captioner:` section of handler/model-config.yaml")
+    return PROJECTION_DTYPES[name]
 
 
 class ReducedPrecisionLinear(nn.Module):
@@ -264,7 +275,8 @@ def _memory_format(images: torch.Tensor) -> torch.memory_format:
 
 
 def prepare_inference(model: nn.Module, precision: Precision, device: torch.device, *, compile: bool = False,
-                      max_batch: int = 8, calibration: Sequence[torch.Tensor] = ()) -> ImageEncoder:
+                      max_batch: int = 8, calibration: Sequence[torch.Tensor] = (),
+                      projection: torch.dtype = torch.float32) -> ImageEncoder:
     """Apply `precision` to `model` (its decoder is changed in place) and return its image encoder.
 
     Args:
@@ -275,8 +287,9 @@ def prepare_inference(model: nn.Module, precision: Precision, device: torch.devi
         max_batch: the largest batch the encoder will see (TorchServe's batch size); compiled
             encoders are built for `batch_buckets(max_batch)`; call `warm_up` to compile them.
         calibration: int8 only: batches of normalised images to calibrate the quantizer on.
+        projection: the dtype of the vocabulary projection's weights (`projection_dtype`).
     """
-    reduce_projection(model.decoder, precision.projection_dtype)
+    reduce_projection(model.decoder, projection)
     if precision.quantized_encoder:
         return ImageEncoder(quantize_int8(model.encoder, calibration), device, precision.encoder_dtype,
                             batch_buckets(max_batch))

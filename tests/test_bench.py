@@ -96,7 +96,7 @@ def test_caption_agreement_compares_each_precision_with_fp32(tmp_path):
     data = generate(tmp_path / "shapes", train=8, val=12, seed=3, max_objects=3, canvas=64)
     export = write_tiny_export(tmp_path / "export", seed=1)
     result = caption_agreement(export, data, tmp_path / "work", torch.device("cpu"), 1,
-                               precisions=["fp32", "bf16"], log=lambda _: None)
+                               variants=["fp32", "bf16"], log=lambda _: None)
     rows = {row["precision"]: row for row in result["rows"]}
     assert set(rows) == {"fp32", "bf16"} and all(row["images"] == 12 for row in rows.values())
     assert rows["fp32"]["identical_to_fp32"] == 1.0 and rows["fp32"]["accuracy_drop"] == 0

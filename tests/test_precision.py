@@ -23,6 +23,7 @@ from model.precision import (
     choose_precision,
     parse_cpu_flags,
     prepare_inference,
+    projection_dtype,
 )
 from tests.helpers import shape_image_bytes, tiny_captioner, torchserve_context, write_tiny_export
 
@@ -78,6 +79,12 @@ def test_unknown_precision_names_the_known_ones(value):
     assert "model-config.yaml" in str(error.value)
 
 
+def test_vocabulary_projection_setting():
+    assert projection_dtype(None) == torch.float32 and projection_dtype("BF16") == torch.bfloat16
+    with pytest.raises(PrecisionError, match="vocabulary_projection must be one of fp32, bf16"):
+        projection_dtype("int8")
+
+
 def test_batch_buckets():
     assert batch_buckets(1) == [1]
     assert batch_buckets(8) == [1, 2, 4, 8]
@@ -104,7 +111,7 @@ def test_prepare_inference_embeds_in_fp32_whatever_the_precision():
     images = torch.randn(3, 3, model.config.image_size, model.config.image_size)
     with torch.inference_mode():
         expected = model.encode(images)
-        encode = prepare_inference(model, PRECISIONS["bf16"], torch.device("cpu"))
+        encode = prepare_inference(model, PRECISIONS["bf16"], torch.device("cpu"), projection=torch.bfloat16)
         got = encode(images)
     assert got.dtype == torch.float32 and got.shape == expected.shape
     assert isinstance(model.decoder.linear, ReducedPrecisionLinear)
@@ -141,8 +148,9 @@ def fp32_captions(export_dir):
     return bodies
 
 
-@pytest.mark.parametrize("settings", [{"precision": "bf16"}, {"precision": "int8"}],
-                         ids=["bf16", "int8 (compiled)"])
+@pytest.mark.parametrize("settings", [{"precision": "bf16"}, {"precision": "bf16", "vocabulary_projection": "bf16"},
+                                      {"precision": "int8"}],
+                         ids=["bf16", "bf16 with a bf16 projection", "int8 (compiled)"])
 def test_each_precision_captions_like_fp32(export_dir, fp32_captions, settings):
     handler, bodies = caption_all(export_dir, settings)
     assert handler.precision.name == settings["precision"]
