@@ -19,6 +19,7 @@ from model.precision import (
     PRECISIONS,
     PrecisionError,
     ReducedPrecisionLinear,
+    ImageEncoder,
     batch_buckets,
     choose_precision,
     parse_cpu_flags,
@@ -91,6 +92,20 @@ def test_batch_buckets():
     assert batch_buckets(6) == [1, 2, 4, 6]
     with pytest.raises(ValueError):
         batch_buckets(0)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 6])
+def test_bucketed_encoder_pads_and_chunks_without_changing_rows(rows):
+    """A compiled encoder's batches are padded up to a bucket or split into the largest one; each
+    image's embedding must be the one it gets alone (eager here: the padding logic is the same)."""
+    model, _ = tiny_captioner()
+    model.eval()
+    images = torch.randn(rows, 3, model.config.image_size, model.config.image_size)
+    encode = ImageEncoder(model.encoder, torch.device("cpu"), None, buckets=[1, 2, 4])
+    with torch.inference_mode():
+        got, expected = encode(images), model.encode(images)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_bf16_projection_returns_fp32_logits_close_to_fp32():
