@@ -36,7 +36,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-NEEDED = ("torch", "torchvision", "PIL", "numpy", "safetensors", "yaml", "ts")
+# Pure-Python packages (or ones with version-independent binaries) a bare PyTorch machine may lack;
+# `--stage-deps` copies them as installed here (`ts` without its 46 MB Java frontend).
+CARRIED = ("ts", "yaml", "safetensors", "psutil", "packaging", "tqdm", "requests", "urllib3", "idna", "certifi",
+           "charset_normalizer")
+NEEDED = ("torch", "torchvision", "PIL", "numpy", *CARRIED)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -51,12 +55,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-json", default="build/bench/gpu/results.json")
     parser.add_argument("--out-md", default="build/bench/gpu/BENCHMARKS.md")
     parser.add_argument("--stage-deps", metavar="DIR", default=None,
-                        help="copy the pure-Python packages a bare PyTorch machine may lack (TorchServe's `ts` "
-                             "without its Java frontend, yaml, safetensors) into DIR, to carry there; then exit")
+                        help="copy the Python packages a bare PyTorch machine may lack (TorchServe's `ts` "
+                             "without its Java frontend, yaml, safetensors, psutil, requests, ...) into DIR, "
+                             "to carry there; then exit")
     return parser
 
-
-CARRIED = ("ts", "yaml", "safetensors")  # what `--stage-deps` copies (a few MB; `ts` without its 46 MB jar)
 
 
 def stage_deps(out: Path) -> list[str]:
