@@ -112,14 +112,16 @@ PRECISION_VARIANTS = {
 
 
 def precision_experiments(export_dir: Path, device: torch.device, jpegs: Sequence[bytes], threads: int, *,
-                          repeats: int, images: int, log: Log, max_batch: int = 8) -> list[dict]:
+                          repeats: int, images: int, log: Log, max_batch: int = 8,
+                          compiled: bool = True) -> list[dict]:
     """The handler in process in each precision, eager and compiled, at batch 1 and `max_batch`.
 
     `start_s` is the handler's `initialize` (loading, quantizing, compiling every batch bucket):
     what a TorchServe worker would spend before its first request, against its startupTimeout.
     """
-    variants = PRECISION_VARIANTS if device.type == "cpu" else {
-        k: v for k, v in PRECISION_VARIANTS.items() if v["precision"] != "int8"}
+    variants = {k: v for k, v in PRECISION_VARIANTS.items()
+                if (device.type == "cpu" or v["precision"] != "int8")
+                and (compiled or not (v.get("compile") or v["precision"] == "int8"))}
     pipelines = {}
     for name, settings in variants.items():
         pipelines[name] = InProcessPipeline(export_dir, str(device), {"torch_threads": threads, **settings},

@@ -83,6 +83,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="workers, torch threads per worker, batch size, max batch delay (ms); skips tuning")
     parser.add_argument("--no-tune", action="store_true", help=f"serve with {DEFAULT_SERVED.label}")
     parser.add_argument("--no-experiments", action="store_true", help="skip the on/off optimisation experiments")
+    parser.add_argument("--no-compiled", action="store_true",
+                        help="leave the compiled and int8 encoders out of the precision experiments (they compile "
+                             "for minutes)")
     parser.add_argument("--precisions", default=None,
                         help="handler precisions measured in process and served (default: fp32 and what "
                              "`precision: auto` picks here); e.g. fp32,bf16,int8")
@@ -196,7 +199,8 @@ def main(args: argparse.Namespace) -> dict:
         results["experiments"] = handler_setting_experiments(
             export_dir, device, jpegs, threads, repeats=plan["repeats"], images=plan["in_process_images"] // 2, log=log)
         results["precision_experiments"] = precision_experiments(
-            export_dir, device, jpegs, threads, repeats=plan["repeats"], images=plan["in_process_images"] // 2, log=log)
+            export_dir, device, jpegs, threads, repeats=plan["repeats"], images=plan["in_process_images"] // 2, log=log,
+            compiled=not args.no_compiled)
         results["decoding_step"] = decoding_step_experiment(export_dir, device, repeats=plan["repeats"], log=log)
         results["image_decode"] = image_decode_experiment(MODEL_SHAPES[args.model].image_size,
                                                           repeats=plan["repeats"], log=log)
