@@ -323,6 +323,9 @@ def _served_section(results: dict, plot_path: Path, md_path: Path) -> list[str]:
             "| --- | --- | --- | --- |",
         ]
         for t in served["tuning"]:
+            if "failed" in t:
+                lines.append(f"| {t['label']} | could not start: {t['failed']} | | |")
+                continue
             lines.append(f"| {t['label']} | {t['images_per_s_at_max_concurrency']:.2f} | "
                          f"{t['server_cpu_ms_per_image']:.0f} | {t['p50_ms_at_concurrency_1']:.0f} |")
         lines.append("")

@@ -300,9 +300,17 @@ def tune(served: ServedModel, plan: dict, jpegs) -> list[dict]:
     machine's load during tuning favours no candidate; the figures are the means of the two."""
     top_concurrency = max(plan["concurrency"])
     measured: dict[ServedConfig, list[tuple[float, float, float]]] = {c: [] for c in TUNING_CANDIDATES}
+    failed: dict[ServedConfig, str] = {}
     for order in (TUNING_CANDIDATES, TUNING_CANDIDATES[::-1]):
         for candidate in order:
-            served.deploy(candidate)
+            if candidate in failed:
+                continue
+            try:
+                served.deploy(candidate)
+            except Exception as error:  # noqa: BLE001 - one configuration that cannot start must not end the run
+                failed[candidate] = f"{type(error).__name__}: {error}"[:300]
+                log(f"tuning {candidate.label}: could not deploy: {failed[candidate]}")
+                continue
             served.warm_up(jpegs)
             busy = served.measure("rest", jpegs, concurrency=top_concurrency, requests=2 * top_concurrency,
                                   warmup=top_concurrency).summary()
@@ -313,6 +321,9 @@ def tune(served: ServedModel, plan: dict, jpegs) -> list[dict]:
                 f"p50 {alone['latency_ms']['p50']} ms alone")
     tuning = []
     for candidate, values in measured.items():
+        if not values:
+            tuning.append({"config": candidate.to_dict(), "label": candidate.label, "failed": failed.get(candidate)})
+            continue
         throughput, cpu, p50 = (round(statistics.mean(v), 2) for v in zip(*values))
         tuning.append({"config": candidate.to_dict(), "label": candidate.label,
                        "images_per_s_at_max_concurrency": throughput, "server_cpu_ms_per_image": cpu,
@@ -326,7 +337,8 @@ def pick_config(tuning: list[dict], in_process_b1: dict | None) -> ServedConfig:
         return in_process_b1 is None or entry["p50_ms_at_concurrency_1"] <= LATENCY_TARGET * in_process_b1[
             "latency_ms"]["p50"]
 
-    pool = [t for t in tuning if ok(t)] or tuning
+    started = [t for t in tuning if "failed" not in t]
+    pool = [t for t in started if ok(t)] or started
     best = max(pool, key=lambda t: t["images_per_s_at_max_concurrency"])
     return ServedConfig(**best["config"])
 

@@ -9,6 +9,7 @@ configuration costs a registration, not a new archive.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import asdict, dataclass
@@ -146,11 +147,18 @@ class ServedModel:
             self._start(config.server_env)
         if self.config is not None:
             self.client.unregister()
+            self.config = None
         (self.archive / "model-config.yaml").write_text(yaml.safe_dump(config.model_config(self.base_model_config)))
-        self.client.register(
-            ARCHIVE_FOLDER, model_name=MODEL_NAME, batch_size=config.batch_size,
-            max_batch_delay=config.max_batch_delay_ms,
-        )
+        try:
+            self.client.register(
+                ARCHIVE_FOLDER, model_name=MODEL_NAME, batch_size=config.batch_size,
+                max_batch_delay=config.max_batch_delay_ms,
+            )
+        except Exception:
+            # A configuration whose workers cannot start must not leave a half-registered model behind.
+            with contextlib.suppress(Exception):
+                self.client.unregister()
+            raise
         self.config = config
         self.description = self._wait_until_ready(config)
         return self.description
