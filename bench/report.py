@@ -310,6 +310,8 @@ def _served_section(results: dict, plot_path: Path, md_path: Path) -> list[str]:
             lines.append(f"| {row.get('precision', 'fp32')} | {name} | {row['concurrency']} | {row['images_per_s']:.2f} | "
                          f"{_ms(row['latency_ms'])} | "
                          f"{row['errors']:.0f} | {row['client_cpu_cores']:.2f} | {row['server_cpu_ms_per_image']:.0f} |")
+    for precision, why in (served.get("failed") or {}).items():
+        lines.append(f"| {precision} | | | could not start its workers: {why} | | | | |")
     lines += ["", f"![throughput and latency against concurrency]({_relative(plot_path, md_path)})", ""]
     if served.get("tuning"):
         lines += [

@@ -282,7 +282,12 @@ def measure_served(plan: dict, args, export_dir: Path, device: torch.device, jpe
         # Each precision served with the chosen configuration, one after the other; within one,
         # the protocols and concurrency levels as before.
         for precision in plan["precisions"]:
-            served.deploy(replace(config, precision=precision))
+            try:
+                served.deploy(replace(config, precision=precision))
+            except Exception as error:  # noqa: BLE001 - e.g. workers that outlast startupTimeout compiling
+                out.setdefault("failed", {})[precision] = f"{type(error).__name__}: {error}"[:300]
+                log(f"serving precision {precision}: could not deploy: {out['failed'][precision]}")
+                continue
             served.warm_up(jpegs)
             log(f"serving with {served.config.label}")
             out.setdefault("torchserve_description", _describe_summary(served.description))
