@@ -29,14 +29,19 @@ SAMPLE ?= $(DATA)/images/003001.jpg
 # 2. Freeze it and train the projection and decoder on its features, computed once.
 TRAIN_IMAGES ?= 3000
 VAL_IMAGES ?= 300
+# Caption languages of the generated set: five captions per image in each, one multilingual model.
+# The first stage, which teaches the encoder to see, learns from the first language's captions only.
+LANGUAGES ?= en fr de es
+ENCODER_LANGUAGES ?= $(firstword $(LANGUAGES))
 IMAGE_SIZE ?= 96
 FINETUNE_EPOCHS ?= 3
 DECODER_EPOCHS ?= 8
 FINETUNE_DIR := $(TRAIN_DIR)/finetune
 AUX_LOSSES ?= --concept-weight 4.0 --scene-weight 1.0
 FINETUNE_ARGS ?= --encoder-weights none --train-backbone --image-size $(IMAGE_SIZE) --epochs $(FINETUNE_EPOCHS) \
-	--batch-size 16 --lr 5e-3 --backbone-lr 1.5e-3 --captions-per-image 2 $(AUX_LOSSES)
-DECODER_ARGS ?= --epochs $(DECODER_EPOCHS) --batch-size 32 --lr 3e-3 $(AUX_LOSSES)
+	--batch-size 16 --lr 5e-3 --backbone-lr 1.5e-3 --captions-per-image 2 --train-languages $(ENCODER_LANGUAGES) \
+	$(AUX_LOSSES)
+DECODER_ARGS ?= --epochs $(DECODER_EPOCHS) --batch-size 32 --lr 3e-3 --captions-per-image 5 $(AUX_LOSSES)
 DATA_ARGS = --annotations $(TRAIN_JSON) --val-annotations $(VAL_JSON) --images $(DATA)/images
 
 CLIENT := $(PY) -m client --key-file $(SERVE_DIR)/key_file.json --model $(MODEL_NAME)
@@ -74,7 +79,8 @@ test: install
 data: $(VAL_JSON)
 
 $(VAL_JSON): | $(INSTALLED)
-	$(PY) -m training.shapes_dataset --out $(DATA) --train $(TRAIN_IMAGES) --val $(VAL_IMAGES) --seed 0
+	$(PY) -m training.shapes_dataset --out $(DATA) --train $(TRAIN_IMAGES) --val $(VAL_IMAGES) --seed 0 \
+		--languages $(LANGUAGES)
 
 model: $(EXPORT)/model.safetensors
 

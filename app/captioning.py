@@ -48,19 +48,24 @@ class ServerSettings:
         return CaptionClient(self.inference_url, self.management_url, tokens, self.model, retries=1, timeout=30)
 
 
+# The languages the page offers (the default model's); a model without one answers 400, shown as the error.
+LANGUAGE_NAMES = {"en": "English", "fr": "French", "de": "German", "es": "Spanish"}
+
+
 @dataclass(frozen=True)
 class DecodingOptions:
     """The request options the page offers; `beam_size` 1 means greedy decoding."""
 
     beam_size: int = 1
     max_length: int = 20
+    language: str = "en"
 
-    def request_options(self) -> dict[str, int]:
-        return {"beam_size": self.beam_size, "max_length": self.max_length}
+    def request_options(self) -> dict[str, int | str]:
+        return {"beam_size": self.beam_size, "max_length": self.max_length, "language": self.language}
 
     def describe(self) -> str:
         method = "greedy" if self.beam_size == 1 else f"beam {self.beam_size}"
-        return f"{method}, at most {self.max_length} words"
+        return f"{method}, at most {self.max_length} words, in {LANGUAGE_NAMES.get(self.language, self.language)}"
 
 
 @dataclass

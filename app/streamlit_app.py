@@ -24,7 +24,9 @@ if ROOT not in sys.path:
 import streamlit as st  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from app.captioning import DecodingOptions, ServerSettings, explain_failure, request_caption  # noqa: E402
+from app.captioning import (  # noqa: E402
+    LANGUAGE_NAMES, DecodingOptions, ServerSettings, explain_failure, request_caption,
+)
 
 # The handler's limits (handler/model-config.yaml: max_length, max_beam_size).
 MOST_WORDS = 20
@@ -39,6 +41,7 @@ def sidebar() -> tuple[ServerSettings, DecodingOptions, bool]:
         method = st.radio("Method", ["greedy", "beam search"], horizontal=True, key="method")
         beam_size = st.slider("Beam size", 2, LARGEST_BEAM, 3, key="beam_size", disabled=method == "greedy")
         max_length = st.slider("Most words", 1, MOST_WORDS, MOST_WORDS, key="max_length")
+        language = st.selectbox("Language", list(LANGUAGE_NAMES), format_func=LANGUAGE_NAMES.get, key="language")
         stream = st.toggle("Show words as they are decoded", value=True, key="stream")
         st.header("Server")
         settings = ServerSettings(
@@ -50,7 +53,9 @@ def sidebar() -> tuple[ServerSettings, DecodingOptions, bool]:
             ),
             model=defaults.model,
         )
-    options = DecodingOptions(beam_size=1 if method == "greedy" else beam_size, max_length=max_length)
+    options = DecodingOptions(
+        beam_size=1 if method == "greedy" else beam_size, max_length=max_length, language=language
+    )
     return settings, options, stream
 
 

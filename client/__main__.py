@@ -58,6 +58,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     caption.add_argument("--top-k", type=int, default=None)
     caption.add_argument("--top-p", type=float, default=None)
     caption.add_argument("--seed", type=int, default=None, help="the same seed gives the same samples")
+    caption.add_argument("--language", default=None,
+                         help="caption language, an ISO 639-1 code the model knows (en, fr, de, es for the default)")
     caption.add_argument("--json", action="store_true", help="print the full JSON replies")
     caption.add_argument("--concurrency", type=int, default=8, help="requests in flight (batched by the server)")
 
@@ -77,7 +79,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 DECODING_OPTIONS = (
     "beam_size", "num_captions", "n_best", "max_length", "beam_groups", "diversity", "temperature", "top_k", "top_p",
-    "seed",
+    "seed", "language",
 )
 
 

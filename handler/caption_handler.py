@@ -27,6 +27,7 @@ from handler.request_parsing import BadRequest, CaptionRequest, Failed, RequestL
 from handler.streaming import WordStreamer, to_json
 from model.batch_captioning import decode_mixed
 from model.decoding import Caption
+from model.detokenize import detokenize
 from model.precision import PrecisionError, choose_precision, prepare_inference, projection_dtype, read_cpu_flags
 from model.transforms import eval_transform, to_rgb
 
@@ -49,15 +50,18 @@ class CaptionHandler(BaseHandler):
         config = self.model.config
         self.transform = eval_transform(image_size=config.image_size, mean=config.mean, std=config.std)
         self._set_up_precision(settings, properties)  # and the CPU kernels
-        self.limits = RequestLimits.from_settings(settings, int(settings.get("max_length", config.max_length)))
+        self.limits = RequestLimits.from_settings(
+            settings, int(settings.get("max_length", config.max_length)), config.languages
+        )
         manifest_model = (context.manifest or {}).get("model", {})
         self.model_name = context.model_name or manifest_model.get("modelName", "captioner")
         self.model_version = manifest_model.get("modelVersion", "")
         self.context = context
         self.initialized = True
         logger.info(
-            "captioner %s %s loaded on %s (vocab %d, image %d px)",
+            "captioner %s %s loaded on %s (vocab %d, image %d px, languages %s)",
             self.model_name, self.model_version, self.device, len(self.vocab), config.image_size,
+            ", ".join(config.languages),
         )
 
     def _set_up_precision(self, settings: dict[str, Any], properties: dict[str, Any]) -> None:
@@ -146,12 +150,14 @@ class CaptionHandler(BaseHandler):
         started = time.perf_counter()
         embeddings = self.encode(images)  # (B, E) fp32, under the worker's precision
         specs = [requests[i].options.decoding for i in rows]
+        # Each caption starts from its request's language token (`<start>` for a one-language model).
+        start_ids = torch.tensor([self.vocab.start_id_for(requests[i].options.language) for i in rows])
         streamer = WordStreamer(self.context, self.vocab, self.describe, rows, requests)
         captions, steps = decode_mixed(
             self.model.decoder,
             embeddings,
             specs,
-            start_id=self.vocab.start_id,
+            start_id=start_ids,
             end_id=self.vocab.end_id,
             on_step=streamer.on_step if streamer.active else None,
         )
@@ -203,7 +209,7 @@ class CaptionHandler(BaseHandler):
         options = request.options
         words = self.vocab.decode(caption.tokens)
         body = {
-            "caption": " ".join(words),
+            "caption": detokenize(words),
             "tokens": words,
             "scores": [round(s, 5) for s in caption.scores],
             "score": round(caption.score, 5),
@@ -212,6 +218,7 @@ class CaptionHandler(BaseHandler):
             "beam_size": options.beam_size,
             "max_length": options.max_length,
             **options.in_reply(),
+            "language": options.language,
             "model": self.model_name,
             "version": self.model_version,
         }
@@ -224,7 +231,7 @@ class CaptionHandler(BaseHandler):
 
     def _caption_entry(self, caption: Caption) -> dict[str, Any]:
         words = self.vocab.decode(caption.tokens)
-        return {"caption": " ".join(words), "tokens": words, "score": round(caption.score, 5)}
+        return {"caption": detokenize(words), "tokens": words, "score": round(caption.score, 5)}
 
     # --- helpers ----------------------------------------------------------------------------
 

@@ -44,6 +44,10 @@ def load_exported_captioner(export_dir: Path | str, device: torch.device | str =
     vocab = Vocabulary.from_dict(json.loads((export_dir / VOCAB_FILE).read_text()))
     if len(vocab) != config.vocab_size:
         raise ExportError(f"vocab.json has {len(vocab)} words but config.json says vocab_size={config.vocab_size}")
+    multilingual = list(config.languages) if len(config.languages) > 1 else []
+    if vocab.languages != multilingual:
+        raise ExportError(f"config.json lists languages {list(config.languages)} but vocab.json has start tokens "
+                          f"for {vocab.languages or 'none'}")
     try:
         state_dict = load_file(str(export_dir / WEIGHTS_FILE), device="cpu")
     except (SafetensorError, OSError, ValueError) as error:

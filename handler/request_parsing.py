@@ -28,7 +28,7 @@ import re
 import secrets
 import warnings
 from dataclasses import dataclass, fields as dataclass_fields
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
@@ -38,7 +38,7 @@ from model.transforms import to_rgb
 IMAGE_FIELDS = ("data", "image", "file", "body")
 OPTION_FIELDS = (
     "max_length", "beam_size", "num_captions", "n_best", "beam_groups", "diversity",
-    "do_sample", "temperature", "top_k", "top_p", "seed", "stream",
+    "do_sample", "temperature", "top_k", "top_p", "seed", "stream", "language",
 )
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")  # meaningful only with do_sample=true
 MAX_SEED = 2**32 - 1
@@ -89,13 +89,16 @@ class RequestLimits:
     max_top_k: int = 100
     max_diversity: float = 10.0
     max_image_pixels: int = 40_000_000
+    languages: tuple[str, ...] = ("en",)  # the model's caption languages (its export says); the first is the default
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], max_length: int) -> "RequestLimits":
-        """The limits the settings name, defaults for the others (`max_length`: the model's own)."""
-        values: dict[str, Any] = {"max_length": max_length}
+    def from_settings(
+        cls, settings: Mapping[str, Any], max_length: int, languages: Sequence[str] = ("en",)
+    ) -> "RequestLimits":
+        """The limits the settings name, defaults for the others (`max_length`, `languages`: the model's own)."""
+        values: dict[str, Any] = {"max_length": max_length, "languages": tuple(languages)}
         for field in dataclass_fields(cls):
-            if field.name in settings:
+            if field.name in settings and field.name != "languages":
                 values[field.name] = type(field.default)(settings[field.name])
         return cls(**values)
 
@@ -112,6 +115,7 @@ class CaptionOptions:
 
     decoding: DecodeSpec
     stream: bool = False
+    language: str = "en"  # ISO 639-1 code of the caption's language
 
     @property
     def max_length(self) -> int:
@@ -292,7 +296,19 @@ def parse_options(fields: Mapping[str, Any], limits: RequestLimits) -> CaptionOp
     values.update(_beam_group_options(given, beam_size, limits))
     values["n_best"] = _num_captions(given, beam_size, do_sample, limits)
     stream = _bool_option("stream", given["stream"]) if "stream" in given else False
-    return CaptionOptions(DecodeSpec(beam_size=beam_size, sample=do_sample, **values), stream)
+    language = _language_option(given["language"], limits) if "language" in given else limits.languages[0]
+    return CaptionOptions(DecodeSpec(beam_size=beam_size, sample=do_sample, **values), stream, language)
+
+
+def _language_option(value: Any, limits: RequestLimits) -> str:
+    """An ISO 639-1 code among the model's languages."""
+    code = _as_text(value).strip()
+    if code not in limits.languages:
+        shown = code if len(code) <= 20 else code[:20] + "..."
+        raise BadRequest(
+            f"language must be one of this model's languages ({', '.join(limits.languages)}), got {shown!r}"
+        )
+    return code
 
 
 def decode_image(data: bytes, limits: RequestLimits) -> Image.Image:

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from model.decoding import Caption, beam_search, greedy_decode
+from model.decoding import Caption, StartIds, beam_search, greedy_decode, start_ids_of
 from model.sampling import SamplingSettings, sample_captions
 from model.step_decoder import StepDecoder
 
@@ -84,7 +84,7 @@ def _decode_greedy(decoder, embeddings, specs, rows, ids, on_step) -> tuple[dict
     if on_step is not None:
         callback = lambda step, tokens: on_step(step, rows, tokens)  # noqa: E731
     output = greedy_decode(
-        decoder, embeddings[rows], max_length=max(specs[i].max_length for i in rows), on_step=callback, **ids
+        decoder, embeddings[rows], max_length=max(specs[i].max_length for i in rows), on_step=callback, **ids(rows)
     )
     return {row: cut_to_length(c, specs[row].max_length) for row, c in zip(rows, output.captions)}, output.steps
 
@@ -99,7 +99,8 @@ def _decode_beams(decoder, embeddings, specs, rows, ids) -> tuple[dict[int, Capt
     for (beam_size, max_length, beam_groups, diversity), members in groups.items():
         output = beam_search(
             decoder, embeddings[members], max_length=max_length, beam_size=beam_size,
-            n_best=max(specs[i].n_best for i in members), beam_groups=beam_groups, diversity=diversity, **ids,
+            n_best=max(specs[i].n_best for i in members), beam_groups=beam_groups, diversity=diversity,
+            **ids(members),
         )
         steps += output.steps
         for row, caption in zip(members, output.captions):
@@ -117,7 +118,7 @@ def _decode_samples(decoder, embeddings, specs, rows, ids, on_step) -> tuple[dic
         generators=[s.generator() for s in chosen],
         max_lengths=[s.max_length for s in chosen],
         on_step=_rows_calling(on_step, rows),
-        **ids,
+        **ids(rows),
     )
     return dict(zip(rows, captions)), steps
 
@@ -127,11 +128,14 @@ def decode_mixed(
     image_embeddings: torch.Tensor,
     specs: Sequence[DecodeSpec],
     *,
-    start_id: int,
+    start_id: StartIds,
     end_id: int,
     on_step: TokenStepCallback | None = None,
 ) -> tuple[list[Caption], int]:
     """The captions for each row of `image_embeddings` (B, E), each decoded as its spec says.
+
+    `start_id` is every row's first token, or (B,) each row's own (its language's, in a
+    multilingual model).
 
     `on_step` sees the tokens of greedy rows and of sampled rows asking for one
     caption as they are chosen (beam search knows its captions only at the end).
@@ -140,7 +144,9 @@ def decode_mixed(
     """
     if len(specs) != image_embeddings.shape[0]:
         raise ValueError(f"{len(specs)} specs for {image_embeddings.shape[0]} images")
-    ids = dict(start_id=start_id, end_id=end_id)
+    def ids(rows: list[int]) -> dict:  # the token ids a run over `rows` starts and stops at
+        return dict(start_id=start_ids_of(start_id, rows), end_id=end_id)
+
     by_method: dict[str, list[int]] = defaultdict(list)
     for i, spec in enumerate(specs):
         by_method["beam" if spec.method == "diverse_beam" else spec.method].append(i)

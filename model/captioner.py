@@ -40,7 +40,7 @@ class Captioner(nn.Module):
 
         Args:
             images: (B, 3, H, W), or None when `features` are given.
-            captions: (N, T) padded token ids starting with `<start>`.
+            captions: (N, T) padded token ids starting with `<start>` (or a language token).
             lengths: (N,) caption lengths.
             features: optional precomputed (B, 512) backbone features (frozen backbone).
             owners: (N,) image row of each caption when images have several
@@ -59,12 +59,19 @@ class Captioner(nn.Module):
     def caption_loss(
         self, embeddings: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, owners: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoder logits and cross-entropy for captions of already-embedded images."""
+        """Decoder logits and cross-entropy for captions of already-embedded images.
+
+        The image step's output (its "prediction" of the first token) is not scored:
+        the first token is `<start>`, or the caption's language token in a
+        multilingual model, chosen by whoever asks for the caption, never by the
+        image. Decoding feeds it rather than predicting it.
+        """
         if owners is not None:
             embeddings = embeddings[owners]  # (N, E): the encoder ran once per image
         logits = self.decoder(embeddings, captions, lengths)
-        targets = pack_padded_sequence(captions, lengths.cpu(), batch_first=True, enforce_sorted=False).data
-        return logits, F.cross_entropy(logits, targets)
+        packed = pack_padded_sequence(captions, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        first = int(packed.batch_sizes[0])  # packing is time-major: the first entries are every caption's step 0
+        return logits, F.cross_entropy(logits[first:], packed.data[first:])
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, E) image embeddings for decoding."""

@@ -29,6 +29,9 @@ class CaptionerConfig:
         mean: per-channel normalisation mean (ImageNet by default).
         std: per-channel normalisation standard deviation.
         train_backbone: whether the ResNet-34 backbone is fine-tuned or frozen.
+        languages: ISO 639-1 codes of the languages the captions are written in, the
+            default one first. With more than one, the vocabulary holds a start token
+            per language and a request picks one (`model.decoding.first_tokens`).
     """
 
     vocab_size: int
@@ -41,10 +44,14 @@ class CaptionerConfig:
     mean: tuple[float, float, float] = field(default=IMAGENET_MEAN)
     std: tuple[float, float, float] = field(default=IMAGENET_STD)
     train_backbone: bool = False
+    languages: tuple[str, ...] = ("en",)
 
     def __post_init__(self) -> None:
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
+        self.languages = tuple(str(code) for code in self.languages)
+        if not self.languages or len(set(self.languages)) != len(self.languages):
+            raise ValueError(f"languages must name at least one language, each once, got {list(self.languages)}")
         if self.vocab_size < 5:
             raise ValueError(f"vocab_size must hold the 4 special tokens and a word, got {self.vocab_size}")
         for name in ("embed_size", "hidden_size", "num_layers", "max_length", "image_size"):

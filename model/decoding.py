@@ -47,6 +47,28 @@ class DecodeOutput:
     steps: int  # decoding steps actually run (early stop makes this < max_length)
 
 
+StartIds = int | torch.Tensor  # one first token for every row, or (B,) one per row
+
+
+def first_tokens(start_id: StartIds, rows: int, device: torch.device) -> torch.Tensor:
+    """(rows,) the token each caption starts from: `<start>`, or per row, e.g. its language's token.
+
+    A multilingual model is trained on `<fr> w1 ... <end>`: starting a row from its
+    language's token is how a request picks the language, with no decoder or
+    strategy knowing about languages.
+    """
+    if isinstance(start_id, torch.Tensor):
+        if start_id.shape != (rows,):
+            raise ValueError(f"start ids of shape {tuple(start_id.shape)} for {rows} rows")
+        return start_id.to(device=device, dtype=torch.long)
+    return torch.full((rows,), start_id, dtype=torch.long, device=device)
+
+
+def start_ids_of(start_id: StartIds, index: torch.Tensor | list[int]) -> StartIds:
+    """The start ids of rows `index`, for a run over some of a batch's rows."""
+    return start_id[torch.as_tensor(index, dtype=torch.long)] if isinstance(start_id, torch.Tensor) else start_id
+
+
 def _trim(ids: list[int], logps: list[float], end_id: int) -> tuple[list[int], list[float], bool]:
     if end_id in ids:
         cut = ids.index(end_id)
@@ -59,7 +81,7 @@ def decode_token_by_token(
     image_embeddings: torch.Tensor,
     choose: TokenChooser,
     *,
-    start_id: int,
+    start_id: StartIds,
     end_id: int,
     max_length: int,
     row_max_lengths: torch.Tensor | None = None,
@@ -74,7 +96,7 @@ def decode_token_by_token(
     batch = image_embeddings.shape[0]
     device = image_embeddings.device
     state = decoder.start(image_embeddings)
-    tokens = torch.full((batch,), start_id, dtype=torch.long, device=device)
+    tokens = first_tokens(start_id, batch, device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     chosen, chosen_logps = [], []
     for step in range(max_length):
@@ -112,7 +134,7 @@ def greedy_decode(
     decoder: StepDecoder,
     image_embeddings: torch.Tensor,
     *,
-    start_id: int,
+    start_id: StartIds,
     end_id: int,
     max_length: int,
     on_step: StepCallback | None = None,
@@ -238,7 +260,7 @@ def beam_search(
     decoder: StepDecoder,
     image_embeddings: torch.Tensor,
     *,
-    start_id: int,
+    start_id: StartIds,
     end_id: int,
     max_length: int,
     beam_size: int = 3,
@@ -273,7 +295,7 @@ def beam_search(
     device = image_embeddings.device
     state = decoder.start(image_embeddings)
     state = decoder.select(state, torch.arange(batch, device=device).repeat_interleave(k))  # B*k rows
-    tokens = torch.full((batch * k,), start_id, dtype=torch.long, device=device)
+    tokens = first_tokens(start_id, batch, device).repeat_interleave(k)  # (B*k,)
     beams = _start_beams(batch, k, k // beam_groups, device)
     steps = 0
     for _ in range(max_length):

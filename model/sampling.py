@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 from torch.nn import functional as F
 
-from model.decoding import Caption, DecodeOutput, decode_token_by_token
+from model.decoding import Caption, DecodeOutput, StartIds, decode_token_by_token, start_ids_of
 from model.step_decoder import StepDecoder
 
 SAMPLING_ROUNDS = 3  # most sampling runs spent finding `num_captions` distinct captions
@@ -102,7 +102,7 @@ def sample_decode(
     settings: Sequence[SamplingSettings],
     generators: Sequence[torch.Generator],
     max_lengths: Sequence[int],
-    start_id: int,
+    start_id: StartIds,
     end_id: int,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> DecodeOutput:
@@ -138,7 +138,7 @@ def sample_captions(
     num_captions: Sequence[int],
     generators: Sequence[torch.Generator],
     max_lengths: Sequence[int],
-    start_id: int,
+    start_id: StartIds,
     end_id: int,
     length_penalty: float = 1.0,
     rounds: int = SAMPLING_ROUNDS,
@@ -167,7 +167,7 @@ def sample_captions(
             settings=[settings[i] for i in owners],
             generators=[generators[i] for i in owners],
             max_lengths=[max_lengths[i] for i in owners],
-            start_id=start_id,
+            start_id=start_ids_of(start_id, owners),
             end_id=end_id,
             on_step=callback,
         )

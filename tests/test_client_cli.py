@@ -59,3 +59,13 @@ def test_cli_passes_sampling_options_over_rest_and_grpc(torchserve, registered, 
     assert json.loads(capsys.readouterr().out)["captions"] == rest["captions"]
     assert _cli(torchserve, "caption", str(path), "--beam-size", "4", "--beam-groups", "3") == 1
     assert "beam_groups must divide beam_size" in capsys.readouterr().err
+
+
+def test_cli_asks_for_a_language_and_shows_the_refusal_of_one_the_model_lacks(torchserve, registered, tmp_path,
+                                                                             capsys):
+    path = tmp_path / "scene.jpg"
+    path.write_bytes(shape_image_bytes(5)[0])
+    assert _cli(torchserve, "caption", str(path), "--language", "en", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["language"] == "en"
+    assert _cli(torchserve, "caption", str(path), "--grpc", "--language", "de") == 1
+    assert "this model's languages (en), got 'de'" in capsys.readouterr().err

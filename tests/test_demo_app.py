@@ -90,7 +90,16 @@ def test_decoding_options_reach_the_server(page, registered):
     assert expected["method"] == "beam"
     assert shown_caption(page) == expected["caption"]
     assert len(shown_caption(page).split()) <= 4
-    assert [row["decoding"] for row in history_rows(page)] == ["beam 3, at most 4 words"]
+    assert [row["decoding"] for row in history_rows(page)] == ["beam 3, at most 4 words, in English"]
+
+
+def test_the_language_reaches_the_server_which_names_the_languages_it_has(page, registered):
+    page.selectbox(key="language").set_value("fr")
+    upload(page, "scene.jpg", JPEG)
+    with pytest.raises(ServiceError) as refused:
+        registered.caption(JPEG, language="fr")
+    shown = " ".join(e.value for e in page.error)
+    assert refused.value.status == 400 and "languages (en)" in shown and "'fr'" in shown
 
 
 def test_camera_photo_is_captioned(page, registered):

@@ -1,5 +1,7 @@
 """The diversity metrics of `training.evaluate` on hand-made captions, and one tiny evaluation run."""
 
+import json
+
 import pytest
 
 from training import evaluate
@@ -57,3 +59,22 @@ def test_evaluate_cli_scores_several_sampled_captions(tmp_path, capsys):
     assert {"distinct1", "distinct2", "mbleu4", "oracle_bleu4", "oracle_attribute_accuracy",
             "attribute_accuracy_all"} <= set(metrics)
     assert evaluate.main(args)["mbleu4"] == metrics["mbleu4"], "a seed makes the run repeat"
+
+
+def test_the_diversity_table_scores_every_setting_and_sampling_is_more_diverse_than_beams(tmp_path, capsys):
+    from training import diversity_table
+
+    data = generate(tmp_path / "shapes", train=1, val=4, seed=6, canvas=64)
+    export = write_tiny_export(tmp_path / "export", seed=3)
+    args = diversity_table.get_args_parser().parse_args([
+        "--export-dir", str(export), "--annotations", str(data / "annotations" / "captions_val.json"),
+        "--images", str(data / "images"), "--device", "cpu", "--out", str(tmp_path / "diversity.json"),
+    ])
+    rows = dict(diversity_table.main(args))
+    assert len(rows) == 7 and rows["greedy"]["num_captions"] == 1
+    table = capsys.readouterr().out.strip().splitlines()[-9:]
+    assert table[0].startswith("| decoding | captions | BLEU-4") and len(table) == 9
+    hot = rows["sampling, temperature 1.0, n = 5"]
+    assert hot["captions_per_image"] > 1 and hot["distinct2"] is not None
+    written = json.loads((tmp_path / "diversity.json").read_text())
+    assert [row["setting"] for row in written["rows"]] == list(rows)

@@ -3,6 +3,12 @@
 Used alike for real COCO (`captions_train2017.json` + `train2017/`) and for the
 generated shapes set. Splits are made by image, so no image's captions leak
 from training into evaluation.
+
+Captions may be in several languages: an annotation's `language` field (ISO
+639-1) says which, as the generated set writes it; a file without them is read
+as one language named on the command line, `LANG=PATH` (`ja=stair_captions.json`
+for STAIR Captions, `zh=coco-cn_train.json` for COCO-CN); several files over the
+same images are merged (`load_captions`).
 """
 
 from __future__ import annotations
@@ -35,6 +41,55 @@ def load_coco(annotation_file: Path | str) -> COCO:
         return COCO(str(path))
 
 
+DEFAULT_LANGUAGE = "en"
+
+
+def caption_language(annotation: dict) -> str:
+    """The language an annotation is written in: its `language` field, English without one."""
+    return annotation.get("language", DEFAULT_LANGUAGE)
+
+
+def load_captions(sources: Path | str | Sequence[Path | str]) -> COCO:
+    """One COCO caption index from one or more files over the same images.
+
+    Each source is `PATH` (every annotation's own `language`, English where it
+    has none) or `LANG=PATH` (all of the file's captions in LANG). Images are
+    taken from the first file that names them; annotation ids are renumbered
+    when files are merged, so two files' ids cannot collide.
+    """
+    if isinstance(sources, (str, Path)):
+        sources = [sources]
+    if len(sources) == 1 and "=" not in str(sources[0]):
+        return load_coco(sources[0])  # the common case, as pycocotools reads it
+    images: dict[int, dict] = {}
+    annotations: list[dict] = []
+    for source in sources:
+        language, _, path = str(source).partition("=") if "=" in str(source) else ("", "", str(source))
+        coco = load_coco(path)
+        for image in coco.dataset["images"]:
+            images.setdefault(image["id"], image)
+        for annotation in coco.dataset["annotations"]:
+            tagged = {**annotation, "id": len(annotations) + 1}
+            if language:
+                tagged["language"] = language
+            annotations.append(tagged)
+    merged = COCO()
+    merged.dataset = {"images": list(images.values()), "annotations": annotations, "info": {}, "licenses": []}
+    with contextlib.redirect_stdout(io.StringIO()):
+        merged.createIndex()
+    return merged
+
+
+def caption_languages(coco: COCO, image_ids: Sequence[int] | None = None) -> list[str]:
+    """The languages of the captions of `image_ids` (all images when None), in order of first appearance."""
+    ids = coco.imgs if image_ids is None else image_ids
+    seen: dict[str, None] = {}
+    for image_id in ids:
+        for annotation in coco.imgToAnns[image_id]:
+            seen.setdefault(caption_language(annotation), None)
+    return list(seen)
+
+
 def split_image_ids(image_ids: Sequence[int], val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
     """Shuffle image ids and cut them into (train, val); an image lands in exactly one split."""
     ids = sorted(image_ids)
@@ -55,6 +110,7 @@ class CocoCaptions(Dataset):
         vocab: turns captions into ids.
         transform: PIL RGB image -> tensor (from `model.transforms`).
         image_ids: restrict to these images (a split); all when None.
+        languages: train on the captions in these languages only (all when None).
         captions_per_image: each time an image is read, this many of its captions,
             drawn at random (all when None). The decoder is a fifth of a training
             step's cost with five captions; fewer per step trade caption variety
@@ -69,6 +125,7 @@ class CocoCaptions(Dataset):
         transform: Callable[[Image.Image], torch.Tensor],
         image_ids: Sequence[int] | None = None,
         captions_per_image: int | None = None,
+        languages: Sequence[str] | None = None,
     ) -> None:
         self.coco = coco
         self.image_dir = Path(image_dir)
@@ -78,9 +135,14 @@ class CocoCaptions(Dataset):
         if captions_per_image is not None and captions_per_image < 1:
             raise ValueError(f"captions_per_image must be at least 1, got {captions_per_image}")
         self.captions_per_image = captions_per_image
-        missing = [i for i in self.image_ids if not coco.imgToAnns[i]]
+        self.languages = None if languages is None else frozenset(languages)
+        missing = [
+            i for i in self.image_ids
+            if not any(self.languages is None or caption_language(a) in self.languages for a in coco.imgToAnns[i])
+        ]
         if missing:
-            raise ValueError(f"{len(missing)} images have no captions, e.g. image id {missing[0]}")
+            wanted = "" if self.languages is None else f" in {', '.join(sorted(self.languages))}"
+            raise ValueError(f"{len(missing)} images have no captions{wanted}, e.g. image id {missing[0]}")
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -93,18 +155,23 @@ class CocoCaptions(Dataset):
     def caption_ids(self, image_id: int) -> list[torch.Tensor]:
         """The image's captions as id tensors: all, or a random `captions_per_image` of them in file order."""
         annotations = self.coco.imgToAnns[image_id]
+        if self.languages is not None:
+            annotations = [a for a in annotations if caption_language(a) in self.languages]
         if self.captions_per_image is not None and self.captions_per_image < len(annotations):
             keep = sorted(random.sample(range(len(annotations)), self.captions_per_image))
             annotations = [annotations[k] for k in keep]
-        return [torch.tensor(self.vocab.encode(ann["caption"])) for ann in annotations]
+        return [torch.tensor(self.vocab.encode(ann["caption"], caption_language(ann))) for ann in annotations]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, list[torch.Tensor], int]:
         image_id = self.image_ids[index]
         return self.transform(self.load_image(image_id)), self.caption_ids(image_id), image_id
 
-    def references(self) -> dict[int, list[str]]:
-        """Reference captions per image, for BLEU/CIDEr."""
-        return {i: [ann["caption"] for ann in self.coco.imgToAnns[i]] for i in self.image_ids}
+    def references(self, language: str | None = None) -> dict[int, list[str]]:
+        """Reference captions per image, for BLEU/CIDEr: those in `language`, or all when None."""
+        return {
+            i: [ann["caption"] for ann in self.coco.imgToAnns[i] if language in (None, caption_language(ann))]
+            for i in self.image_ids
+        }
 
 
 @dataclass

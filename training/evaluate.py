@@ -14,6 +14,11 @@ reported only when the annotation file carries scenes (the generated set does).
 With `--num-captions` N > 1 those figures score each image's best caption, and
 `diversity_metrics` scores all N: distinct-1/2, mBLEU-4, oracle BLEU-4 and
 oracle and all-captions attribute accuracy (see its docstring).
+
+A multilingual model is scored in each of its languages that the file has
+references in: the top-level figures are its default language's (the first),
+and `languages` holds every language's own, each caption read back by that
+language's parser (`training/caption_languages/`).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from model.captioner import Captioner
 from model.batch_captioning import DecodeSpec, decode_mixed
 from model.transforms import eval_transform
 from model.vocabulary import Vocabulary, tokenize
-from training.coco_data import CocoCaptions, load_coco
+from training.coco_data import DEFAULT_LANGUAGE, CocoCaptions, load_captions
 from training.shapes_dataset import names_every_object
 
 SEED_RANGE = 2**32
@@ -60,8 +65,12 @@ def caption_every_image(
     spec: DecodeSpec,
     batch_size: int = 64,
     quiet: bool = False,
+    language: str | None = None,
 ) -> dict[int, list[list[str]]]:
-    """Every caption `spec` asks for (best first, as words) of every image of `dataset`, in batches."""
+    """Every caption `spec` asks for (best first, as words) of every image of `dataset`, in batches.
+
+    `language`: the captions' language, for a multilingual model (None: its default).
+    """
     model.eval()
     predictions: dict[int, list[list[str]]] = {}
     ids = dataset.image_ids
@@ -71,7 +80,7 @@ def caption_every_image(
         embeddings = model.encode(images)
         specs = [_for_image(spec, image_id) for image_id in chunk]
         captions, _ = decode_mixed(
-            model.decoder, embeddings, specs, start_id=vocab.start_id, end_id=vocab.end_id
+            model.decoder, embeddings, specs, start_id=vocab.start_id_for(language), end_id=vocab.end_id
         )  # the same dispatch (greedy, beam, sampling) the handler uses
         for image_id, caption in zip(chunk, captions):
             predictions[image_id] = [vocab.decode(c.tokens) for c in [caption, *caption.alternatives]]
@@ -88,10 +97,13 @@ def caption_dataset(
     beam_size: int = 1,
     spec: DecodeSpec | None = None,
     quiet: bool = False,
+    language: str | None = None,
 ) -> dict[int, list[str]]:
     """The best caption's words for every image of `dataset` (greedy, or beam search, or as `spec` says)."""
     spec = spec or DecodeSpec(model.config.max_length, beam_size)
-    every = caption_every_image(model, vocab, dataset, device=device, spec=spec, batch_size=batch_size, quiet=quiet)
+    every = caption_every_image(
+        model, vocab, dataset, device=device, spec=spec, batch_size=batch_size, quiet=quiet, language=language
+    )
     return {image_id: captions[0] for image_id, captions in every.items()}
 
 
@@ -102,10 +114,13 @@ def scenes_of(dataset: CocoCaptions) -> dict[int, list[dict]] | None:
 
 
 def score_captions(
-    predictions: dict[int, list[str]], references: dict[int, list[str]], scenes: dict[int, list[dict]] | None = None
+    predictions: dict[int, list[str]],
+    references: dict[int, list[str]],
+    scenes: dict[int, list[dict]] | None = None,
+    language: str = DEFAULT_LANGUAGE,
 ) -> dict[str, Any]:
-    """Corpus-level BLEU-1..4 and CIDEr-D (and attribute accuracy when scenes are known)."""
-    gts = {i: [" ".join(tokenize(r)) for r in references[i]] for i in predictions}
+    """Corpus-level BLEU-1..4 and CIDEr-D (and attribute accuracy when scenes are known), in `language`."""
+    gts = {i: [" ".join(tokenize(r, language)) for r in references[i]] for i in predictions}
     res = {i: [" ".join(words) or "<empty>"] for i, words in predictions.items()}
     with contextlib.redirect_stdout(io.StringIO()):  # the scorers print their internals
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
@@ -113,7 +128,7 @@ def score_captions(
     metrics: dict[str, Any] = {f"bleu{n + 1}": round(float(b), 4) for n, b in enumerate(bleu)}
     metrics["cider"] = round(float(cider), 4)
     if scenes:
-        correct = sum(names_every_object(predictions[i], scenes[i]) for i in predictions)
+        correct = sum(names_every_object(predictions[i], scenes[i], language) for i in predictions)
         metrics["attribute_accuracy"] = round(correct / len(predictions), 4)
     metrics["images"] = len(predictions)
     return metrics
@@ -154,6 +169,7 @@ def diversity_metrics(
     predictions: dict[int, list[list[str]]],
     references: dict[int, list[str]],
     scenes: dict[int, list[dict]] | None = None,
+    language: str = DEFAULT_LANGUAGE,
 ) -> dict[str, Any]:
     """How different and how good an image's several captions are, averaged over images.
 
@@ -165,18 +181,18 @@ def diversity_metrics(
       attribute_accuracy_all: share of all captions that do (when scenes are known).
     """
     ids = sorted(predictions)
-    tokenised = {i: [tokenize(r) for r in references[i]] for i in ids}
+    tokenised = {i: [tokenize(r, language) for r in references[i]] for i in ids}
     per_image = {i: sentence_bleu4(predictions[i], [tokenised[i]] * len(predictions[i])) for i in ids}
     oracle = {i: predictions[i][max(range(len(per_image[i])), key=per_image[i].__getitem__)] for i in ids}
     metrics: dict[str, Any] = {
         "distinct1": _mean([distinct_n(predictions[i], 1) for i in ids]),
         "distinct2": _mean([distinct_n(predictions[i], 2) for i in ids]),
         "mbleu4": _mean([m for m in (mbleu4(predictions[i]) for i in ids) if m is not None]),
-        "oracle_bleu4": score_captions(oracle, references)["bleu4"],
+        "oracle_bleu4": score_captions(oracle, references, language=language)["bleu4"],
         "captions_per_image": _mean([len(predictions[i]) for i in ids]),
     }
     if scenes:
-        named = {i: [names_every_object(words, scenes[i]) for words in predictions[i]] for i in ids}
+        named = {i: [names_every_object(words, scenes[i], language) for words in predictions[i]] for i in ids}
         metrics["oracle_attribute_accuracy"] = _mean([float(any(named[i])) for i in ids])
         metrics["attribute_accuracy_all"] = _mean([float(ok) for i in ids for ok in named[i]])
     return metrics
@@ -203,35 +219,55 @@ def evaluate_model(
     beam_size: int = 1,
     spec: DecodeSpec | None = None,
     quiet: bool = False,
+    languages: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], dict[int, list[str]]]:
     """Metrics on a COCO-format caption file, and the best predictions behind them.
 
     `spec` sets the decoding (default: greedy, or beam search of `beam_size`); with
     `spec.n_best` > 1 the metrics include `diversity_metrics` over all its captions.
+    `languages`: score only these of the model's languages (default: all it has).
     """
-    coco = load_coco(annotations)
+    coco = load_captions([annotations])
     image_ids = sorted(coco.imgs)[:limit]
     config = model.config
     spec = spec or DecodeSpec(config.max_length, beam_size)
     transform = eval_transform(image_size=config.image_size, mean=config.mean, std=config.std)
     dataset = CocoCaptions(coco, images, vocab, transform, image_ids)
-    started = time.perf_counter()
-    every = caption_every_image(model, vocab, dataset, device=device, spec=spec, batch_size=batch_size, quiet=quiet)
-    predictions = {image_id: captions[0] for image_id, captions in every.items()}
     scenes = scenes_of(dataset)
-    metrics = score_captions(predictions, dataset.references(), scenes)
-    if spec.n_best > 1:
-        metrics.update(diversity_metrics(every, dataset.references(), scenes))
+    started = time.perf_counter()
+    per_language: dict[str, dict[str, Any]] = {}
+    default_predictions: dict[int, list[str]] = {}
+    for language in config.languages if languages is None else languages:
+        references = dataset.references(language)
+        if not all(references.values()):
+            continue  # the file has no captions in this language to score against
+        every = caption_every_image(
+            model, vocab, dataset, device=device, spec=spec, batch_size=batch_size, quiet=quiet, language=language
+        )
+        predictions = {image_id: captions[0] for image_id, captions in every.items()}
+        metrics = score_captions(predictions, references, scenes, language)
+        if spec.n_best > 1:
+            metrics.update(diversity_metrics(every, references, scenes, language))
+        per_language[language] = metrics
+        default_predictions = default_predictions or predictions
+    if not per_language:
+        raise ValueError(f"{annotations} has no captions in the model's languages {list(config.languages)}")
+    first = next(iter(per_language))
+    metrics = {**per_language[first], "language": first}
+    if len(per_language) > 1:
+        metrics["languages"] = per_language
     metrics["decoding"] = describe_decoding(spec)
     metrics["num_captions"] = spec.n_best
     metrics["seconds"] = round(time.perf_counter() - started, 1)
-    return metrics, predictions
+    return metrics, default_predictions
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate an exported captioner on a COCO-format caption file.")
     parser.add_argument("--export-dir", default="build/export")
-    parser.add_argument("--annotations", required=True, help="held-out COCO caption file")
+    parser.add_argument("--annotations", required=True,
+                        help="held-out COCO caption file: PATH, or LANG=PATH for a file in one language without "
+                             "`language` fields")
     parser.add_argument("--images", required=True, help="image folder")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--batch-size", type=int, default=64)

@@ -4,7 +4,8 @@ COCO and ImageNet weights cannot be downloaded everywhere, so the project makes
 its own data. Each image holds 1-3 shapes, each with a colour, a shape, a size
 and a column (left, middle, right). Every image gets five different captions
 (varied wording, as COCO's five annotators give), all true, with objects named
-left to right. The scene itself is stored on the image record (`objects`), so
+left to right, in each language asked for (`training/caption_languages/`:
+English, French, German, Spanish). The scene itself is stored on the image record (`objects`), so
 evaluation can check that a predicted caption names each colour and shape.
 
 Files are written in real COCO caption format and read back through the same
@@ -14,7 +15,7 @@ pycocotools path as COCO itself:
     OUT/annotations/captions_train.json
     OUT/annotations/captions_val.json
 
-Run: python -m training.shapes_dataset --out data/shapes --train 3000 --val 300
+Run: python -m training.shapes_dataset --out data/shapes --train 3000 --val 300 [--languages en fr de es]
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ import random
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 from PIL import Image, ImageDraw
 from tqdm import tqdm
+
+from training.caption_languages import LANGUAGES, get_language
 
 COLORS = {
     "red": (215, 35, 35),
@@ -89,42 +93,14 @@ def render_scene(objects: list[ShapeObject], rng: random.Random, canvas: int = 1
     return image
 
 
-def _phrase(obj: ShapeObject) -> str:
-    return f"a {obj.size} {obj.color} {obj.shape}"
+def describe(objects: list[ShapeObject], language: str = "en") -> list[str]:
+    """Five true captions in `language` with different wording, objects named left to right."""
+    return get_language(language).describe(objects)
 
 
-def _listing(objects: list[ShapeObject]) -> str:
-    phrases = [_phrase(o) for o in objects]
-    if len(phrases) == 1:
-        return phrases[0]
-    return " , ".join(phrases[:-1]) + " and " + phrases[-1]
-
-
-def describe(objects: list[ShapeObject]) -> list[str]:
-    """Five true captions with different wording, objects named left to right."""
-    listing = _listing(objects)
-    if len(objects) == 1:
-        column = objects[0].column
-        where = "in the middle of the image" if column == "middle" else f"on the {column} of the image"
-        placed = f"{listing} {where}"
-    else:
-        placed = f"{listing} from left to right"
-    return [
-        listing,
-        f"there is {listing}",
-        f"a picture of {listing}",
-        f"{listing} on a plain background",
-        placed,
-    ]
-
-
-def named_objects(caption_tokens: list[str]) -> Counter:
+def named_objects(caption_tokens: list[str], language: str = "en") -> Counter:
     """(colour, shape) pairs a caption names, as a multiset: `red circle` -> ('red', 'circle')."""
-    pairs = Counter()
-    for word, following in zip(caption_tokens, caption_tokens[1:]):
-        if word in COLORS and following in SHAPES:
-            pairs[(word, following)] += 1
-    return pairs
+    return get_language(language).named_objects(caption_tokens)
 
 
 # Classes per attribute in `scene_labels`, "nothing here" (0) included.
@@ -145,18 +121,25 @@ def scene_labels(objects: list[dict] | list[ShapeObject]) -> list[list[int]]:
     return labels
 
 
-def names_every_object(caption_tokens: list[str], objects: list[dict] | list[ShapeObject]) -> bool:
-    """True when the caption names exactly the scene's colour/shape pairs."""
+def names_every_object(
+    caption_tokens: list[str], objects: list[dict] | list[ShapeObject], language: str = "en"
+) -> bool:
+    """True when the caption (in `language`) names exactly the scene's colour/shape pairs."""
     truth = Counter(
         (o["color"], o["shape"]) if isinstance(o, dict) else (o.color, o.shape) for o in objects
     )
-    return named_objects(caption_tokens) == truth
+    return named_objects(caption_tokens, language) == truth
 
 
 def write_split(
-    out_dir: Path, name: str, count: int, rng: random.Random, first_id: int, max_objects: int, canvas: int
+    out_dir: Path, name: str, count: int, rng: random.Random, first_id: int, max_objects: int, canvas: int,
+    languages: Sequence[str] = ("en",),
 ) -> int:
-    """Write `count` images and `annotations/captions_{name}.json`; returns the next free image id."""
+    """Write `count` images and `annotations/captions_{name}.json`; returns the next free image id.
+
+    Each image gets five captions in each of `languages`, every annotation with
+    its `language` (ISO 639-1), as `training.coco_data` reads them.
+    """
     images, annotations = [], []
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -173,9 +156,13 @@ def write_split(
                 "objects": [asdict(o) for o in objects],
             }
         )
-        for k, caption in enumerate(describe(objects)):
-            # Ids unique across splits: five captions per image id.
-            annotations.append({"id": image_id * 10 + k, "image_id": image_id, "caption": caption})
+        for l, language in enumerate(languages):
+            for k, caption in enumerate(describe(objects, language)):
+                # Ids unique across splits: five captions per language per image id.
+                annotations.append({
+                    "id": (image_id * len(languages) + l) * 10 + k, "image_id": image_id, "caption": caption,
+                    "language": language,
+                })
     coco = {
         "info": {"description": f"generated shapes captions ({name})", "version": "1.0"},
         "licenses": [],
@@ -188,13 +175,16 @@ def write_split(
 
 
 def generate(
-    out_dir: Path | str, *, train: int, val: int, seed: int = 0, max_objects: int = 3, canvas: int = 128
+    out_dir: Path | str, *, train: int, val: int, seed: int = 0, max_objects: int = 3, canvas: int = 128,
+    languages: Sequence[str] = ("en",),
 ) -> Path:
-    """Write the whole set; the same arguments always give the same files."""
+    """Write the whole set; the same arguments always give the same files (images whatever the languages)."""
     out_dir = Path(out_dir)
+    for code in languages:
+        get_language(code)  # an unknown code fails before anything is written
     rng = random.Random(seed)
-    next_id = write_split(out_dir, "train", train, rng, 1, max_objects, canvas)
-    write_split(out_dir, "val", val, rng, next_id, max_objects, canvas)
+    next_id = write_split(out_dir, "train", train, rng, 1, max_objects, canvas, languages)
+    write_split(out_dir, "val", val, rng, next_id, max_objects, canvas, languages)
     return out_dir
 
 
@@ -206,14 +196,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-objects", type=int, default=3, choices=(1, 2, 3))
     parser.add_argument("--canvas", type=int, default=128, help="image side in pixels")
+    parser.add_argument("--languages", nargs="+", default=["en"], choices=list(LANGUAGES),
+                        help="caption languages (ISO 639-1), five captions per image in each")
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
     out = generate(
-        args.out, train=args.train, val=args.val, seed=args.seed, max_objects=args.max_objects, canvas=args.canvas
+        args.out, train=args.train, val=args.val, seed=args.seed, max_objects=args.max_objects, canvas=args.canvas,
+        languages=args.languages,
     )
-    print(f"wrote {args.train} training and {args.val} held-out images to {out}")
+    print(f"wrote {args.train} training and {args.val} held-out images to {out}, captioned in "
+          f"{', '.join(args.languages)}")
 
 
 if __name__ == "__main__":

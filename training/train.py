@@ -43,7 +43,9 @@ from model.vocabulary import PAD, SPECIAL_TOKENS, Vocabulary
 from training import distributed
 from training.checkpoints import load_checkpoint, save_checkpoint
 from training.auxiliary_losses import ConceptHead, SceneHead, WordPositionHead
-from training.coco_data import CaptionBatch, CocoCaptions, collate_captions, load_coco, split_image_ids
+from training.coco_data import (
+    CaptionBatch, CocoCaptions, caption_language, caption_languages, collate_captions, load_captions, split_image_ids,
+)
 from training.encoder_weights import load_encoder_weights
 from training.shapes_dataset import COLUMNS, SCENE_ATTRIBUTE_CLASSES, scene_labels
 
@@ -51,9 +53,12 @@ from training.shapes_dataset import COLUMNS, SCENE_ATTRIBUTE_CLASSES, scene_labe
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train the ResNet-34 + LSTM captioner.")
     data = parser.add_argument_group("data")
-    data.add_argument("--annotations", required=True, help="COCO caption file for training")
+    data.add_argument("--annotations", required=True, nargs="+",
+                      help="COCO caption file(s) for training: PATH, or LANG=PATH for a file in one language "
+                           "without `language` fields (e.g. ja=stair_captions_v1.2_train.json); several merge")
     data.add_argument("--images", required=True, help="folder with the images the annotations name")
-    data.add_argument("--val-annotations", default=None, help="held-out caption file (else split by image)")
+    data.add_argument("--val-annotations", default=None, nargs="+",
+                      help="held-out caption file(s), as --annotations (else split by image)")
     data.add_argument("--val-images", default=None, help="image folder for --val-annotations (default --images)")
     data.add_argument("--val-fraction", type=float, default=0.05, help="images held out when no val file")
     data.add_argument("--min-word-count", type=int, default=4, help="vocabulary frequency threshold")
@@ -88,6 +93,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     optim.add_argument(
         "--captions-per-image", type=int, default=None,
         help="captions of each image per step, drawn at random (default: all)",
+    )
+    optim.add_argument(
+        "--train-languages", nargs="+", default=None,
+        help="train on the captions in these languages only; the vocabulary still holds every language's "
+             "words (e.g. fine-tune the encoder on one language, then train the decoder on all)",
     )
     optim.add_argument("--augment", action="store_true", help="random shifts/scales (disables feature cache)")
     optim.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps")
@@ -295,21 +305,27 @@ def scene_targets(dataset: CocoCaptions) -> dict[int, torch.Tensor]:
 
 def build_datasets(args: argparse.Namespace, vocab: Vocabulary | None, config_image_size: int, mean, std):
     """Training and validation datasets, and the vocabulary (built from training captions if not given)."""
-    coco = load_coco(args.annotations)
+    coco = load_captions(args.annotations)
     if args.val_annotations:
         train_ids = sorted(coco.imgs)
-        val_coco, val_ids = load_coco(args.val_annotations), None
+        val_coco, val_ids = load_captions(args.val_annotations), None
     else:
         train_ids, val_ids = split_image_ids(list(coco.imgs), args.val_fraction, args.seed)
         val_coco = coco
     if vocab is None:
+        languages = caption_languages(coco, train_ids)
         vocab = Vocabulary.build(
-            (ann["caption"] for i in train_ids for ann in coco.imgToAnns[i]), min_count=args.min_word_count
+            ((ann["caption"], caption_language(ann)) for i in train_ids for ann in coco.imgToAnns[i]),
+            min_count=args.min_word_count,
+            languages=languages if len(languages) > 1 else (),  # one language needs no language tokens
         )
     train_tf = train_transform(image_size=config_image_size, mean=mean, std=std, augment=args.augment)
     val_tf = eval_transform(image_size=config_image_size, mean=mean, std=std)
-    train_set = CocoCaptions(coco, args.images, vocab, train_tf, train_ids, captions_per_image=args.captions_per_image)
-    val_set = CocoCaptions(val_coco, args.val_images or args.images, vocab, val_tf, val_ids)
+    train_set = CocoCaptions(coco, args.images, vocab, train_tf, train_ids, captions_per_image=args.captions_per_image,
+                             languages=args.train_languages)
+    # Held out in the languages trained on, so the held-out loss measures what this run learns.
+    val_set = CocoCaptions(val_coco, args.val_images or args.images, vocab, val_tf, val_ids,
+                           languages=args.train_languages)
     return train_set, val_set, vocab
 
 
@@ -349,6 +365,8 @@ def main(args: argparse.Namespace) -> Path:
             max_length=args.max_length,
             image_size=args.image_size,
             train_backbone=args.train_backbone,
+            # A multilingual vocabulary lists its languages; one language is the captions' own.
+            languages=tuple(vocab.languages or caption_languages(train_set.coco, train_set.image_ids)[:1]),
         )
     model = Captioner(config)
     if weights is not None:

@@ -1,0 +1,96 @@
+"""The README's diversity table: one exported model, the held-out set, several decoding settings.
+
+    python -m training.diversity_table --export-dir build/export \
+        --annotations data/shapes/annotations/captions_val.json --images data/shapes/images
+
+Each row is `training.evaluate` with that setting (n captions per image where the
+method gives several): BLEU-4 and attribute accuracy of the best caption, and
+over all n the diversity figures (distinct-1/2, mBLEU-4) and the oracle ones.
+Prints a markdown table and writes every figure as JSON (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from handler.model_loader import load_exported_captioner
+from model.batch_captioning import DecodeSpec
+from training.evaluate import evaluate_model
+
+NUM_CAPTIONS = 5
+
+
+def settings(max_length: int, seed: int) -> list[tuple[str, DecodeSpec]]:
+    """The table's rows: (label, decoding)."""
+    n = NUM_CAPTIONS
+    return [
+        ("greedy", DecodeSpec(max_length)),
+        ("beam 3", DecodeSpec(max_length, beam_size=3, n_best=3)),
+        (f"beam 5, n = {n}", DecodeSpec(max_length, beam_size=5, n_best=n)),
+        (f"sampling, temperature 0.7, n = {n}", DecodeSpec(max_length, n_best=n, sample=True, temperature=0.7, seed=seed)),
+        (f"sampling, temperature 1.0, n = {n}", DecodeSpec(max_length, n_best=n, sample=True, seed=seed)),
+        (f"sampling, top-p 0.9, n = {n}", DecodeSpec(max_length, n_best=n, sample=True, top_p=0.9, seed=seed)),
+        (f"diverse beam search, 5 groups, diversity 0.5, n = {n}",
+         DecodeSpec(max_length, beam_size=5, n_best=n, beam_groups=5, diversity=0.5)),
+    ]
+
+
+COLUMNS = (
+    ("captions", "captions_per_image"), ("BLEU-4", "bleu4"), ("attribute accuracy", "attribute_accuracy"),
+    ("distinct-1", "distinct1"), ("distinct-2", "distinct2"), ("mBLEU-4", "mbleu4"),
+    ("oracle BLEU-4", "oracle_bleu4"), ("oracle attribute accuracy", "oracle_attribute_accuracy"),
+    ("attribute accuracy, all n", "attribute_accuracy_all"),
+)
+
+
+def markdown(rows: list[tuple[str, dict]]) -> str:
+    def cell(metrics: dict, key: str) -> str:
+        value = metrics.get(key, 1 if key == "captions_per_image" else None)
+        return "-" if value is None else f"{value:g}"
+
+    lines = ["| decoding | " + " | ".join(name for name, _ in COLUMNS) + " |",
+             "| --- |" + " --- |" * len(COLUMNS)]
+    lines += [f"| {label} | " + " | ".join(cell(m, key) for _, key in COLUMNS) + " |" for label, m in rows]
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> list[tuple[str, dict]]:
+    device = torch.device(args.device)
+    model, vocab = load_exported_captioner(args.export_dir, device)
+    language = args.language or model.config.languages[0]
+    rows = []
+    for label, spec in settings(model.config.max_length, args.seed):
+        metrics, _ = evaluate_model(model, vocab, args.annotations, args.images, device=device, spec=spec,
+                                    quiet=True, languages=[language])
+        rows.append((label, metrics))
+        print(f"{label}: {json.dumps(metrics)}", flush=True)
+    table = markdown(rows)
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({
+            "export_dir": str(args.export_dir), "language": language, "cpu": platform.processor() or platform.machine(),
+            "rows": [{"setting": label, **metrics} for label, metrics in rows],
+        }, indent=1))
+    return rows
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Diversity of several decoding settings on the held-out set.")
+    parser.add_argument("--export-dir", default="build/export")
+    parser.add_argument("--annotations", required=True)
+    parser.add_argument("--images", required=True)
+    parser.add_argument("--language", default=None, help="one of the model's languages (default: its first)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (image i uses seed + its id)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default="build/diversity.json")
+    return parser
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
