@@ -24,16 +24,21 @@ class InProcessPipeline:
     """Args:
         export_dir: the exported model.
         device: "cpu" or "cuda[:N]"; on CUDA the handler gets the GPU id as TorchServe would pass it.
-        handler_settings: the `captioner:` section of model-config.yaml (torch_threads, channels_last, ...).
+        handler_settings: the `captioner:` section of model-config.yaml (torch_threads, precision, ...).
+        max_batch: the largest batch it will be given (TorchServe's batch size, which a compiled
+            encoder is built for).
     """
 
-    def __init__(self, export_dir: Path | str, device: str = "cpu", handler_settings: dict | None = None) -> None:
+    def __init__(self, export_dir: Path | str, device: str = "cpu", handler_settings: dict | None = None,
+                 max_batch: int = 8) -> None:
         self.export_dir = Path(export_dir)
         device = torch.device(device)
         self.gpu_id = (device.index or 0) if device.type == "cuda" else None
         self.yaml_config = {"captioner": dict(handler_settings or {})}
         self.handler = CaptionHandler()
-        self.handler.initialize(self._context(1))
+        started = time.perf_counter()
+        self.handler.initialize(self._context(max_batch))
+        self.start_s = time.perf_counter() - started  # loading, and compiling when asked
         self._contexts: dict[int, object] = {}
 
     def _context(self, batch_size: int):

@@ -94,3 +94,15 @@ def photo_like_jpeg(seed: int, width: int = 640, height: int = 480, quality: int
 def jpeg_set(count: int, seed: int = 0) -> list[bytes]:
     """`count` different 640x480 JPEGs; requests cycle through them."""
     return [photo_like_jpeg(seed + i) for i in range(count)]
+
+
+CALIBRATION_IMAGES = 16
+
+
+def write_calibration_images(export_dir: Path | str, count: int = CALIBRATION_IMAGES, seed: int = 10_000) -> Path:
+    """JPEGs in the export's `calibration/` folder, which int8 workers calibrate on (not the measured images)."""
+    folder = Path(export_dir) / "calibration"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, jpeg in enumerate(jpeg_set(count, seed=seed)):
+        (folder / f"{i:03d}.jpg").write_bytes(jpeg)
+    return folder

@@ -17,18 +17,27 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from bench import environment, report
 from bench.baseline import SeedStylePipeline
-from bench.experiments import decoding_step_experiment, handler_setting_experiments
+from bench.agreement import DEFAULT_AGREEMENT_DATA, DEFAULT_AGREEMENT_EXPORT, caption_agreement
+from bench.agreement import VARIANTS as AGREEMENT_VARIANTS
+from bench.experiments import (
+    decoding_step_experiment,
+    handler_setting_experiments,
+    image_decode_experiment,
+    precision_experiments,
+)
 from bench.in_process import InProcessPipeline
-from bench.inputs import MODEL_SHAPES, jpeg_set, write_random_export
+from bench.inputs import MODEL_SHAPES, jpeg_set, write_calibration_images, write_random_export
 from bench.profile import stage_times_ms
 from bench.served import ServedConfig, ServedModel
 from bench.stats import median_of_runs
+from model.precision import BF16_CPU_FLAGS, INT8_CPU_FLAGS, PRECISIONS, choose_precision, read_cpu_flags
 
 # The server configuration used when not tuning (--quick, --no-tune): the best of the
 # tuning runs on the 2-core machine (BENCHMARKS.md, "Server configurations tried").
@@ -41,6 +50,8 @@ TUNING_CANDIDATES = (
     ServedConfig(workers=2, threads=1, batch_size=8, max_batch_delay_ms=5),
     ServedConfig(workers=2, threads=2, batch_size=8, max_batch_delay_ms=5),
     ServedConfig(workers=2, threads=2, batch_size=32, max_batch_delay_ms=5),
+    # TorchServe's cpu_launcher_enable: each of the two workers pinned to its own core.
+    ServedConfig(workers=2, threads=1, batch_size=8, max_batch_delay_ms=5, cpu_launcher=True),
     # Last: another OpenMP wait policy means restarting the server.
     ServedConfig(workers=1, threads=2, batch_size=8, max_batch_delay_ms=5, omp_wait_policy="default"),
 )
@@ -72,6 +83,19 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="workers, torch threads per worker, batch size, max batch delay (ms); skips tuning")
     parser.add_argument("--no-tune", action="store_true", help=f"serve with {DEFAULT_SERVED.label}")
     parser.add_argument("--no-experiments", action="store_true", help="skip the on/off optimisation experiments")
+    parser.add_argument("--no-compiled", action="store_true",
+                        help="leave the compiled and int8 encoders out of the precision experiments (they compile "
+                             "for minutes)")
+    parser.add_argument("--precisions", default=None,
+                        help="handler precisions measured in process and served (default: fp32 and what "
+                             "`precision: auto` picks here); e.g. fp32,bf16,int8")
+    parser.add_argument("--agreement-export", default=None,
+                        help=f"trained export whose held-out captions each precision must keep (default "
+                             f"{DEFAULT_AGREEMENT_EXPORT} when present; 'none' skips it)")
+    parser.add_argument("--agreement-data", default=DEFAULT_AGREEMENT_DATA,
+                        help="generated shapes set with annotations/captions_val.json and images/")
+    parser.add_argument("--agreement-images", type=int, default=None,
+                        help="held-out images captioned per precision (default all; --quick 48)")
     parser.add_argument("--work-dir", default="build/bench", help="exported model, archive and server folders")
     parser.add_argument("--out-json", default=None, help="default docs/bench.json (--quick: build/bench/quick/)")
     parser.add_argument("--out-md", default=None, help="default BENCHMARKS.md (--quick: build/bench/quick/)")
@@ -90,7 +114,19 @@ def settings(args: argparse.Namespace) -> dict:
         # The served throughput is compared with the handler in process at the served batch size.
         batch_sizes = sorted(set(batch_sizes) | {c.batch_size for c in served_configs})
     out = Path("build/bench/quick") if quick else None
+    auto = auto_precision(device)
+    precisions = [p for p in (args.precisions.split(",") if args.precisions else ["fp32", auto]) if p]
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise SystemExit(f"--precisions: unknown {', '.join(unknown)}; known: {', '.join(PRECISIONS)}")
+    agreement_export = args.agreement_export or (DEFAULT_AGREEMENT_EXPORT if Path(DEFAULT_AGREEMENT_EXPORT,
+                                                                                   "config.json").is_file() else "none")
     return {
+        "precisions": list(dict.fromkeys(precisions)),
+        "auto_precision": auto,
+        "agreement_export": None if agreement_export == "none" else agreement_export,
+        "agreement_data": args.agreement_data,
+        "agreement_images": args.agreement_images or (48 if quick else None),
         "quick": quick,
         "repeats": args.repeats or (2 if quick else 3),
         "distinct_images": 8 if quick else 32,
@@ -107,6 +143,20 @@ def settings(args: argparse.Namespace) -> dict:
         "out_md": Path(args.out_md or (out / "BENCHMARKS.md" if out else "BENCHMARKS.md")),
         "out_plot": Path(args.out_plot or (out / "bench.png" if out else "docs/bench.png")),
     }
+
+
+def auto_precision(device: torch.device) -> str:
+    """What `precision: auto` picks for a worker on `device` (model/precision.py)."""
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return choose_precision("auto", device_type=device.type, cpu_flags=read_cpu_flags(), cuda_bf16=cuda_bf16).name
+
+
+def precision_summary(plan: dict) -> dict:
+    """The CPU flags that decide the precision, and what was measured."""
+    flags = read_cpu_flags()
+    relevant = sorted({"amx_bf16", "amx_int8", *BF16_CPU_FLAGS, *INT8_CPU_FLAGS})
+    return {"auto": plan["auto_precision"], "measured": plan["precisions"],
+            "cpu_flags": {flag: flag in flags for flag in relevant}}
 
 
 def log(message: str) -> None:
@@ -126,30 +176,47 @@ def main(args: argparse.Namespace) -> dict:
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in plan.items()},
         "model": {"shape": args.model, **vars(MODEL_SHAPES[args.model])},
+        "precision": precision_summary(plan),
     }
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     export_dir = write_random_export(MODEL_SHAPES[args.model], work_dir / "export")
+    write_calibration_images(export_dir)  # for precision int8, packed with the archive like a real export's
     jpegs = jpeg_set(plan["distinct_images"])
     results["inputs"] = {"images": len(jpegs), "size": "640x480", "format": "JPEG",
                          "mean_kib": round(sum(map(len, jpegs)) / len(jpegs) / 1024, 1)}
     log(f"model {args.model} exported; {len(jpegs)} JPEGs of {results['inputs']['mean_kib']} KiB on average")
 
-    handler_settings = {"torch_threads": threads}
-    in_process = InProcessPipeline(export_dir, str(device), handler_settings) if "in-process" in plan["parts"] else None
+    in_process = {}
+    if "in-process" in plan["parts"]:
+        for name in plan["precisions"]:
+            in_process[name] = InProcessPipeline(export_dir, str(device), {"torch_threads": threads, "precision": name},
+                                                 max_batch=max(plan["batch_sizes"]))
     baseline = SeedStylePipeline(export_dir, device) if "baseline" in plan["parts"] else None
     if in_process or baseline:
         results.update(measure_in_process(plan, jpegs, baseline, in_process))
     if in_process and plan["experiments"]:
         results["experiments"] = handler_setting_experiments(
             export_dir, device, jpegs, threads, repeats=plan["repeats"], images=plan["in_process_images"] // 2, log=log)
+        results["precision_experiments"] = precision_experiments(
+            export_dir, device, jpegs, threads, repeats=plan["repeats"], images=plan["in_process_images"] // 2, log=log,
+            compiled=not args.no_compiled)
         results["decoding_step"] = decoding_step_experiment(export_dir, device, repeats=plan["repeats"], log=log)
+        results["image_decode"] = image_decode_experiment(MODEL_SHAPES[args.model].image_size,
+                                                          repeats=plan["repeats"], log=log)
+    if plan["agreement_export"]:
+        results["agreement"] = caption_agreement(
+            plan["agreement_export"], plan["agreement_data"], work_dir / "agreement", device, threads,
+            variants=list(AGREEMENT_VARIANTS) if device.type == "cpu" else ["fp32", "bf16"],
+            limit=plan["agreement_images"], log=log)
     if "served" in plan["parts"]:
         results["served"] = measure_served(plan, args, export_dir, device, jpegs, work_dir, results)
     if in_process:
         profile_batch = results.get("served", {}).get("config", {}).get("batch_size", 8)
-        results["profile"] = {"batch_size": profile_batch,
-                              "ms_per_image": stage_times_ms(in_process, jpegs, profile_batch)}
+        results["profile"] = {"batch_size": profile_batch, "by_precision": {
+            name: stage_times_ms(pipeline, jpegs, profile_batch) for name, pipeline in in_process.items()}}
+        default = plan["auto_precision"] if plan["auto_precision"] in in_process else plan["precisions"][0]
+        results["profile"]["ms_per_image"] = results["profile"]["by_precision"][default]
     results["environment"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     results["duration_s"] = round(time.perf_counter() - started, 1)
     results["targets"] = report.evaluate_targets(results)
@@ -160,61 +227,76 @@ def main(args: argparse.Namespace) -> dict:
     return results
 
 
-def measure_in_process(plan: dict, jpegs, baseline, in_process) -> dict:
-    """Seed-style baseline and the handler at each batch size, `repeats` interleaved rounds."""
-    base_runs, batch_runs = [], {b: [] for b in plan["batch_sizes"]}
+def measure_in_process(plan: dict, jpegs, baseline, in_process: dict[str, InProcessPipeline]) -> dict:
+    """Seed-style baseline and the handler in each precision at each batch size, `repeats` interleaved rounds."""
+    base_runs = []
+    batch_runs = {(name, b): [] for name in in_process for b in plan["batch_sizes"]}
     if baseline:
         baseline.run(jpegs[:2])  # warm-up
-    if in_process:
-        for b in plan["batch_sizes"]:
-            in_process.run(jpegs, b, 1)
+    for (name, b) in batch_runs:
+        in_process[name].run(jpegs, b, 1)
     for round_ in range(plan["repeats"]):
         if baseline:
             images = [jpegs[(round_ * 7 + i) % len(jpegs)] for i in range(plan["baseline_images"])]
             base_runs.append(baseline.run(images))
             log(f"seed-style baseline, run {round_ + 1}: {base_runs[-1].images_per_s:.2f} images/s")
-        if in_process:
-            for b in plan["batch_sizes"]:
-                batches = max(2, math.ceil(plan["in_process_images"] / b))
-                batch_runs[b].append(in_process.run(jpegs, b, batches))
-                log(f"in-process batch {b}, run {round_ + 1}: {batch_runs[b][-1].images_per_s:.2f} images/s")
+        for (name, b), runs in batch_runs.items():
+            batches = max(2, math.ceil(plan["in_process_images"] / b))
+            runs.append(in_process[name].run(jpegs, b, batches))
+            log(f"in-process {name} batch {b}, run {round_ + 1}: {runs[-1].images_per_s:.2f} images/s")
     out = {}
     if baseline:
         out["baseline"] = median_of_runs(base_runs)
     if in_process:
-        out["in_process"] = [{"batch_size": b, **median_of_runs(runs)} for b, runs in batch_runs.items()]
+        out["in_process"] = [{"precision": name, "batch_size": b, "start_s": round(in_process[name].start_s, 1),
+                              **median_of_runs(runs)} for (name, b), runs in batch_runs.items()]
     return out
 
 
 def served_runs(served: ServedModel, plan: dict, jpegs, protocol: str, concurrency: int) -> dict:
+    """One protocol at one concurrency, `repeats` runs, for the configuration deployed now."""
     runs = []
     requests = max(8, plan["request_rounds"] * concurrency)
     for _ in range(plan["repeats"]):
         runs.append(served.measure(protocol, jpegs, concurrency=concurrency, requests=requests,
                                    warmup=max(2, concurrency)))
-    return {"concurrency": concurrency, "requests": requests, **median_of_runs(runs)}
+    return {"precision": served.config.precision, "concurrency": concurrency, "requests": requests,
+            **median_of_runs(runs)}
 
 
 def measure_served(plan: dict, args, export_dir: Path, device: torch.device, jpegs, work_dir: Path,
                    results: dict) -> dict:
-    in_process_b1 = next((r for r in results.get("in_process", []) if r["batch_size"] == 1), None)
+    # Tuning serves the default (`auto`) precision; its lone-request latency is held to its own in-process one.
+    reference = plan["auto_precision"] if plan["auto_precision"] in plan["precisions"] else plan["precisions"][0]
+    in_process_b1 = next((r for r in results.get("in_process", [])
+                          if r["batch_size"] == 1 and r["precision"] == reference), None)
     with ServedModel(export_dir, work_dir / "served", str(device)) as served:
         tuning = tune(served, plan, jpegs) if plan["tune"] else []
         if tuning:
             config = pick_config(tuning, in_process_b1)
         else:
             config = args.served_config or DEFAULT_SERVED
-        served.deploy(config)
-        served.warm_up(jpegs)
-        log(f"serving with {config.label}")
-        out = {"config": config.to_dict(), "label": config.label, "tuning": tuning,
-               "torchserve_description": _describe_summary(served.description)}
+        out = {"config": config.to_dict(), "label": config.label, "tuning": tuning}
         for protocol in plan["protocols"]:
             out[protocol] = []
-            for concurrency in plan["concurrency"]:
-                out[protocol].append(served_runs(served, plan, jpegs, protocol, concurrency))
-                log(f"served {protocol} concurrency {concurrency}: {out[protocol][-1]['images_per_s']:.2f} images/s, "
-                    f"p50 {out[protocol][-1]['latency_ms']['p50']} ms")
+        # Each precision served with the chosen configuration, one after the other; within one,
+        # the protocols and concurrency levels as before.
+        for precision in plan["precisions"]:
+            try:
+                served.deploy(replace(config, precision=precision))
+            except Exception as error:  # noqa: BLE001 - e.g. workers that outlast startupTimeout compiling
+                out.setdefault("failed", {})[precision] = f"{type(error).__name__}: {error}"[:300]
+                log(f"serving precision {precision}: could not deploy: {out['failed'][precision]}")
+                continue
+            served.warm_up(jpegs)
+            log(f"serving with {served.config.label}")
+            out.setdefault("torchserve_description", _describe_summary(served.description))
+            for protocol in plan["protocols"]:
+                for concurrency in plan["concurrency"]:
+                    row = served_runs(served, plan, jpegs, protocol, concurrency)
+                    out[protocol].append(row)
+                    log(f"served {precision} {protocol} concurrency {concurrency}: {row['images_per_s']:.2f} "
+                        f"images/s, p50 {row['latency_ms']['p50']} ms")
     return out
 
 
@@ -223,9 +305,17 @@ def tune(served: ServedModel, plan: dict, jpegs) -> list[dict]:
     machine's load during tuning favours no candidate; the figures are the means of the two."""
     top_concurrency = max(plan["concurrency"])
     measured: dict[ServedConfig, list[tuple[float, float, float]]] = {c: [] for c in TUNING_CANDIDATES}
+    failed: dict[ServedConfig, str] = {}
     for order in (TUNING_CANDIDATES, TUNING_CANDIDATES[::-1]):
         for candidate in order:
-            served.deploy(candidate)
+            if candidate in failed:
+                continue
+            try:
+                served.deploy(candidate)
+            except Exception as error:  # noqa: BLE001 - one configuration that cannot start must not end the run
+                failed[candidate] = f"{type(error).__name__}: {error}"[:300]
+                log(f"tuning {candidate.label}: could not deploy: {failed[candidate]}")
+                continue
             served.warm_up(jpegs)
             busy = served.measure("rest", jpegs, concurrency=top_concurrency, requests=2 * top_concurrency,
                                   warmup=top_concurrency).summary()
@@ -236,6 +326,9 @@ def tune(served: ServedModel, plan: dict, jpegs) -> list[dict]:
                 f"p50 {alone['latency_ms']['p50']} ms alone")
     tuning = []
     for candidate, values in measured.items():
+        if not values:
+            tuning.append({"config": candidate.to_dict(), "label": candidate.label, "failed": failed.get(candidate)})
+            continue
         throughput, cpu, p50 = (round(statistics.mean(v), 2) for v in zip(*values))
         tuning.append({"config": candidate.to_dict(), "label": candidate.label,
                        "images_per_s_at_max_concurrency": throughput, "server_cpu_ms_per_image": cpu,
@@ -249,7 +342,8 @@ def pick_config(tuning: list[dict], in_process_b1: dict | None) -> ServedConfig:
         return in_process_b1 is None or entry["p50_ms_at_concurrency_1"] <= LATENCY_TARGET * in_process_b1[
             "latency_ms"]["p50"]
 
-    pool = [t for t in tuning if ok(t)] or tuning
+    started = [t for t in tuning if "failed" not in t]
+    pool = [t for t in started if ok(t)] or started
     best = max(pool, key=lambda t: t["images_per_s_at_max_concurrency"])
     return ServedConfig(**best["config"])
 

@@ -9,6 +9,7 @@ configuration costs a registration, not a new archive.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import asdict, dataclass
@@ -37,12 +38,27 @@ class ServedConfig:
     batch_size: int
     max_batch_delay_ms: int
     omp_wait_policy: str = "PASSIVE"  # or "default": libgomp's own (spin, then sleep)
+    precision: str = "auto"  # the handler's `precision` setting (model/precision.py)
+    compile: bool = False  # the handler's `compile` setting
+    cpu_launcher: bool = False  # TorchServe's cpu_launcher_enable: each worker pinned to its own cores
 
     @property
     def label(self) -> str:
         policy = "" if self.omp_wait_policy == "PASSIVE" else f", OMP wait policy {self.omp_wait_policy}"
+        precision = "" if self.precision == "auto" else f", precision {self.precision}"
+        compiled = ", compiled encoder" if self.compile else ""
+        pinned = ", cpu_launcher core pinning" if self.cpu_launcher else ""
         return f"{self.workers} worker(s) x {self.threads} thread(s), batch {self.batch_size}, " \
-               f"delay {self.max_batch_delay_ms} ms{policy}"
+               f"delay {self.max_batch_delay_ms} ms{policy}{precision}{compiled}{pinned}"
+
+    @property
+    def server_properties(self) -> dict[str, str]:
+        """config.properties entries this configuration needs (they apply to the whole server)."""
+        if not self.cpu_launcher:
+            return {}
+        # torch.backends.xeon.run_cpu wraps each worker; with several workers TorchServe gives each
+        # its own cores (--ninstances/--rank). numactl is not assumed to be installed.
+        return {"cpu_launcher_enable": "true", "cpu_launcher_args": "--use_logical_core --disable_numactl"}
 
     @property
     def server_env(self) -> dict[str, str | None]:
@@ -55,7 +71,8 @@ class ServedConfig:
             minWorkers=self.workers, maxWorkers=self.workers,
             batchSize=self.batch_size, maxBatchDelay=self.max_batch_delay_ms,
         )
-        config.setdefault("captioner", {})["torch_threads"] = self.threads
+        captioner = config.setdefault("captioner", {})
+        captioner.update(torch_threads=self.threads, precision=self.precision, compile=self.compile)
         return config
 
     def to_dict(self) -> dict[str, int | str]:
@@ -84,6 +101,7 @@ class ServedModel:
         if torch.device(device).type == "cpu":
             self.overrides["number_of_gpu"] = "0"
         self.server: TorchServe | None = None
+        self.server_properties: dict[str, str] = {}
         self.config: ServedConfig | None = None
         self.description: list[dict] = []
         self._grpc = None
@@ -95,7 +113,8 @@ class ServedModel:
         self._stop()
 
     def _start(self, env: dict[str, str | None]) -> None:
-        self.server = TorchServe(self.work_dir / "serve", self.store, overrides=self.overrides, env=env)
+        overrides = {**self.overrides, **self.server_properties}
+        self.server = TorchServe(self.work_dir / "serve", self.store, overrides=overrides, env=env)
         self.server.start()
         self.client = self._rest_client()
 
@@ -120,17 +139,26 @@ class ServedModel:
 
         The workers' environment is the server's, so a different one restarts the server.
         """
-        if self.server is not None and self.server.extra_env != config.server_env:
+        if self.server is not None and (self.server.extra_env != config.server_env
+                                        or self.server_properties != config.server_properties):
             self._stop()
         if self.server is None:
+            self.server_properties = config.server_properties
             self._start(config.server_env)
         if self.config is not None:
             self.client.unregister()
+            self.config = None
         (self.archive / "model-config.yaml").write_text(yaml.safe_dump(config.model_config(self.base_model_config)))
-        self.client.register(
-            ARCHIVE_FOLDER, model_name=MODEL_NAME, batch_size=config.batch_size,
-            max_batch_delay=config.max_batch_delay_ms,
-        )
+        try:
+            self.client.register(
+                ARCHIVE_FOLDER, model_name=MODEL_NAME, batch_size=config.batch_size,
+                max_batch_delay=config.max_batch_delay_ms,
+            )
+        except Exception:
+            # A configuration whose workers cannot start must not leave a half-registered model behind.
+            with contextlib.suppress(Exception):
+                self.client.unregister()
+            raise
         self.config = config
         self.description = self._wait_until_ready(config)
         return self.description
@@ -150,7 +178,7 @@ class ServedModel:
                 break
             concurrency = min(2 * concurrency, config.workers * config.batch_size)
 
-    def _wait_until_ready(self, config: ServedConfig, timeout: float = 180.0) -> list[dict]:
+    def _wait_until_ready(self, config: ServedConfig, timeout: float = 300.0) -> list[dict]:
         """A synchronous registration can return while the last worker is still settling."""
         deadline = time.monotonic() + timeout
         while True:

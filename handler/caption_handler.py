@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +28,8 @@ from handler.streaming import WordStreamer, to_json
 from model.batch_captioning import decode_mixed
 from model.decoding import Caption
 from model.detokenize import detokenize
-from model.transforms import eval_transform
+from model.precision import PrecisionError, choose_precision, prepare_inference, projection_dtype, read_cpu_flags
+from model.transforms import eval_transform, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +48,8 @@ class CaptionHandler(BaseHandler):
             torch.set_num_threads(int(threads))
         self.model, self.vocab = load_exported_captioner(properties["model_dir"], self.device)
         config = self.model.config
-        self._set_up_cpu_kernels(settings)
         self.transform = eval_transform(image_size=config.image_size, mean=config.mean, std=config.std)
+        self._set_up_precision(settings, properties)  # and the CPU kernels
         self.limits = RequestLimits.from_settings(
             settings, int(settings.get("max_length", config.max_length)), config.languages
         )
@@ -62,6 +64,35 @@ class CaptionHandler(BaseHandler):
             ", ".join(config.languages),
         )
 
+    def _set_up_precision(self, settings: dict[str, Any], properties: dict[str, Any]) -> None:
+        """`precision` and `compile` (model/precision.py); a value that cannot be used stops the worker.
+
+        Compiled encoders are compiled here, for every batch size bucket, so that no
+        request waits for it; the time it took is logged.
+        """
+        cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        try:
+            self.precision = choose_precision(settings.get("precision"), device_type=self.device.type,
+                                              cpu_flags=read_cpu_flags(), cuda_bf16=cuda_bf16)
+            self.projection_dtype = projection_dtype(settings.get("vocabulary_projection"))
+            self._set_up_cpu_kernels(settings)
+            calibration = _calibration_batches(properties["model_dir"], settings, self.transform) \
+                if self.precision.quantized_encoder else []
+            self.encode = prepare_inference(
+                self.model, self.precision, self.device, compile=bool(settings.get("compile", False)),
+                max_batch=int(properties.get("batch_size") or 1), calibration=calibration,
+                projection=self.projection_dtype)
+        except PrecisionError as error:
+            logger.error("captioner worker not started: %s", error)
+            raise
+        compiled = f"compiled for batches {self.encode.buckets}" if self.encode.buckets else "eager"
+        if self.encode.buckets:
+            layout = torch.channels_last if self.channels_last else torch.contiguous_format
+            compiled += f", warm-up {self.encode.warm_up(self.model.config.image_size, layout):.1f} s"
+        logger.info("captioner precision %s (setting %r: %s), encoder %s, vocabulary projection %s",
+                    self.precision.name, settings.get("precision", "auto"), self.precision.description, compiled,
+                    str(self.projection_dtype).removeprefix("torch."))
+
     def _set_up_cpu_kernels(self, settings: dict[str, Any]) -> None:
         """On CPU, the layouts and kernels that BENCHMARKS.md ("Optimisations measured") found faster."""
         on_cpu = self.device.type == "cpu"
@@ -71,7 +102,9 @@ class CaptionHandler(BaseHandler):
             self.model.encoder.to(memory_format=torch.channels_last)
         # The projection onto the vocabulary (hidden -> 10,000 words on COCO) runs at every decoding
         # step; oneDNN's matrix product beat the default BLAS on it with more than one thread.
-        if on_cpu and bool(settings.get("onednn_linear", True)) and torch.backends.mkldnn.is_available():
+        # A bf16 projection (`vocabulary_projection`) is left to its own bf16 matmul, faster still.
+        linear_fp32 = self.projection_dtype == torch.float32
+        if on_cpu and linear_fp32 and bool(settings.get("onednn_linear", True)) and torch.backends.mkldnn.is_available():
             with warnings.catch_warnings():
                 # torch.utils.mkldnn's modules are TorchScript classes, whose decorators warn of
                 # TorchScript's deprecation on import; the module works with the pinned torch.
@@ -115,7 +148,7 @@ class CaptionHandler(BaseHandler):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         started = time.perf_counter()
-        embeddings = self.model.encode(images)  # (B, E)
+        embeddings = self.encode(images)  # (B, E) fp32, under the worker's precision
         specs = [requests[i].options.decoding for i in rows]
         # Each caption starts from its request's language token (`<start>` for a one-language model).
         start_ids = torch.tensor([self.vocab.start_id_for(requests[i].options.language) for i in rows])
@@ -224,6 +257,20 @@ def worker_device(system_properties: dict[str, Any]) -> torch.device:
     if gpu_id is not None and torch.cuda.is_available():
         return torch.device("cuda", int(gpu_id))
     return torch.device("cpu")
+
+
+def _calibration_batches(model_dir: str, settings: dict[str, Any], transform, batch_size: int = 8) -> list[torch.Tensor]:
+    """int8's calibration images: the JPEGs and PNGs in `calibration_images` (a folder in the archive)."""
+    from PIL import Image
+
+    folder = Path(model_dir) / str(settings.get("calibration_images", "calibration"))
+    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        raise PrecisionError(f"precision int8 needs calibration images, and {folder} has none; pack some "
+                             "held-out images in a `calibration/` folder of the export before packing it (ops.archive "
+                             "copies that folder into the archive), or use precision bf16 or fp32")
+    pixels = [transform(to_rgb(Image.open(path))) for path in files]  # (3, S, S) each
+    return [torch.stack(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)]
 
 
 def _reason(message: str) -> str:

@@ -25,6 +25,9 @@ MODEL_CONFIG = ROOT / "handler" / "model-config.yaml"
 PACKAGES = ("handler", "model")
 
 
+CALIBRATION_FOLDER = "calibration"  # read by the handler for `precision: int8`
+
+
 def stage(export_dir: Path, stage_dir: Path) -> Path:
     """Copy the code packages and the export into a fresh staging folder."""
     missing = [name for name in EXPORT_FILES if not (export_dir / name).is_file()]
@@ -38,6 +41,9 @@ def stage(export_dir: Path, stage_dir: Path) -> Path:
         shutil.copytree(ROOT / package, stage_dir / package, ignore=ignore)
     for name in EXPORT_FILES:
         shutil.copy2(export_dir / name, stage_dir / name)
+    calibration = export_dir / CALIBRATION_FOLDER  # int8's calibration images, when the export has them
+    if calibration.is_dir():
+        shutil.copytree(calibration, stage_dir / CALIBRATION_FOLDER)
     return stage_dir
 
 

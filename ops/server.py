@@ -128,6 +128,10 @@ class TorchServe:
             else:
                 env[key] = value
         env["TMPDIR"] = env["TEMP"] = str(self.tmpdir)
+        # As an activated venv would: TorchServe runs some helpers as a bare `python` (the check
+        # behind cpu_launcher_enable runs `python -m torch.backends.xeon.run_cpu`), which must be
+        # this interpreter, the one with torch, not whatever `python` comes first on PATH.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         # An inherited PYTHONPATH would come before the archive's own packages in the workers.
         env.pop("PYTHONPATH", None)
         return env

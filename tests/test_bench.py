@@ -24,6 +24,7 @@ def bench_run(tmp_path_factory):
     command = [
         sys.executable, "-m", "bench", "--quick", "--model", "tiny", "--repeats", "1",
         "--batch-sizes", "1,4", "--concurrency", "1,4", "--served-config", "1,1,4,5",
+        "--precisions", "fp32,bf16", "--agreement-export", "none",
         "--work-dir", str(out / "work"), "--out-json", str(out / "results.json"),
         "--out-md", str(out / "BENCHMARKS.md"), "--out-plot", str(out / "bench.png"),
     ]
@@ -42,7 +43,8 @@ def test_in_process_pipelines_are_measured(bench_run):
     assert results["inputs"]["size"] == "640x480"
     baseline = results["baseline"]
     assert baseline["images_per_s"] > 0 and _is_latency(baseline["latency_ms"])
-    assert [row["batch_size"] for row in results["in_process"]] == [1, 4]
+    assert [(row["precision"], row["batch_size"]) for row in results["in_process"]] == [
+        ("fp32", 1), ("fp32", 4), ("bf16", 1), ("bf16", 4)]
     for row in results["in_process"]:
         assert row["images_per_s"] > 0 and _is_latency(row["latency_ms"])
         assert 1 <= row["decode_steps"] <= results["model"]["max_length"]
@@ -56,7 +58,8 @@ def test_served_part_went_through_torchserve(bench_run):
     assert served["torchserve_description"]["batchSize"] == served["config"]["batch_size"]
     for protocol in ("rest", "grpc"):
         rows = served[protocol]
-        assert [row["concurrency"] for row in rows] == [1, 4]
+        assert [(row["precision"], row["concurrency"]) for row in rows] == [
+            ("fp32", 1), ("fp32", 4), ("bf16", 1), ("bf16", 4)]
         for row in rows:
             assert row["errors"] == 0, row["runs"]
             assert row["images_per_s"] > 0 and _is_latency(row["latency_ms"])
@@ -66,12 +69,76 @@ def test_served_part_went_through_torchserve(bench_run):
 
 def test_targets_profile_and_report_are_written(bench_run):
     out, results = bench_run
-    assert len(results["targets"]) == 3
+    # The three serving ratios, and where `auto` picks bf16 here, the three of bf16 against fp32.
+    auto = results["precision"]["auto"]
+    assert len(results["targets"]) == (6 if auto == "bf16" else 3)
     for target in results["targets"]:
         assert set(target) == {"name", "measured", "required", "met"} and target["measured"] > 0
+    assert set(results["precision"]["cpu_flags"]) >= {"amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni"}
+    assert set(results["profile"]["by_precision"]) == {"fp32", "bf16"}
     assert set(results["profile"]["ms_per_image"]) == {
         "parse_and_decode_image", "resize_normalize", "encode", "decode_words", "respond"}
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "BENCHMARKS.md").read_text()
     assert "## Targets" in report and "## Served through TorchServe" in report and "](bench.png)" in report
+    assert "| CPU flags |" in report and f"picked **{auto}**" in report and "## Caption agreement" in report
     assert results["environment"]["torch"] in report and results["command"] in report
+
+
+def test_caption_agreement_compares_each_precision_with_fp32(tmp_path):
+    """On a tiny model and a small generated set: one row per precision, fp32 agreeing with itself."""
+    import torch
+
+    from bench.agreement import caption_agreement
+    from tests.helpers import write_tiny_export
+    from training.shapes_dataset import generate
+
+    data = generate(tmp_path / "shapes", train=8, val=12, seed=3, max_objects=3, canvas=64)
+    export = write_tiny_export(tmp_path / "export", seed=1)
+    result = caption_agreement(export, data, tmp_path / "work", torch.device("cpu"), 1,
+                               variants=["fp32", "bf16"], log=lambda _: None)
+    rows = {row["precision"]: row for row in result["rows"]}
+    assert set(rows) == {"fp32", "bf16"} and all(row["images"] == 12 for row in rows.values())
+    assert rows["fp32"]["identical_to_fp32"] == 1.0 and rows["fp32"]["accuracy_drop"] == 0
+    assert 0 <= rows["bf16"]["identical_to_fp32"] <= 1 and 0 <= rows["bf16"]["attribute_accuracy"] <= 1
+    assert sorted((tmp_path / "work" / "export" / "calibration").iterdir()), "training images to calibrate int8 on"
+
+
+def test_gpu_script_without_cuda_writes_a_report_and_exits_0(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the script would measure it")
+    out_json, out_md = tmp_path / "r.json", tmp_path / "B.md"
+    finished = subprocess.run(
+        [sys.executable, "-m", "bench.gpu", "--out-json", str(out_json), "--out-md", str(out_md)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "sees no CUDA device" in json.loads(out_json.read_text())["no_device"]
+    assert "Nothing measured" in out_md.read_text()
+
+
+def test_gpu_script_refuses_bad_batch_sizes():
+    finished = subprocess.run([sys.executable, "-m", "bench.gpu", "--batch-sizes", "0,8"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+    assert finished.returncode != 0 and "--batch-sizes" in finished.stderr
+
+
+def test_gpu_script_parts_run_on_the_cpu(tmp_path):
+    """The parts that have a CPU path (the handler in process, JPEG decoding) run and give figures."""
+    import argparse
+
+    import torch
+
+    from bench import gpu
+    from bench.inputs import jpeg_set
+    from tests.helpers import write_tiny_export
+
+    args = argparse.Namespace(batch_sizes="1,2", precisions="fp32,bf16", repeats=1)
+    export = write_tiny_export(tmp_path / "export", seed=1)
+    rows = gpu.in_process(args, torch.device("cpu"), export, jpeg_set(4))
+    assert [(r["precision"], r["batch_size"]) for r in rows] == [("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)]
+    assert all(r["images_per_s"] > 0 for r in rows)
+    decoded = gpu.jpeg_decoding(args, torch.device("cpu"), 32, sizes=(((160, 120), 2),))
+    assert decoded[0]["size"] == "160x120" and decoded[0]["pil_ms_per_image"] > 0 and decoded[0]["nvjpeg_ms_per_image"] > 0
+    assert "Handler in process" in gpu.markdown({"in_process": rows, "jpeg_decoding": decoded})
