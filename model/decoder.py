@@ -10,6 +10,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from model.step_decoder import TeacherForced
+
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -65,6 +67,11 @@ class DecoderRNN(nn.Module):
         packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
         hidden, _ = self.lstm(packed)
         return self.linear(hidden.data)  # (N, V)
+
+    def teacher_forced(self, image_embeddings: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor) -> TeacherForced:
+        """`forward`'s logits with the token each packed position predicts (no attention)."""
+        targets = pack_padded_sequence(captions, lengths.cpu(), batch_first=True, enforce_sorted=False).data
+        return TeacherForced(self(image_embeddings, captions, lengths), targets)
 
     def start(self, image_embeddings: torch.Tensor) -> LSTMState:
         """Run the image step; returns the LSTM state that decoding continues from."""
