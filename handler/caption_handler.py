@@ -20,12 +20,13 @@ from typing import Any
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler.model_loader import load_exported_captioner
+from model.export_format import load_exported_captioner
 from handler.open_inference import v2_error, v2_response
 from handler.request_parsing import BadRequest, CaptionRequest, Failed, RequestLimits, parse_request
 from handler.streaming import WordStreamer, to_json
 from model.batch_captioning import decode_mixed
 from model.decoding import Caption
+from model.export_format import load_exported_captioner
 from model.transforms import eval_transform
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ SETTINGS_KEY = "captioner"  # section of model-config.yaml read by this handler
 
 
 class CaptionHandler(BaseHandler):
-    """Captions images with the exported ResNet-34 + LSTM model packed in the archive."""
+    """Captions images with the exported captioner packed in the archive (its config names backbone and decoder)."""
 
     def initialize(self, context) -> None:
         properties = context.system_properties
@@ -47,15 +48,20 @@ class CaptionHandler(BaseHandler):
         config = self.model.config
         self._set_up_cpu_kernels(settings)
         self.transform = eval_transform(image_size=config.image_size, mean=config.mean, std=config.std)
-        self.limits = RequestLimits.from_settings(settings, int(settings.get("max_length", config.max_length)))
+        self.attention_grid = config.attention_grid  # G, or None when the decoder has no attention
+        self.limits = RequestLimits.from_settings(
+            settings, int(settings.get("max_length", config.max_length)),
+            attention_grid=self.attention_grid or 0, decoder=config.decoder,
+        )
         manifest_model = (context.manifest or {}).get("model", {})
         self.model_name = context.model_name or manifest_model.get("modelName", "captioner")
         self.model_version = manifest_model.get("modelVersion", "")
         self.context = context
         self.initialized = True
         logger.info(
-            "captioner %s %s loaded on %s (vocab %d, image %d px)",
-            self.model_name, self.model_version, self.device, len(self.vocab), config.image_size,
+            "captioner %s %s loaded on %s (%s + %s, vocab %d, image %d px)",
+            self.model_name, self.model_version, self.device, config.backbone, config.decoder, len(self.vocab),
+            config.image_size,
         )
 
     def _set_up_cpu_kernels(self, settings: dict[str, Any]) -> None:
@@ -111,7 +117,7 @@ class CaptionHandler(BaseHandler):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         started = time.perf_counter()
-        embeddings = self.model.encode(images)  # (B, E)
+        embeddings = self.model.encode(images)  # (B, E), or (B, G*G, E) for an attending decoder
         specs = [requests[i].options.decoding for i in rows]
         streamer = WordStreamer(self.context, self.vocab, self.describe, rows, requests)
         captions, steps = decode_mixed(
@@ -182,16 +188,33 @@ class CaptionHandler(BaseHandler):
             "model": self.model_name,
             "version": self.model_version,
         }
+        if options.attention:
+            body.update(self._attention_entry(caption))
         if options.num_captions > 1:
-            every = [self._caption_entry(c) for c in [caption, *caption.alternatives]]
+            every = [self._caption_entry(c, options.attention) for c in [caption, *caption.alternatives]]
             body["captions"] = every
             # The runner-ups as the reply gave them before `captions` (also the v2 `alternatives` output).
             body["alternatives"] = [{"caption": c["caption"], "score": c["score"]} for c in every[1:]]
         return body
 
-    def _caption_entry(self, caption: Caption) -> dict[str, Any]:
+    def _caption_entry(self, caption: Caption, attention: bool) -> dict[str, Any]:
         words = self.vocab.decode(caption.tokens)
-        return {"caption": " ".join(words), "tokens": words, "score": round(caption.score, 5)}
+        entry = {"caption": " ".join(words), "tokens": words, "score": round(caption.score, 5)}
+        if attention:
+            entry.update(self._attention_entry(caption))
+        return entry
+
+    def _attention_entry(self, caption: Caption) -> dict[str, Any]:
+        """`attention`: per token a G x G map (rows top to bottom, 3 decimals), and `grid_size` G.
+
+        Only asked of a model that attends (`parse_options` refuses it otherwise), so
+        `caption.attention` holds one row of G * G weights per token; the rows of tokens
+        that are no word (`<pad>`, `<start>`, left out of `tokens`) are left out too.
+        """
+        grid = self.attention_grid
+        rows = [row for token, row in zip(caption.tokens, caption.attention) if self.vocab.decode([token])]
+        maps = [[[round(weight, 3) for weight in row[r * grid : (r + 1) * grid]] for r in range(grid)] for row in rows]
+        return {"attention": maps, "grid_size": grid}
 
     # --- helpers ----------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from model.transforms import to_rgb
 IMAGE_FIELDS = ("data", "image", "file", "body")
 OPTION_FIELDS = (
     "max_length", "beam_size", "num_captions", "n_best", "beam_groups", "diversity",
-    "do_sample", "temperature", "top_k", "top_p", "seed", "stream",
+    "do_sample", "temperature", "top_k", "top_p", "seed", "stream", "attention",
 )
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")  # meaningful only with do_sample=true
 MAX_SEED = 2**32 - 1
@@ -89,13 +89,18 @@ class RequestLimits:
     max_top_k: int = 100
     max_diversity: float = 10.0
     max_image_pixels: int = 40_000_000
+    # The model's, not a setting: G when its decoder attends over a G x G grid, 0 when it has no attention.
+    attention_grid: int = 0
+    decoder: str = "show_tell"  # the model's decoder, named when `attention` is refused
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], max_length: int) -> "RequestLimits":
-        """The limits the settings name, defaults for the others (`max_length`: the model's own)."""
-        values: dict[str, Any] = {"max_length": max_length}
+    def from_settings(
+        cls, settings: Mapping[str, Any], max_length: int, *, attention_grid: int = 0, decoder: str = "show_tell"
+    ) -> "RequestLimits":
+        """The limits the settings name, defaults for the others (`max_length` and the attention grid: the model's)."""
+        values: dict[str, Any] = {"max_length": max_length, "attention_grid": attention_grid, "decoder": decoder}
         for field in dataclass_fields(cls):
-            if field.name in settings:
+            if field.name in settings and field.name not in ("attention_grid", "decoder"):
                 values[field.name] = type(field.default)(settings[field.name])
         return cls(**values)
 
@@ -112,6 +117,7 @@ class CaptionOptions:
 
     decoding: DecodeSpec
     stream: bool = False
+    attention: bool = False  # the reply carries each token's attention map (models that attend only)
 
     @property
     def max_length(self) -> int:
@@ -292,7 +298,13 @@ def parse_options(fields: Mapping[str, Any], limits: RequestLimits) -> CaptionOp
     values.update(_beam_group_options(given, beam_size, limits))
     values["n_best"] = _num_captions(given, beam_size, do_sample, limits)
     stream = _bool_option("stream", given["stream"]) if "stream" in given else False
-    return CaptionOptions(DecodeSpec(beam_size=beam_size, sample=do_sample, **values), stream)
+    attention = _bool_option("attention", given["attention"]) if "attention" in given else False
+    if attention and not limits.attention_grid:
+        raise BadRequest(
+            f"attention maps need a model whose decoder attends over the image; this model's decoder is "
+            f"{limits.decoder}, which has none: drop attention, or call a soft_attention model"
+        )
+    return CaptionOptions(DecodeSpec(beam_size=beam_size, sample=do_sample, **values), stream, attention)
 
 
 def decode_image(data: bytes, limits: RequestLimits) -> Image.Image:

@@ -53,7 +53,7 @@ class SoftAttentionDecoder(nn.Module):
         self.embed = nn.Embedding(vocab_size, embed_size)
         self.cell_attention = nn.Linear(embed_size, attention_size)
         self.hidden_attention = nn.Linear(hidden_size, attention_size)
-        self.score = nn.Linear(attention_size, 1)
+        self.score = nn.Linear(attention_size, 1, bias=False)  # a bias would shift every score alike: no effect
         self.init_h = nn.Linear(embed_size, hidden_size)
         self.init_c = nn.Linear(embed_size, hidden_size)
         self.f_beta = nn.Linear(hidden_size, embed_size)  # the gate on the context

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from handler.model_loader import load_exported_captioner
+from model.export_format import load_exported_captioner
 from training.coco_data import load_coco
 from training.evaluate import evaluate_model
 from training.shapes_dataset import names_every_object
