@@ -28,6 +28,7 @@ from model.batch_captioning import decode_mixed
 from model.decoding import Caption
 from model.export_format import load_exported_captioner
 from model.transforms import eval_transform
+from model.word_attention import word_maps
 
 logger = logging.getLogger(__name__)
 
@@ -205,16 +206,13 @@ class CaptionHandler(BaseHandler):
         return entry
 
     def _attention_entry(self, caption: Caption) -> dict[str, Any]:
-        """`attention`: per token a G x G map (rows top to bottom, 3 decimals), and `grid_size` G.
+        """`attention`: per word a G x G map (rows top to bottom, 3 decimals), and `grid_size` G.
 
-        Only asked of a model that attends (`parse_options` refuses it otherwise), so
-        `caption.attention` holds one row of G * G weights per token; the rows of tokens
-        that are no word (`<pad>`, `<start>`, left out of `tokens`) are left out too.
+        Only asked of a model that attends (`parse_options` refuses it otherwise).
         """
-        grid = self.attention_grid
-        rows = [row for token, row in zip(caption.tokens, caption.attention) if self.vocab.decode([token])]
-        maps = [[[round(weight, 3) for weight in row[r * grid : (r + 1) * grid]] for r in range(grid)] for row in rows]
-        return {"attention": maps, "grid_size": grid}
+        _, maps = word_maps(caption, self.vocab, self.attention_grid)
+        rounded = [[[round(weight, 3) for weight in row] for row in grid] for grid in maps]
+        return {"attention": rounded, "grid_size": self.attention_grid}
 
     # --- helpers ----------------------------------------------------------------------------
 

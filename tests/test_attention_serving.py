@@ -90,3 +90,34 @@ def test_streaming_works_with_both(side_by_side, name):
         assert words == result["tokens"] and result["model"] == name
         if options:
             _check_maps(result)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_demo_page_shows_the_maps_of_an_attention_models_caption(side_by_side, torchserve, monkeypatch, name):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_demo_app import APP
+
+    monkeypatch.setenv("CAPTION_INFERENCE_URL", torchserve.url("inference"))
+    monkeypatch.setenv("CAPTION_MANAGEMENT_URL", torchserve.url("management"))
+    monkeypatch.setenv("CAPTION_KEY_FILE", str(torchserve.key_file))
+    monkeypatch.setenv("CAPTION_MODEL", name)
+    page = AppTest.from_file(str(APP), default_timeout=60)
+    page.run()
+    page.file_uploader(key="upload").set_value(("scene.jpg", JPEG, "image/jpeg"))
+    page.run()
+    assert not page.exception and not page.error, (page.exception, page.error)
+    rest, _ = side_by_side[name]
+    expected = rest.caption(JPEG)["caption"]
+    assert [h.value for h in page.subheader if h.value != "History"] == [expected]
+    notes = " ".join(c.value for c in page.caption)
+    if name == "soft-attention":
+        assert len(page.image) == 2, "the preview, then the maps"
+        assert "No attention maps" not in notes
+    else:
+        assert len(page.image) == 1, "the preview only"
+        assert "No attention maps" in notes and "show_tell" in notes
+        page.button(key="again").click()
+        page.run()
+        assert [h.value for h in page.subheader if h.value != "History"] == [expected]
+        assert "No attention maps" in " ".join(c.value for c in page.caption)

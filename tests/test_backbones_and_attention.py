@@ -282,3 +282,26 @@ def test_a_show_tell_model_refuses_attention_with_a_400_saying_why(exports):
     assert "attention" in error and "show_tell" in error
     out, statuses = _handle(exports["soft_attention"], [_json_row(attention="maybe")])
     assert statuses == [400] and "attention must be true or false" in json.loads(out[0])["error"]
+
+
+# --- the gallery ------------------------------------------------------------------------------
+
+
+def test_the_gallery_draws_per_word_maps_for_an_attention_model_only(exports, tmp_path):
+    from PIL import Image
+
+    from training import gallery
+    from training.shapes_dataset import generate
+
+    data = generate(tmp_path / "shapes", train=1, val=3, seed=3, canvas=64)
+    for decoder, export_dir in exports.items():
+        out = tmp_path / decoder
+        gallery.main(gallery.get_args_parser().parse_args([
+            "--export-dir", str(export_dir), "--annotations", str(data / "annotations" / "captions_val.json"),
+            "--images", str(data / "images"), "--count", "3",
+            "--out", str(out / "gallery.png"), "--attention-out", str(out / "attention.png"),
+        ]))
+        assert (out / "gallery.png").is_file()
+        assert (out / "attention.png").is_file() == (decoder == "soft_attention")
+    with Image.open(tmp_path / "soft_attention" / "attention.png") as sheet:
+        assert sheet.height > 3 * 100, "one row of panels per image, three images"
