@@ -9,7 +9,7 @@ passes its own FINETUNE_ARGS and DECODER_ARGS, so the recipe is written once),
 exported, evaluated by `training.evaluate` on every held-out set given, and
 timed: training seconds (both stages), images/s through the handler in process
 (`bench.in_process`, batches of 8) and served by TorchServe over REST (one worker,
-batch 8, 8 clients). Writes `results.json` and `results.md` (a markdown table)
+batch 8, 8 clients), both measured by `bench.variant_speed` in a process of its own. Writes `results.json` and `results.md` (a markdown table)
 into `--out-dir`, and for an attention model its gallery and per-word maps.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.environment import cpu_model
+from ops.server import WORKER_ENV
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,11 @@ VARIANTS = {
 DEFAULT_VARIANTS = ("resnet34-show_tell", "resnet34-soft_attention", "resnet18-show_tell", "resnet50-show_tell")
 
 
-def run_module(module: str, args: list[str], log: Path) -> str:
+def run_module(module: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> str:
     """`python -m module args`, its stderr (progress bars) into `log`; returns stdout; fails loudly."""
     with log.open("a") as errors:
-        done = subprocess.run([sys.executable, "-m", module, *args], stdout=subprocess.PIPE, stderr=errors, text=True)
+        done = subprocess.run([sys.executable, "-m", module, *args], stdout=subprocess.PIPE, stderr=errors, text=True,
+                              env=env)
     if done.returncode:
         raise SystemExit(f"{module} {' '.join(args)} failed (exit {done.returncode}); see {log}")
     return done.stdout
@@ -88,28 +91,14 @@ def evaluate_variant(export_dir: Path, args: argparse.Namespace, log: Path) -> d
     return results
 
 
-def held_out_jpegs(args: argparse.Namespace, count: int) -> list[bytes]:
-    from training.coco_data import load_coco
-
-    coco = load_coco(args.val_annotations[0])
-    names = [coco.imgs[i]["file_name"] for i in sorted(coco.imgs)[:count]]
-    return [(Path(args.images) / name).read_bytes() for name in names]
-
-
-def speed_of(export_dir: Path, jpegs: list[bytes], args: argparse.Namespace, work_dir: Path) -> dict[str, float]:
-    """Images/s in process (the handler's `handle()` on batches of 8) and served over REST."""
-    from bench.in_process import InProcessPipeline
-    from bench.served import ServedConfig, ServedModel
-
-    pipeline = InProcessPipeline(export_dir, handler_settings={"torch_threads": args.threads})
-    pipeline.run(jpegs, batch_size=8, batches=2)  # warm-up: first batches of a size are slow
-    in_process = pipeline.run(jpegs, batch_size=8, batches=args.batches)
-    with ServedModel(export_dir, work_dir) as served:
-        served.deploy(ServedConfig(workers=1, threads=args.threads, batch_size=8, max_batch_delay_ms=5))
-        served.warm_up(jpegs)
-        rest = served.measure("rest", jpegs, concurrency=8, requests=args.requests, warmup=8)
-    return {"in_process_images_per_s": round(in_process.images_per_s, 2),
-            "served_images_per_s": round(rest.images_per_s, 2)}
+def speed_of(export_dir: Path, args: argparse.Namespace, out: Path) -> dict[str, float]:
+    """`bench.variant_speed` in a child whose torch threads wait as the served workers' do (PASSIVE)."""
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", WORKER_ENV["OMP_WAIT_POLICY"])}
+    line = run_module("bench.variant_speed", [
+        "--export-dir", str(export_dir), "--annotations", args.val_annotations[0], "--images", args.images,
+        "--work-dir", str(out / "served"), "--threads", str(args.threads), "--batches", str(args.batches),
+        "--requests", str(args.requests)], out / "speed.log", env=env)
+    return json.loads(line.strip().splitlines()[-1])
 
 
 def attention_pictures(variant: Variant, export_dir: Path, args: argparse.Namespace, out: Path) -> None:
@@ -155,7 +144,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    jpegs = held_out_jpegs(args, 16)
     results = []
     for name in args.variants:
         variant = VARIANTS[name]
@@ -167,7 +155,7 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
         entry.update(train_variant(variant, args, out))
         export_dir = out / "export"
         entry["eval"] = evaluate_variant(export_dir, args, out / "train.log")
-        entry.update(speed_of(export_dir, jpegs, args, out / "served"))
+        entry.update(speed_of(export_dir, args, out))
         if variant.decoder == "soft_attention":
             attention_pictures(variant, export_dir, args, out)
         print(json.dumps(entry), flush=True)
