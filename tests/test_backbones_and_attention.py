@@ -305,3 +305,39 @@ def test_the_gallery_draws_per_word_maps_for_an_attention_model_only(exports, tm
         assert (out / "attention.png").is_file() == (decoder == "soft_attention")
     with Image.open(tmp_path / "soft_attention" / "attention.png") as sheet:
         assert sheet.height > 3 * 100, "one row of panels per image, three images"
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def test_soft_attention_trains_in_the_recipes_two_stages_on_cached_grid_features(tmp_path, monkeypatch):
+    """Stage 1 fine-tunes the backbone; stage 2 trains on the frozen backbone's cached 2 x 2 grids."""
+    from training import train
+    from training.export import export_checkpoint
+    from training.shapes_dataset import generate
+
+    data = generate(tmp_path / "shapes", train=16, val=4, seed=3, canvas=64)
+    common = [
+        "--annotations", str(data / "annotations" / "captions_train.json"),
+        "--val-annotations", str(data / "annotations" / "captions_val.json"), "--images", str(data / "images"),
+        "--embed-size", "16", "--hidden-size", "32", "--batch-size", "8", "--min-word-count", "1", "--quiet",
+    ]
+    train.main(train.get_args_parser().parse_args([
+        *common, "--output-dir", str(tmp_path / "finetune"), "--encoder-weights", "none", "--train-backbone",
+        "--image-size", "64", "--decoder", "soft_attention", "--backbone", "resnet18", "--epochs", "1",
+        "--concept-weight", "1.0",
+    ]))
+    cached = []
+    original = train.compute_backbone_features
+    monkeypatch.setattr(train, "compute_backbone_features", lambda *a, **k: cached.append(original(*a, **k)) or cached[-1])
+    train.main(train.get_args_parser().parse_args([
+        *common, "--output-dir", str(tmp_path / "decoder"), "--init-from", str(tmp_path / "finetune" / "checkpoint.pt"),
+        "--epochs", "2", "--attention-reg", "1.0", "--concept-weight", "1.0",
+    ]))
+    assert {tuple(f.shape) for f in cached[0].values()} == {(4, 512)}, "each image's 2 x 2 grid of ResNet-18 features"
+    history = json.loads((tmp_path / "decoder" / "history.json").read_text())
+    assert len(history["val_loss"]) == 2 and all(v == v for v in history["val_loss"])
+    model, vocab = load_exported_captioner(export_checkpoint(tmp_path / "decoder" / "checkpoint.pt", tmp_path / "export"))
+    assert (model.config.backbone, model.config.decoder, model.config.attention_grid) == ("resnet18", "soft_attention", 2)
+    caption = greedy_decode(model.decoder, model.encode(_images(1)), max_length=5, **_ids(vocab)).captions[0]
+    assert caption.attention is not None and len(caption.attention) == len(caption.tokens)
