@@ -62,6 +62,7 @@ help:
 	@echo "make soak | overload | drill   load runs on their own TorchServe (SECURITY.md)"
 	@echo "make tiny-export  a tiny random model in build/tiny-export (LOAD_EXPORT=build/tiny-export for the load runs)"
 	@echo "make bench        benchmarks: writes BENCHMARKS.md, docs/bench.json, docs/bench.png"
+	@echo "make compare      train, evaluate and time backbones x decoders with the default recipe (build/compare)"
 
 install: $(INSTALLED) $(STUBS)
 
@@ -184,3 +185,13 @@ FUZZ_ARGS ?= --batches 350 --seed 0
 .PHONY: fuzz
 fuzz: install
 	$(PY) -m ops.fuzz $(FUZZ_ARGS)
+
+# Backbones and decoders side by side (bench/compare.py): each variant trained with the default
+# recipe's two stages (FINETUNE_ARGS, DECODER_ARGS), evaluated on the held-out set, timed in process
+# and served. Writes build/compare/results.md and results.json; COMPARE_ARGS adds options
+# (e.g. --variants resnet34-show_tell resnet34-soft_attention).
+COMPARE_ARGS ?=
+.PHONY: compare
+compare: install data
+	$(PY) -m bench.compare --annotations $(TRAIN_JSON) --val-annotations $(VAL_JSON) --images $(DATA)/images \
+		--finetune-args "$(FINETUNE_ARGS)" --decoder-args "$(DECODER_ARGS)" $(COMPARE_ARGS)

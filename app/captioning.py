@@ -7,14 +7,16 @@ from the server's key file) exactly as any other caller's would.
 
 from __future__ import annotations
 
+import io
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import requests
 
+from client.attention_maps import attention_figure
 from client.auth import TokenStore, key_file_from_env
 from client.rest import CaptionClient, ServiceError
 
@@ -54,14 +56,23 @@ LANGUAGE_NAMES = {"en": "English", "fr": "French", "de": "German", "es": "Spanis
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    """The request options the page offers; `beam_size` 1 means greedy decoding."""
+    """The request options the page offers; `beam_size` 1 means greedy decoding.
+
+    `attention` asks for the attention maps, which only a model whose decoder
+    attends has; `request_caption` asks again without them when the model refuses.
+    """
 
     beam_size: int = 1
     max_length: int = 20
     language: str = "en"
+    attention: bool = False
 
-    def request_options(self) -> dict[str, int | str]:
-        return {"beam_size": self.beam_size, "max_length": self.max_length, "language": self.language}
+    def request_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"beam_size": self.beam_size, "max_length": self.max_length,
+                                   "language": self.language}
+        if self.attention:
+            options["attention"] = True
+        return options
 
     def describe(self) -> str:
         method = "greedy" if self.beam_size == 1 else f"beam {self.beam_size}"
@@ -76,6 +87,7 @@ class CaptionOutcome:
     seconds: float
     first_word_seconds: float | None = None  # streamed requests only
     words: list[str] = field(default_factory=list)
+    attention_refused: str | None = None  # the server's reason, when maps were asked of a model without them
 
     @property
     def caption(self) -> str:
@@ -91,9 +103,44 @@ def request_caption(
 ) -> CaptionOutcome:
     """Caption `image`; with `stream`, call `on_word(words so far)` as each word arrives.
 
+    When the maps were asked for and the model has none (a 400 naming `attention`),
+    the caption is asked again without them, and the outcome says why there are none.
     Raises what the client raises (`ServiceError`, `requests.RequestException`,
     `FileNotFoundError` for a missing key file); `explain_failure` turns those into text.
     """
+    try:
+        return _request_caption(client, image, options, stream, on_word)
+    except ServiceError as error:
+        message = error.body.get("error", "") if isinstance(error.body, dict) else ""
+        if not (options.attention and error.status == 400 and "attention" in message):
+            raise
+    outcome = _request_caption(client, image, replace(options, attention=False), stream, on_word)
+    outcome.attention_refused = message
+    return outcome
+
+
+def attention_png(image: bytes, result: dict[str, Any]) -> bytes | None:
+    """The reply's per-word attention maps drawn over the image (PNG), or None when it has none."""
+    if "attention" not in result:
+        return None
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image)) as picture:
+        figure = attention_figure(picture, result["tokens"], result["attention"], columns=6)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _request_caption(
+    client: CaptionClient,
+    image: bytes,
+    options: DecodingOptions,
+    stream: bool,
+    on_word: Callable[[list[str]], None] | None,
+) -> CaptionOutcome:
     start = time.perf_counter()
     if not stream:
         result = client.caption(image, **options.request_options())

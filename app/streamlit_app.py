@@ -14,6 +14,7 @@ import hashlib
 import io
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 # Streamlit runs this file as a script, with only its own folder on sys.path.
@@ -25,7 +26,7 @@ import streamlit as st  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from app.captioning import (  # noqa: E402
-    LANGUAGE_NAMES, DecodingOptions, ServerSettings, explain_failure, request_caption,
+    LANGUAGE_NAMES, DecodingOptions, ServerSettings, attention_png, explain_failure, request_caption,
 )
 
 # The handler's limits (handler/model-config.yaml: max_length, max_beam_size).
@@ -43,6 +44,10 @@ def sidebar() -> tuple[ServerSettings, DecodingOptions, bool]:
         max_length = st.slider("Most words", 1, MOST_WORDS, MOST_WORDS, key="max_length")
         language = st.selectbox("Language", list(LANGUAGE_NAMES), format_func=LANGUAGE_NAMES.get, key="language")
         stream = st.toggle("Show words as they are decoded", value=True, key="stream")
+        attention = st.toggle(
+            "Attention maps", value=True, key="attention",
+            help="where each word looked in the image (models with a soft-attention decoder)",
+        )
         st.header("Server")
         settings = ServerSettings(
             inference_url=st.text_input("Inference URL", defaults.inference_url, key="inference_url").rstrip("/"),
@@ -54,7 +59,8 @@ def sidebar() -> tuple[ServerSettings, DecodingOptions, bool]:
             model=defaults.model,
         )
     options = DecodingOptions(
-        beam_size=1 if method == "greedy" else beam_size, max_length=max_length, language=language
+        beam_size=1 if method == "greedy" else beam_size, max_length=max_length, language=language,
+        attention=attention,
     )
     return settings, options, stream
 
@@ -82,6 +88,12 @@ def thumbnail(image: bytes) -> str | None:
 def caption(settings: ServerSettings, options: DecodingOptions, stream: bool, name: str, image: bytes) -> dict:
     """Ask the server, showing words as they arrive; returns what to show (caption or error)."""
     live = st.empty()
+    # A model that refused the maps once is not asked for them again (each refusal costs a request).
+    server = (settings.inference_url, settings.model)
+    asked_for_maps = options.attention
+    refused = st.session_state.without_maps.get(server)
+    if refused:
+        options = replace(options, attention=False)
     try:
         outcome = request_caption(
             settings.client(), image, options, stream,
@@ -91,6 +103,8 @@ def caption(settings: ServerSettings, options: DecodingOptions, stream: bool, na
         live.empty()
         return {"error": explain_failure(error, settings)}
     live.empty()
+    if outcome.attention_refused:
+        st.session_state.without_maps[server] = refused = outcome.attention_refused
     timing = f"{outcome.seconds * 1000:.0f} ms"
     if outcome.first_word_seconds is not None:
         timing += f" (first word after {outcome.first_word_seconds * 1000:.0f} ms)"
@@ -100,7 +114,8 @@ def caption(settings: ServerSettings, options: DecodingOptions, stream: bool, na
     }
     st.session_state.history.insert(0, entry)
     return {"caption": outcome.caption, "timing": timing, "decoding": options.describe(),
-            "ended": outcome.result.get("ended", True)}
+            "ended": outcome.result.get("ended", True), "maps": attention_png(image, outcome.result),
+            "no_maps": refused if asked_for_maps else None}
 
 
 def show(answer: dict) -> None:
@@ -111,6 +126,10 @@ def show(answer: dict) -> None:
         st.subheader(answer["caption"])
         cut = "" if answer["ended"] else " · cut at the word limit"
         st.caption(f"{answer['timing']} · {answer['decoding']}{cut}")
+        if answer.get("maps"):
+            st.image(answer["maps"], caption="where each word looked (attention maps)", width="stretch")
+        elif answer.get("no_maps"):
+            st.caption(f"No attention maps: {answer['no_maps']}")
 
 
 def history() -> None:
@@ -130,9 +149,10 @@ def history() -> None:
 def main() -> None:
     st.set_page_config(page_title="Image captioning", layout="wide")
     st.session_state.setdefault("history", [])
+    st.session_state.setdefault("without_maps", {})  # (inference URL, model) -> why it has no attention maps
     settings, options, stream = sidebar()
     st.title("Image captioning")
-    st.caption(f"ResNet-34 + LSTM, served by TorchServe at {settings.inference_url}")
+    st.caption(f"ResNet + LSTM captioner `{settings.model}`, served by TorchServe at {settings.inference_url}")
     picture = picture_input()
     if picture is not None:
         image = picture.getvalue()

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 
 from bench.in_process import InProcessPipeline
-from handler.model_loader import EXPORT_FILES
+from model.export_format import EXPORT_FILES
 from training.shapes_dataset import names_every_object
 
 DEFAULT_AGREEMENT_EXPORT = "build/export"

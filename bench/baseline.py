@@ -20,7 +20,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from bench.stats import Run
-from handler.model_loader import load_exported_captioner
+from model.export_format import load_exported_captioner
 
 
 class SeedStylePipeline:

@@ -17,7 +17,7 @@ import torch
 
 from bench.in_process import InProcessPipeline
 from bench.stats import median_of_runs
-from handler.model_loader import load_exported_captioner
+from model.export_format import load_exported_captioner
 
 Log = Callable[[str], None]
 

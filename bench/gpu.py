@@ -172,7 +172,7 @@ def decoding_step(args, device, export_dir: Path) -> list[dict]:
     """ms per decoding step: eager, a captured CUDA graph, and torch.compile's reduce-overhead mode."""
     import torch
 
-    from handler.model_loader import load_exported_captioner
+    from model.export_format import load_exported_captioner
 
     model, vocab = load_exported_captioner(export_dir, device)
     decoder = model.decoder

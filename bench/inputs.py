@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from model.captioner import Captioner
 from model.config import CaptionerConfig
 from model.vocabulary import SPECIAL_TOKENS, Vocabulary
-from training.export import export_captioner
+from model.export_format import export_captioner
 
 SYLLABLES = "ba be bi bo bu da de di do du ka ke ki ko ku la le li lo lu ma me mi mo mu na ne ni no nu ra re ri ro ru sa se si so su ta te ti to tu".split()
 

@@ -60,6 +60,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     caption.add_argument("--seed", type=int, default=None, help="the same seed gives the same samples")
     caption.add_argument("--language", default=None,
                          help="caption language, an ISO 639-1 code the model knows (en, fr, de, es for the default)")
+    caption.add_argument("--attention", action="store_true",
+                         help="per-word attention maps (soft-attention models; shown with --json)")
     caption.add_argument("--json", action="store_true", help="print the full JSON replies")
     caption.add_argument("--concurrency", type=int, default=8, help="requests in flight (batched by the server)")
 
@@ -86,6 +88,7 @@ DECODING_OPTIONS = (
 def _options(args: argparse.Namespace) -> dict:
     values = {name: getattr(args, name) for name in DECODING_OPTIONS}
     values["do_sample"] = True if args.do_sample else None
+    values["attention"] = True if args.attention else None
     return {k: v for k, v in values.items() if v is not None}
 
 

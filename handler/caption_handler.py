@@ -21,15 +21,17 @@ from typing import Any
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler.model_loader import load_exported_captioner
+from model.export_format import load_exported_captioner
 from handler.open_inference import v2_error, v2_response
 from handler.request_parsing import BadRequest, CaptionRequest, Failed, RequestLimits, parse_request
 from handler.streaming import WordStreamer, to_json
 from model.batch_captioning import decode_mixed
 from model.decoding import Caption
 from model.detokenize import detokenize
+from model.export_format import load_exported_captioner
 from model.precision import PrecisionError, choose_precision, prepare_inference, projection_dtype, read_cpu_flags
 from model.transforms import eval_transform, to_rgb
+from model.word_attention import word_maps
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ SETTINGS_KEY = "captioner"  # section of model-config.yaml read by this handler
 
 
 class CaptionHandler(BaseHandler):
-    """Captions images with the exported ResNet-34 + LSTM model packed in the archive."""
+    """Captions images with the exported captioner packed in the archive (its config names backbone and decoder)."""
 
     def initialize(self, context) -> None:
         properties = context.system_properties
@@ -50,8 +52,10 @@ class CaptionHandler(BaseHandler):
         config = self.model.config
         self.transform = eval_transform(image_size=config.image_size, mean=config.mean, std=config.std)
         self._set_up_precision(settings, properties)  # and the CPU kernels
+        self.attention_grid = config.attention_grid  # G, or None when the decoder has no attention
         self.limits = RequestLimits.from_settings(
-            settings, int(settings.get("max_length", config.max_length)), config.languages
+            settings, int(settings.get("max_length", config.max_length)), config.languages,
+            attention_grid=self.attention_grid or 0, decoder=config.decoder,
         )
         manifest_model = (context.manifest or {}).get("model", {})
         self.model_name = context.model_name or manifest_model.get("modelName", "captioner")
@@ -59,9 +63,9 @@ class CaptionHandler(BaseHandler):
         self.context = context
         self.initialized = True
         logger.info(
-            "captioner %s %s loaded on %s (vocab %d, image %d px, languages %s)",
-            self.model_name, self.model_version, self.device, len(self.vocab), config.image_size,
-            ", ".join(config.languages),
+            "captioner %s %s loaded on %s (%s + %s, vocab %d, image %d px, languages %s)",
+            self.model_name, self.model_version, self.device, config.backbone, config.decoder, len(self.vocab),
+            config.image_size, ", ".join(config.languages),
         )
 
     def _set_up_precision(self, settings: dict[str, Any], properties: dict[str, Any]) -> None:
@@ -148,7 +152,7 @@ class CaptionHandler(BaseHandler):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         started = time.perf_counter()
-        embeddings = self.encode(images)  # (B, E) fp32, under the worker's precision
+        embeddings = self.encode(images)  # (B, E), or (B, G*G, E) for an attending decoder; fp32, under the precision
         specs = [requests[i].options.decoding for i in rows]
         # Each caption starts from its request's language token (`<start>` for a one-language model).
         start_ids = torch.tensor([self.vocab.start_id_for(requests[i].options.language) for i in rows])
@@ -222,16 +226,30 @@ class CaptionHandler(BaseHandler):
             "model": self.model_name,
             "version": self.model_version,
         }
+        if options.attention:
+            body.update(self._attention_entry(caption))
         if options.num_captions > 1:
-            every = [self._caption_entry(c) for c in [caption, *caption.alternatives]]
+            every = [self._caption_entry(c, options.attention) for c in [caption, *caption.alternatives]]
             body["captions"] = every
             # The runner-ups as the reply gave them before `captions` (also the v2 `alternatives` output).
             body["alternatives"] = [{"caption": c["caption"], "score": c["score"]} for c in every[1:]]
         return body
 
-    def _caption_entry(self, caption: Caption) -> dict[str, Any]:
+    def _caption_entry(self, caption: Caption, attention: bool) -> dict[str, Any]:
         words = self.vocab.decode(caption.tokens)
-        return {"caption": detokenize(words), "tokens": words, "score": round(caption.score, 5)}
+        entry = {"caption": detokenize(words), "tokens": words, "score": round(caption.score, 5)}
+        if attention:
+            entry.update(self._attention_entry(caption))
+        return entry
+
+    def _attention_entry(self, caption: Caption) -> dict[str, Any]:
+        """`attention`: per word a G x G map (rows top to bottom, 3 decimals), and `grid_size` G.
+
+        Only asked of a model that attends (`parse_options` refuses it otherwise).
+        """
+        _, maps = word_maps(caption, self.vocab, self.attention_grid)
+        rounded = [[[round(weight, 3) for weight in row] for row in grid] for grid in maps]
+        return {"attention": rounded, "grid_size": self.attention_grid}
 
     # --- helpers ----------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from model.transforms import to_rgb
 IMAGE_FIELDS = ("data", "image", "file", "body")
 OPTION_FIELDS = (
     "max_length", "beam_size", "num_captions", "n_best", "beam_groups", "diversity",
-    "do_sample", "temperature", "top_k", "top_p", "seed", "stream", "language",
+    "do_sample", "temperature", "top_k", "top_p", "seed", "stream", "language", "attention",
 )
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")  # meaningful only with do_sample=true
 MAX_SEED = 2**32 - 1
@@ -89,16 +89,22 @@ class RequestLimits:
     max_top_k: int = 100
     max_diversity: float = 10.0
     max_image_pixels: int = 40_000_000
-    languages: tuple[str, ...] = ("en",)  # the model's caption languages (its export says); the first is the default
+    # The model's, not settings: its caption languages (the first is the default), G when its decoder
+    # attends over a G x G grid (0 when it has no attention), and its decoder, named when `attention` is refused.
+    languages: tuple[str, ...] = ("en",)
+    attention_grid: int = 0
+    decoder: str = "show_tell"
 
     @classmethod
     def from_settings(
-        cls, settings: Mapping[str, Any], max_length: int, languages: Sequence[str] = ("en",)
+        cls, settings: Mapping[str, Any], max_length: int, languages: Sequence[str] = ("en",), *,
+        attention_grid: int = 0, decoder: str = "show_tell",
     ) -> "RequestLimits":
-        """The limits the settings name, defaults for the others (`max_length`, `languages`: the model's own)."""
-        values: dict[str, Any] = {"max_length": max_length, "languages": tuple(languages)}
+        """The limits the settings name, defaults for the others (`max_length` and the fields above: the model's)."""
+        model_fields = {"languages": tuple(languages), "attention_grid": attention_grid, "decoder": decoder}
+        values: dict[str, Any] = {"max_length": max_length, **model_fields}
         for field in dataclass_fields(cls):
-            if field.name in settings and field.name != "languages":
+            if field.name in settings and field.name not in model_fields:
                 values[field.name] = type(field.default)(settings[field.name])
         return cls(**values)
 
@@ -116,6 +122,7 @@ class CaptionOptions:
     decoding: DecodeSpec
     stream: bool = False
     language: str = "en"  # ISO 639-1 code of the caption's language
+    attention: bool = False  # the reply carries each token's attention map (models that attend only)
 
     @property
     def max_length(self) -> int:
@@ -297,7 +304,13 @@ def parse_options(fields: Mapping[str, Any], limits: RequestLimits) -> CaptionOp
     values["n_best"] = _num_captions(given, beam_size, do_sample, limits)
     stream = _bool_option("stream", given["stream"]) if "stream" in given else False
     language = _language_option(given["language"], limits) if "language" in given else limits.languages[0]
-    return CaptionOptions(DecodeSpec(beam_size=beam_size, sample=do_sample, **values), stream, language)
+    attention = _bool_option("attention", given["attention"]) if "attention" in given else False
+    if attention and not limits.attention_grid:
+        raise BadRequest(
+            f"attention maps need a model whose decoder attends over the image; this model's decoder is "
+            f"{limits.decoder}, which has none: drop attention, or call a soft_attention model"
+        )
+    return CaptionOptions(DecodeSpec(beam_size=beam_size, sample=do_sample, **values), stream, language, attention)
 
 
 def _language_option(value: Any, limits: RequestLimits) -> str:

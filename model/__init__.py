@@ -1,7 +1,9 @@
 """Pure PyTorch captioner: configuration, vocabulary, transforms, networks and decoding.
 
-Nothing in this package reads or writes files or downloads anything: training
-and serving hand it tensors, dicts and weights, so both run the same code.
+Nothing in this package downloads anything, and only `model/export_format.py`
+(the export folder both training and serving use) reads or writes files:
+training and serving hand the rest tensors, dicts and weights, so both run the
+same code.
 """
 
 from model.captioner import Captioner

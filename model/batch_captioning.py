@@ -69,7 +69,8 @@ def cut_to_length(caption: Caption, max_length: int) -> Caption:
     if len(caption.tokens) + (1 if caption.ended else 0) <= max_length:
         return caption
     tokens, scores = caption.tokens[:max_length], caption.scores[:max_length]
-    return replace(caption, tokens=tokens, scores=scores, score=float(sum(scores)), ended=False)
+    attention = None if caption.attention is None else caption.attention[:max_length]
+    return replace(caption, tokens=tokens, scores=scores, score=float(sum(scores)), ended=False, attention=attention)
 
 
 def _rows_calling(on_step: TokenStepCallback | None, rows: list[int]) -> Callable | None:

@@ -5,27 +5,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from model.config import CaptionerConfig
-from model.decoder import DecoderRNN
+from model.decoders import get_decoder_spec
 from model.encoder import EncoderCNN
+from model.step_decoder import TeacherForced
 
 
 class Captioner(nn.Module):
-    """ResNet-34 encoder feeding an LSTM decoder.
+    """A ResNet encoder feeding an LSTM decoder, both chosen by name in the config.
 
     `forward` returns logits and, given targets, the loss, so training and
-    evaluation share one code path; decoding lives in `model.decoding`.
+    evaluation share one code path; decoding lives in `model.decoding`. The
+    encoder keeps a G x G grid of embeddings when the decoder attends over one.
     """
 
     def __init__(self, config: CaptionerConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = EncoderCNN(config.embed_size, train_backbone=config.train_backbone)
-        self.decoder = DecoderRNN(
-            config.embed_size, config.hidden_size, config.vocab_size, config.num_layers, config.dropout
+        self.encoder = EncoderCNN(
+            config.embed_size, config.backbone, grid_size=config.attention_grid, train_backbone=config.train_backbone
         )
+        self.decoder = get_decoder_spec(config.decoder).build(config)
 
     def forward(
         self,
@@ -42,7 +43,8 @@ class Captioner(nn.Module):
             images: (B, 3, H, W), or None when `features` are given.
             captions: (N, T) padded token ids starting with `<start>` (or a language token).
             lengths: (N,) caption lengths.
-            features: optional precomputed (B, 512) backbone features (frozen backbone).
+            features: optional precomputed backbone features (frozen backbone): (B, C), or
+                (B, G*G, C) for a decoder that attends over the grid.
             owners: (N,) image row of each caption when images have several
                 captions; captions[n] describes images[owners[n]]. None means N == B.
         Returns:
@@ -51,7 +53,7 @@ class Captioner(nn.Module):
         return self.caption_loss(self.embed_images(images, features), captions, lengths, owners)
 
     def embed_images(self, images: torch.Tensor | None, features: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, E) image embeddings from images, or from precomputed backbone features."""
+        """(B, E) (or grid (B, G*G, E)) image embeddings from images, or from precomputed backbone features."""
         if features is None:
             features = self.encoder.backbone_features(images)
         return self.encoder.project(features)
@@ -59,20 +61,18 @@ class Captioner(nn.Module):
     def caption_loss(
         self, embeddings: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, owners: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoder logits and cross-entropy for captions of already-embedded images.
+        """Decoder logits and cross-entropy for captions of already-embedded images."""
+        forced = self.teacher_forced(embeddings, captions, lengths, owners)
+        return forced.logits, F.cross_entropy(forced.logits, forced.targets)
 
-        The image step's output (its "prediction" of the first token) is not scored:
-        the first token is `<start>`, or the caption's language token in a
-        multilingual model, chosen by whoever asks for the caption, never by the
-        image. Decoding feeds it rather than predicting it.
-        """
+    def teacher_forced(
+        self, embeddings: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, owners: torch.Tensor | None
+    ) -> TeacherForced:
+        """The decoder's teacher-forced pass (logits, targets, attention) over captions of embedded images."""
         if owners is not None:
-            embeddings = embeddings[owners]  # (N, E): the encoder ran once per image
-        logits = self.decoder(embeddings, captions, lengths)
-        packed = pack_padded_sequence(captions, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        first = int(packed.batch_sizes[0])  # packing is time-major: the first entries are every caption's step 0
-        return logits, F.cross_entropy(logits[first:], packed.data[first:])
+            embeddings = embeddings[owners]  # (N, E) or (N, P, E): the encoder ran once per image
+        return self.decoder.teacher_forced(embeddings, captions, lengths)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, E) image embeddings for decoding."""
+        """(B, 3, H, W) -> (B, E) image embeddings (grid: (B, G*G, E)) for decoding."""
         return self.encoder(images)

@@ -10,25 +10,36 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from model.backbones import get_backbone_spec
+from model.decoders import get_decoder_spec
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
 class CaptionerConfig:
-    """Hyperparameters of the ResNet-34 + LSTM captioner.
+    """Hyperparameters of the ResNet + LSTM captioner.
+
+    Exports written before `backbone`, `decoder` and `grid_size` existed lack them
+    and load with the defaults: ResNet-34 and show-and-tell, as they were trained.
 
     Args:
         vocab_size: number of tokens in the vocabulary, special tokens included.
         embed_size: size of the image embedding and of the word embeddings.
         hidden_size: LSTM hidden state size.
         num_layers: stacked LSTM layers.
-        dropout: dropout between LSTM layers (only used when num_layers > 1).
+        dropout: dropout between LSTM layers (show_tell, num_layers > 1), or on the
+            hidden state before the output layer (soft_attention).
         max_length: most tokens a caption may have when decoding, `<end>` included.
         image_size: side of the square image the encoder sees.
         mean: per-channel normalisation mean (ImageNet by default).
         std: per-channel normalisation standard deviation.
-        train_backbone: whether the ResNet-34 backbone is fine-tuned or frozen.
+        train_backbone: whether the ResNet backbone is fine-tuned or frozen.
+        backbone: a name in `model.backbones.BACKBONES` (resnet18, resnet34, resnet50, resnet101).
+        decoder: a name in `model.decoders.DECODERS` (show_tell, soft_attention).
+        grid_size: G, the side of the feature grid soft attention looks over (the last
+            feature map pooled to G x G); unused by show_tell.
         languages: ISO 639-1 codes of the languages the captions are written in, the
             default one first. With more than one, the vocabulary holds a start token
             per language and a request picks one (`model.decoding.first_tokens`).
@@ -44,6 +55,9 @@ class CaptionerConfig:
     mean: tuple[float, float, float] = field(default=IMAGENET_MEAN)
     std: tuple[float, float, float] = field(default=IMAGENET_STD)
     train_backbone: bool = False
+    backbone: str = "resnet34"
+    decoder: str = "show_tell"
+    grid_size: int = 7
     languages: tuple[str, ...] = ("en",)
 
     def __post_init__(self) -> None:
@@ -54,7 +68,12 @@ class CaptionerConfig:
             raise ValueError(f"languages must name at least one language, each once, got {list(self.languages)}")
         if self.vocab_size < 5:
             raise ValueError(f"vocab_size must hold the 4 special tokens and a word, got {self.vocab_size}")
-        for name in ("embed_size", "hidden_size", "num_layers", "max_length", "image_size"):
+        get_backbone_spec(self.backbone)  # unknown names fail here, listing the known ones
+        decoder = get_decoder_spec(self.decoder)
+        if decoder.max_layers is not None and self.num_layers > decoder.max_layers:
+            raise ValueError(f"the {self.decoder} decoder has at most {decoder.max_layers} LSTM layer(s), "
+                             f"got num_layers={self.num_layers}")
+        for name in ("embed_size", "hidden_size", "num_layers", "max_length", "image_size", "grid_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if len(self.mean) != 3 or len(self.std) != 3:
@@ -72,3 +91,8 @@ class CaptionerConfig:
         if unknown:
             raise ValueError(f"unknown captioner config keys {unknown}; was this export made by a newer version?")
         return cls(**values)
+
+    @property
+    def attention_grid(self) -> int | None:
+        """G when the decoder attends over a G x G grid (and returns attention maps), else None."""
+        return self.grid_size if get_decoder_spec(self.decoder).uses_grid else None

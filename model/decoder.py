@@ -10,6 +10,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from model.step_decoder import TeacherForced
+
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -65,6 +67,19 @@ class DecoderRNN(nn.Module):
         packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
         hidden, _ = self.lstm(packed)
         return self.linear(hidden.data)  # (N, V)
+
+    def teacher_forced(self, image_embeddings: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor) -> TeacherForced:
+        """`forward`'s logits with the token each packed position predicts (no attention).
+
+        The image step's output (its "prediction" of the first token) is left out: the
+        first token is `<start>`, or the caption's language token in a multilingual
+        model, chosen by whoever asks for the caption, never by the image; decoding
+        feeds it rather than predicting it (as the soft-attention decoder, which starts
+        from `<start>`, never predicts it either).
+        """
+        packed = pack_padded_sequence(captions, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        first = int(packed.batch_sizes[0])  # packing is time-major: the first entries are every caption's step 0
+        return TeacherForced(self(image_embeddings, captions, lengths)[first:], packed.data[first:])
 
     def start(self, image_embeddings: torch.Tensor) -> LSTMState:
         """Run the image step; returns the LSTM state that decoding continues from."""

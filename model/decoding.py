@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
-from model.step_decoder import StepDecoder
+from model.step_decoder import StepDecoder, step_attention
 
 StepCallback = Callable[[int, torch.Tensor], None]
 # (logits (B, V), rows still decoding (B,)) -> (log-probs of the chosen tokens (B,), chosen tokens (B,))
@@ -31,7 +31,8 @@ class Caption:
 
     `ended` says whether `<end>` was produced within `max_length`. When several
     captions were asked for (beam search's n-best, or several samples),
-    `alternatives` holds the others, best first.
+    `alternatives` holds the others, best first. A decoder that attends gives
+    `attention`: per token, the weights over the P grid cells it looked at.
     """
 
     tokens: list[int]
@@ -39,6 +40,7 @@ class Caption:
     score: float
     ended: bool
     alternatives: list["Caption"] = field(default_factory=list)
+    attention: list[list[float]] | None = None  # (T, P) one row per token
 
 
 @dataclass
@@ -76,6 +78,13 @@ def _trim(ids: list[int], logps: list[float], end_id: int) -> tuple[list[int], l
     return ids, logps, False
 
 
+def _stacked(steps: list[torch.Tensor | None], dim: int) -> list | None:
+    """Per-step attention weights stacked along `dim` as nested lists, or None when the decoder has none."""
+    if not steps or steps[0] is None:
+        return None
+    return torch.stack(steps, dim=dim).float().tolist()
+
+
 def decode_token_by_token(
     decoder: StepDecoder,
     image_embeddings: torch.Tensor,
@@ -98,9 +107,10 @@ def decode_token_by_token(
     state = decoder.start(image_embeddings)
     tokens = first_tokens(start_id, batch, device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    chosen, chosen_logps = [], []
+    chosen, chosen_logps, weights = [], [], []
     for step in range(max_length):
         logits, state = decoder.step(tokens, state)  # (B, V)
+        weights.append(step_attention(state))  # (B, P) or None
         decoding = ~finished if row_max_lengths is None else ~finished & (step < row_max_lengths)  # (B,)
         logps, tokens = choose(logits, decoding)  # (B,), (B,)
         tokens = tokens.masked_fill(finished, end_id)
@@ -114,14 +124,16 @@ def decode_token_by_token(
             break
     ids = torch.stack(chosen, dim=1).tolist()  # (B, steps)
     logps = torch.stack(chosen_logps, dim=1).tolist()
+    attention = _stacked(weights, dim=1)  # (B, steps, P) or None
     limits = [max_length] * batch if row_max_lengths is None else row_max_lengths.tolist()
     captions = []
-    for row_ids, row_logps, limit in zip(ids, logps, limits):
+    for row, (row_ids, row_logps, limit) in enumerate(zip(ids, logps, limits)):
         row_ids, row_logps = row_ids[:limit], row_logps[:limit]
         kept_ids, kept_logps, ended = _trim(row_ids, row_logps, end_id)
         # The score includes `<end>`'s log-prob, as beam search's does.
         total = sum(row_logps[: len(kept_ids) + (1 if ended else 0)])
-        captions.append(Caption(kept_ids, kept_logps, total, ended))
+        row_attention = None if attention is None else attention[row][: len(kept_ids)]
+        captions.append(Caption(kept_ids, kept_logps, total, ended, attention=row_attention))
     return DecodeOutput(captions, len(chosen))
 
 
@@ -143,7 +155,7 @@ def greedy_decode(
 
     Args:
         decoder: the captioner's decoder.
-        image_embeddings: (B, E).
+        image_embeddings: (B, E), or (B, P, E) grid cells for an attending decoder.
         start_id, end_id: ids of `<start>` and `<end>`.
         max_length: most tokens per caption, `<end>` included.
         on_step: called after each step with (step, (B,) chosen ids), e.g. to
@@ -165,6 +177,7 @@ class _Beams:
     history: torch.Tensor  # (B, k, t) token ids
     history_logps: torch.Tensor  # (B, k, t)
     lengths: torch.Tensor  # (B, k) tokens said, `<end>` included
+    history_attention: torch.Tensor | None = None  # (B, k, t, P) the decoder's attention weights, if any
 
 
 def _start_beams(batch: int, k: int, group_size: int, device: torch.device) -> _Beams:
@@ -230,6 +243,20 @@ def _extend(beams: _Beams, logps: torch.Tensor, groups: int, diversity: float) -
     return _Beams(cumulative, objective, was_finished, history, history_logps, lengths), beam_index
 
 
+def _follow_attention(
+    history: torch.Tensor | None, attention: torch.Tensor | None, beam_index: torch.Tensor
+) -> torch.Tensor | None:
+    """The kept hypotheses' attention history: their source beams' (B, k, t, P) plus this step's (B, k, P)."""
+    if attention is None:
+        return None
+    batch, k = beam_index.shape
+    step = attention.view(batch, k, -1).gather(1, beam_index.unsqueeze(-1).expand(-1, -1, attention.shape[-1]))
+    if history is None:
+        return step.unsqueeze(2)  # (B, k, 1, P)
+    source = history.gather(1, beam_index[:, :, None, None].expand(-1, -1, *history.shape[2:]))
+    return torch.cat([source, step.unsqueeze(2)], dim=2)  # (B, k, t+1, P)
+
+
 def _ranked_captions(
     beams: _Beams, end_id: int, n_best: int, length_penalty: float
 ) -> list[Caption]:
@@ -237,6 +264,7 @@ def _ranked_captions(
     normalised = beams.cumulative / beams.lengths.clamp(min=1).pow(length_penalty)
     order = normalised.argsort(dim=1, descending=True).tolist()
     ids, logps = beams.history.tolist(), beams.history_logps.tolist()
+    attention = None if beams.history_attention is None else beams.history_attention.float().tolist()
     captions = []
     for b, beam_order in enumerate(order):
         ranked: list[Caption] = []
@@ -246,7 +274,10 @@ def _ranked_captions(
             if (tuple(kept_ids), ended) in seen:  # diverse groups can still meet on one caption
                 continue
             seen.add((tuple(kept_ids), ended))
-            ranked.append(Caption(kept_ids, kept_logps, float(beams.cumulative[b, beam]), ended))
+            kept_attention = None if attention is None else attention[b][beam][: len(kept_ids)]
+            ranked.append(
+                Caption(kept_ids, kept_logps, float(beams.cumulative[b, beam]), ended, attention=kept_attention)
+            )
             if len(ranked) == n_best:
                 break
         best = ranked[0]
@@ -306,7 +337,9 @@ def beam_search(
         done_row = torch.full((logps.shape[-1],), float("-inf"), device=device)
         done_row[end_id] = 0.0
         logps = torch.where(beams.finished.unsqueeze(-1), done_row, logps)
+        history_attention = beams.history_attention
         beams, beam_index = _extend(beams, logps, beam_groups, diversity)
+        beams.history_attention = _follow_attention(history_attention, step_attention(state), beam_index)
         tokens_bk = beams.history[:, :, -1]  # (B, k)
         beams.finished = beams.finished | (tokens_bk == end_id)
         reorder = (beam_index + torch.arange(batch, device=device).unsqueeze(1) * k).view(-1)

@@ -6,10 +6,20 @@ feature map, a video decoder over frames) plugs in without a branch in
 `model/decoding.py`, `model/sampling.py` or the handler. The state is the
 decoder's own business: the strategies only pass it back, or ask the decoder to
 pick rows of it (as fairseq's `reorder_incremental_state` does).
+
+A decoder that attends over image regions puts the weights each step used in
+its state's `attention` field, (B, P); the strategies read them through
+`step_attention` and keep them with each caption's tokens (beam search reorders
+them with its hypotheses). For a decoder without one, that is None.
+
+For training, every decoder offers `teacher_forced(embeddings, captions,
+lengths) -> TeacherForced`: the logits of the positions it predicts, their
+targets and, for an attending decoder, the weights of every step.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -17,9 +27,18 @@ import torch
 DecoderState = Any  # whatever the decoder carries between steps; one row per caption being decoded
 
 
+@dataclass
+class TeacherForced:
+    """A teacher-forced pass: what the caption loss and the attention regulariser need."""
+
+    logits: torch.Tensor  # (N, V) at every predicted position
+    targets: torch.Tensor  # (N,) the token each position should predict
+    attention: torch.Tensor | None = None  # (B, T, P) per step; zero past a caption's end
+
+
 class StepDecoder(Protocol):
     def start(self, image_embeddings: torch.Tensor) -> DecoderState:
-        """The state before the first word, from (B, E) image embeddings: one row per image."""
+        """The state before the first word, from (B, E) image embeddings (or a (B, P, E) grid): one row per image."""
         ...
 
     def step(self, tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
@@ -33,3 +52,8 @@ class StepDecoder(Protocol):
         hypotheses it keeps after each step.
         """
         ...
+
+
+def step_attention(state: DecoderState) -> torch.Tensor | None:
+    """(B, P) attention weights of the step that produced `state`, or None for a decoder without attention."""
+    return getattr(state, "attention", None)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from handler.model_loader import EXPORT_FILES
+from model.export_format import EXPORT_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER_FILE = ROOT / "handler" / "caption_handler.py"

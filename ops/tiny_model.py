@@ -17,7 +17,7 @@ import torch
 from model.captioner import Captioner
 from model.config import CaptionerConfig
 from model.vocabulary import Vocabulary
-from training.export import export_captioner
+from model.export_format import export_captioner
 
 SHAPE_WORDS = (
     "a small large red green blue yellow purple circle square triangle and , there is picture of "
@@ -27,6 +27,9 @@ SHAPE_WORDS = (
 
 def tiny_config(vocab_size: int, **overrides) -> CaptionerConfig:
     values = dict(vocab_size=vocab_size, embed_size=16, hidden_size=32, image_size=32, max_length=12)
+    if overrides.get("decoder") == "soft_attention":
+        # A 2 x 2 grid the backbone really has (64 px / 32), so the cells differ and the maps mean something.
+        values.update(image_size=64, grid_size=2)
     values.update(overrides)
     return CaptionerConfig(**values)
 
@@ -37,8 +40,11 @@ def tiny_captioner(seed: int = 0, **overrides) -> tuple[Captioner, Vocabulary]:
     return Captioner(tiny_config(len(vocab), **overrides)).eval(), vocab
 
 
-def write_tiny_export(directory: Path, seed: int = 0, **overrides) -> Path:
-    model, vocab = tiny_captioner(seed, **overrides)
+def write_tiny_export(
+    directory: Path, seed: int = 0, *, backbone: str = "resnet34", decoder: str = "show_tell", **overrides
+) -> Path:
+    """A tiny random model of the given backbone and decoder (`model.backbones`, `model.decoders`), exported."""
+    model, vocab = tiny_captioner(seed, backbone=backbone, decoder=decoder, **overrides)
     return export_captioner(model, vocab, directory)
 
 
@@ -48,5 +54,8 @@ if __name__ == "__main__":
     # Seed 2's model says words that depend a little on the image; seed 0's ends every caption at
     # once, and an empty caption would make the load runs' "each image its own caption" check vacuous.
     parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument("--backbone", default="resnet34")
+    parser.add_argument("--decoder", default="show_tell")
     args = parser.parse_args()
-    print(f"tiny random model exported to {write_tiny_export(Path(args.out), args.seed)}")
+    out = write_tiny_export(Path(args.out), args.seed, backbone=args.backbone, decoder=args.decoder)
+    print(f"tiny random model exported to {out}")

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from handler.caption_handler import CaptionHandler
-from handler.model_loader import EXPORT_FILES
+from model.export_format import EXPORT_FILES
 from ops.request_corpus import bad_input_corpus, encode, exif_rotated, scene, scene_images
 from tests.helpers import torchserve_context
 

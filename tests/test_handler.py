@@ -14,7 +14,7 @@ from PIL import Image
 
 from handler.caption_handler import CaptionHandler
 from tests.helpers import shape_image_bytes, tiny_captioner, torchserve_context, write_tiny_export
-from training.export import export_captioner
+from model.export_format import export_captioner
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 
 from client.grpc_client import GrpcCaptionClient
 from client.rest import CaptionClient, ServiceError
-from handler.model_loader import ExportError, load_exported_captioner
+from model.export_format import ExportError, load_exported_captioner
 from handler.request_parsing import BadRequest, RequestLimits, parse_options
 from model.batch_captioning import DecodeSpec, decode_mixed
 from model.config import CaptionerConfig

@@ -27,7 +27,7 @@ from client.auth import TokenStore
 from client.grpc_client import GrpcCaptionClient
 from client.rest import CaptionClient, ServiceError
 from handler.caption_handler import CaptionHandler
-from handler.model_loader import ExportError
+from model.export_format import ExportError
 from ops.archive import build_archive
 from ops.request_corpus import MAX_REQUEST_SIZE, scene_images
 from ops.server import TorchServe, free_port_overrides, read_properties

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from handler.model_loader import ExportError, load_exported_captioner
+from model.export_format import ExportError, load_exported_captioner
 from model.decoding import greedy_decode
 from training import auxiliary_losses, train
 from training.checkpoints import load_checkpoint

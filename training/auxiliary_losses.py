@@ -103,3 +103,18 @@ class SceneHead(nn.Module):
             F.cross_entropy(part.flatten(0, 1), targets[..., a].flatten()) for a, part in enumerate(per_attribute)
         ]
         return torch.stack(losses).mean()
+
+
+def doubly_stochastic_penalty(attention: torch.Tensor) -> torch.Tensor:
+    """Xu et al.'s doubly stochastic regularisation: over a caption, each cell's weights should sum to 1.
+
+    Every step's weights sum to 1 over the cells already (a softmax); this asks the
+    sum over the steps to be about 1 for every cell too, so the decoder looks at
+    the whole picture in the course of a caption instead of at one cell throughout.
+
+    Args:
+        attention: (N, T, P) per-step weights, zero past each caption's end.
+    Returns:
+        the mean over captions and cells of (1 - sum over steps)^2.
+    """
+    return ((1.0 - attention.sum(dim=1)) ** 2).mean()

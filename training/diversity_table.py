@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from handler.model_loader import load_exported_captioner
+from model.export_format import load_exported_captioner
 from model.batch_captioning import DecodeSpec
 from training.evaluate import evaluate_model
 

@@ -1,7 +1,8 @@
-"""Where the ResNet-34 backbone's starting weights come from: ImageNet, a file, or nothing.
+"""Where the backbone's starting weights come from: ImageNet, a file, or nothing.
 
 Kept outside `model/` so the network never downloads anything. ImageNet weights
-are read from torchvision's cache when present; this module never fetches them.
+of the chosen backbone (`model.backbones.BACKBONES`) are read from torchvision's
+cache when present; this module never fetches them.
 """
 
 from __future__ import annotations
@@ -9,29 +10,30 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torchvision.models import ResNet34_Weights
 
+from model.backbones import get_backbone_spec
 from training.checkpoints import load_tensors
 
 
-def imagenet_cache_path() -> Path:
-    """Where torchvision keeps ResNet-34's ImageNet weights once downloaded."""
-    url = ResNet34_Weights.IMAGENET1K_V1.url
+def imagenet_cache_path(backbone: str = "resnet34") -> Path:
+    """Where torchvision keeps the backbone's ImageNet weights once downloaded."""
+    url = get_backbone_spec(backbone).imagenet_weights.url
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
-def load_encoder_weights(choice: str) -> dict[str, torch.Tensor] | None:
-    """`imagenet`, `none`, or a path to a torchvision resnet34 state_dict (.pth or .safetensors)."""
+def load_encoder_weights(choice: str, backbone: str = "resnet34") -> dict[str, torch.Tensor] | None:
+    """`imagenet`, `none`, or a path to a torchvision state_dict of `backbone` (.pth or .safetensors)."""
     if choice == "none":
         return None
     if choice == "imagenet":
-        path = imagenet_cache_path()
+        path = imagenet_cache_path(backbone)
         if not path.is_file():
+            weights = get_backbone_spec(backbone).imagenet_weights
             raise FileNotFoundError(
-                f"ImageNet weights for ResNet-34 are not in torchvision's cache ({path}). "
+                f"ImageNet weights for {backbone} are not in torchvision's cache ({path}). "
                 "On a machine with internet run: python -c \"import torchvision; "
-                "torchvision.models.resnet34(weights='IMAGENET1K_V1')\" and copy the file there "
-                "(or set TORCH_HOME), pass --encoder-weights PATH to a resnet34 state_dict, "
+                f"torchvision.models.{backbone}(weights='{weights.name}')\" and copy the file there "
+                f"(or set TORCH_HOME), pass --encoder-weights PATH to a {backbone} state_dict, "
                 "or train from scratch with --encoder-weights none --train-backbone."
             )
         return load_tensors(path)

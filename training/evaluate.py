@@ -37,7 +37,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from tqdm import tqdm
 
-from handler.model_loader import load_exported_captioner
+from model.export_format import load_exported_captioner
 from model.captioner import Captioner
 from model.batch_captioning import DecodeSpec, decode_mixed
 from model.transforms import eval_transform

@@ -2,34 +2,20 @@
 
     python -m training.export --checkpoint build/train/checkpoint.pt --out build/export
 
-Nothing is pickled: the handler (and `handler.model_loader`) rebuilds the model
-from these three files alone.
+Nothing is pickled: the handler rebuilds the model from these three files alone.
+The format itself lives in `model/export_format.py`, which the handler reads with.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from safetensors.torch import save_file
-
-from handler.model_loader import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE
 from model.captioner import Captioner
 from model.config import CaptionerConfig
+from model.export_format import export_captioner
 from model.vocabulary import Vocabulary
 from training.checkpoints import load_checkpoint
-
-
-def export_captioner(model: Captioner, vocab: Vocabulary, out_dir: Path | str) -> Path:
-    """Write the three export files into `out_dir` (created if needed)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-    (out_dir / VOCAB_FILE).write_text(json.dumps(vocab.to_dict()) + "\n")
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"format": "captioner-v1"})
-    return out_dir
 
 
 def export_checkpoint(checkpoint_path: Path | str, out_dir: Path | str) -> Path:
