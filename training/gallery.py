@@ -21,6 +21,7 @@ from PIL import Image
 from client.attention_maps import attention_figure
 from model.captioner import Captioner
 from model.decoding import greedy_decode
+from model.detokenize import detokenize
 from model.export_format import load_exported_captioner
 from model.transforms import eval_transform
 from model.vocabulary import Vocabulary
@@ -100,7 +101,7 @@ def main(args: argparse.Namespace) -> Path:
     for image_id, words in sorted(predictions.items()):
         info = coco.imgs[image_id]
         correct = names_every_object(words, info["objects"]) if "objects" in info else None
-        entries.append((Path(args.images) / info["file_name"], " ".join(words), correct))
+        entries.append((Path(args.images) / info["file_name"], detokenize(words), correct))
     path = draw_gallery(entries, Path(args.out))
     print(f"wrote {path}")
     if model.config.attention_grid and args.attention_out:
