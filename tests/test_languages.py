@@ -277,9 +277,9 @@ def test_training_can_learn_from_some_languages_with_a_vocabulary_of_all(multili
 
     coco = load_captions(multilingual["data"] / "annotations" / "captions_train.json")
     _, vocab = load_exported_captioner(multilingual["export"])
-    english = CocoCaptions(coco, multilingual["data"] / "images", vocab, eval_transform(image_size=32),
+    english = CocoCaptions(coco, multilingual["data"] / "images", vocab, eval_transform(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3),
                            languages=["en"])
     starts = {int(ids[0]) for image_id in english.image_ids for ids in english.caption_ids(image_id)}
     assert starts == {vocab.start_id_for("en")}
     with pytest.raises(ValueError, match="no captions in ja"):
-        CocoCaptions(coco, multilingual["data"] / "images", vocab, eval_transform(image_size=32), languages=["ja"])
+        CocoCaptions(coco, multilingual["data"] / "images", vocab, eval_transform(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3), languages=["ja"])
