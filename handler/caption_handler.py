@@ -20,13 +20,13 @@ from typing import Any
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+from handler.inputs import model_input
 from handler.model_loader import load_exported_captioner
 from handler.open_inference import v2_error, v2_response
 from handler.request_parsing import BadRequest, CaptionRequest, Failed, RequestLimits, parse_request
 from handler.streaming import WordStreamer, to_json
 from model.batch_captioning import decode_mixed
 from model.decoding import Caption
-from model.transforms import eval_transform
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ class CaptionHandler(BaseHandler):
         self.model, self.vocab = load_exported_captioner(properties["model_dir"], self.device)
         config = self.model.config
         self._set_up_cpu_kernels(settings)
-        self.transform = eval_transform(image_size=config.image_size, mean=config.mean, std=config.std)
+        # The request reader and transform of the model's modality: an image, or a clip of frames.
+        self.media, self.transform = model_input(config, settings)
         self.limits = RequestLimits.from_settings(settings, int(settings.get("max_length", config.max_length)))
         manifest_model = (context.manifest or {}).get("model", {})
         self.model_name = context.model_name or manifest_model.get("modelName", "captioner")
@@ -54,8 +55,8 @@ class CaptionHandler(BaseHandler):
         self.context = context
         self.initialized = True
         logger.info(
-            "captioner %s %s loaded on %s (vocab %d, image %d px)",
-            self.model_name, self.model_version, self.device, len(self.vocab), config.image_size,
+            "captioner %s %s loaded on %s (%s, vocab %d, image %d px)",
+            self.model_name, self.model_version, self.device, config.modality, len(self.vocab), config.image_size,
         )
 
     def _set_up_cpu_kernels(self, settings: dict[str, Any]) -> None:
@@ -87,8 +88,8 @@ class CaptionHandler(BaseHandler):
         parsed: list[CaptionRequest | Failed] = []
         for idx, row in enumerate(data):
             try:
-                request = parse_request(row, self.limits)
-                request.pixels = self.transform(request.image)  # (3, S, S)
+                request = parse_request(row, self.limits, self.media)
+                request.pixels = self.transform(request.image)  # (3, S, S), or (N, 3, S, S) for a clip
                 request.image = None
                 parsed.append(request)
             except BadRequest as error:
@@ -107,8 +108,8 @@ class CaptionHandler(BaseHandler):
         results: list[Caption | Failed] = list(requests)  # Failed entries pass through
         if not rows:
             return results
-        images = torch.stack([requests[i].pixels for i in rows]).to(self.device)  # (B, 3, S, S)
-        if self.channels_last:
+        images = torch.stack([requests[i].pixels for i in rows]).to(self.device)  # (B, 3, S, S) or (B, N, 3, S, S)
+        if self.channels_last and images.dim() == 4:  # a clip's frames meet the channels-last weights as they are
             images = images.contiguous(memory_format=torch.channels_last)
         started = time.perf_counter()
         embeddings = self.model.encode(images)  # (B, E)

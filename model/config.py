@@ -12,6 +12,7 @@ from typing import Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MODALITIES = ("image", "video")
 
 
 @dataclass
@@ -29,6 +30,10 @@ class CaptionerConfig:
         mean: per-channel normalisation mean (ImageNet by default).
         std: per-channel normalisation standard deviation.
         train_backbone: whether the ResNet-34 backbone is fine-tuned or frozen.
+        modality: "image" (one picture in) or "video" (a clip in: `model/video.py`).
+        num_frames: frames sampled uniformly from a clip (video only; 1 for images).
+        temporal: how a clip's frame embeddings become one (video only): a name in
+            `model.video.TEMPORAL_MODULES` ("lstm", "attention", "mean").
     """
 
     vocab_size: int
@@ -41,6 +46,9 @@ class CaptionerConfig:
     mean: tuple[float, float, float] = field(default=IMAGENET_MEAN)
     std: tuple[float, float, float] = field(default=IMAGENET_STD)
     train_backbone: bool = False
+    modality: str = "image"
+    num_frames: int = 1
+    temporal: str = "mean"
 
     def __post_init__(self) -> None:
         self.mean = tuple(float(v) for v in self.mean)
@@ -52,6 +60,10 @@ class CaptionerConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError("mean and std need one value per RGB channel")
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
+        if self.num_frames < 1:
+            raise ValueError(f"num_frames must be positive, got {self.num_frames}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""

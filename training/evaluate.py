@@ -37,8 +37,9 @@ from model.captioner import Captioner
 from model.batch_captioning import DecodeSpec, decode_mixed
 from model.transforms import eval_transform
 from model.vocabulary import Vocabulary, tokenize
-from training.coco_data import CocoCaptions, load_coco
+from training.coco_data import CocoCaptions, caption_set, is_video_set, load_coco
 from training.shapes_dataset import names_every_object
+from training.video_data import names_clip
 
 SEED_RANGE = 2**32
 
@@ -101,10 +102,20 @@ def scenes_of(dataset: CocoCaptions) -> dict[int, list[dict]] | None:
     return scenes if all(scenes.values()) else None
 
 
+def clips_of(dataset: CocoCaptions) -> dict[int, dict] | None:
+    """The generated video set's clip records (object and motion), or None for an image set."""
+    return {i: dataset.coco.imgs[i] for i in dataset.image_ids} if is_video_set(dataset.coco) else None
+
+
 def score_captions(
-    predictions: dict[int, list[str]], references: dict[int, list[str]], scenes: dict[int, list[dict]] | None = None
+    predictions: dict[int, list[str]], references: dict[int, list[str]], scenes: dict[int, list[dict]] | None = None,
+    clips: dict[int, dict] | None = None,
 ) -> dict[str, Any]:
-    """Corpus-level BLEU-1..4 and CIDEr-D (and attribute accuracy when scenes are known)."""
+    """Corpus-level BLEU-1..4 and CIDEr-D (and attribute accuracy when scenes are known).
+
+    With `clips` (the video set's records), `motion_accuracy`: the share of clips
+    whose caption names the right colour, shape and motion (`training.video_data.names_clip`).
+    """
     gts = {i: [" ".join(tokenize(r)) for r in references[i]] for i in predictions}
     res = {i: [" ".join(words) or "<empty>"] for i, words in predictions.items()}
     with contextlib.redirect_stdout(io.StringIO()):  # the scorers print their internals
@@ -115,6 +126,9 @@ def score_captions(
     if scenes:
         correct = sum(names_every_object(predictions[i], scenes[i]) for i in predictions)
         metrics["attribute_accuracy"] = round(correct / len(predictions), 4)
+    if clips:
+        correct = sum(names_clip(predictions[i], clips[i]) for i in predictions)
+        metrics["motion_accuracy"] = round(correct / len(predictions), 4)
     metrics["images"] = len(predictions)
     return metrics
 
@@ -214,12 +228,12 @@ def evaluate_model(
     config = model.config
     spec = spec or DecodeSpec(config.max_length, beam_size)
     transform = eval_transform(image_size=config.image_size, mean=config.mean, std=config.std)
-    dataset = CocoCaptions(coco, images, vocab, transform, image_ids)
+    dataset = caption_set(coco, images, vocab, transform, image_ids, num_frames=config.num_frames)
     started = time.perf_counter()
     every = caption_every_image(model, vocab, dataset, device=device, spec=spec, batch_size=batch_size, quiet=quiet)
     predictions = {image_id: captions[0] for image_id, captions in every.items()}
     scenes = scenes_of(dataset)
-    metrics = score_captions(predictions, dataset.references(), scenes)
+    metrics = score_captions(predictions, dataset.references(), scenes, clips_of(dataset))
     if spec.n_best > 1:
         metrics.update(diversity_metrics(every, dataset.references(), scenes))
     metrics["decoding"] = describe_decoding(spec)

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from handler.model_loader import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE
 from model.captioner import Captioner
+from model.modalities import build_captioner
 from model.config import CaptionerConfig
 from model.vocabulary import Vocabulary
 from training.checkpoints import load_checkpoint
@@ -35,7 +36,7 @@ def export_captioner(model: Captioner, vocab: Vocabulary, out_dir: Path | str) -
 def export_checkpoint(checkpoint_path: Path | str, out_dir: Path | str) -> Path:
     """Export the model stored in a training checkpoint."""
     checkpoint = load_checkpoint(checkpoint_path)
-    model = Captioner(CaptionerConfig.from_dict(checkpoint["config"]))
+    model = build_captioner(CaptionerConfig.from_dict(checkpoint["config"]))
     model.load_state_dict(checkpoint["model"])
     return export_captioner(model, Vocabulary.from_dict(checkpoint["vocab"]), out_dir)
 
