@@ -1,4 +1,4 @@
-"""The demo page: upload an image (or take a photo) and read its caption from the running service.
+"""The demo page: upload an image (or take a photo) or a video clip and read its caption from the running service.
 
     make serve && make demo        # or: python -m streamlit run app/streamlit_app.py
 
@@ -24,12 +24,15 @@ if ROOT not in sys.path:
 import streamlit as st  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from app.captioning import DecodingOptions, ServerSettings, explain_failure, request_caption  # noqa: E402
+from app.captioning import (  # noqa: E402
+    DecodingOptions, ServerSettings, explain_failure, request_caption, sampled_frames,
+)
 
 # The handler's limits (handler/model-config.yaml: max_length, max_beam_size).
 MOST_WORDS = 20
 LARGEST_BEAM = 8
 IMAGE_TYPES = ["jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp"]
+VIDEO_TYPES = ["mp4", "m4v", "mov", "webm", "mkv", "gif"]  # what the video model reads (README "Video")
 
 
 def sidebar() -> tuple[ServerSettings, DecodingOptions, bool]:
@@ -49,16 +52,22 @@ def sidebar() -> tuple[ServerSettings, DecodingOptions, bool]:
                 help="the server's key_file.json; leave empty when token authorization is off",
             ),
             model=defaults.model,
+            video_model=st.text_input("Video model", defaults.video_model, key="video_model",
+                                      help="the model video uploads go to (make video-mar, make serve)"),
         )
     options = DecodingOptions(beam_size=1 if method == "greedy" else beam_size, max_length=max_length)
     return settings, options, stream
 
 
-def picture_input():
-    """The uploaded file or the camera's photo (an UploadedFile), or None."""
+def picture_input() -> tuple[object, bool]:
+    """The uploaded file, the camera's photo or the uploaded clip (an UploadedFile, or None), and
+    whether it is a clip for the video model."""
+    if st.toggle("Caption a video clip", key="use_video"):
+        return st.file_uploader("Upload a video clip (MP4, WebM or animated GIF)", type=VIDEO_TYPES,
+                                key="video_upload"), True
     if st.toggle("Take a photo with the camera", key="use_camera"):
-        return st.camera_input("Take a photo", key="camera")
-    return st.file_uploader("Upload an image", type=IMAGE_TYPES, key="upload")
+        return st.camera_input("Take a photo", key="camera"), False
+    return st.file_uploader("Upload an image", type=IMAGE_TYPES, key="upload"), False
 
 
 def thumbnail(image: bytes) -> str | None:
@@ -74,13 +83,14 @@ def thumbnail(image: bytes) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def caption(settings: ServerSettings, options: DecodingOptions, stream: bool, name: str, image: bytes) -> dict:
-    """Ask the server, showing words as they arrive; returns what to show (caption or error)."""
+def caption(settings: ServerSettings, options: DecodingOptions, stream: bool, name: str, image: bytes,
+            video: bool = False) -> dict:
+    """Ask the server (the video model for a clip), showing words as they arrive; returns what to show."""
     live = st.empty()
     try:
         outcome = request_caption(
-            settings.client(), image, options, stream,
-            on_word=lambda words: live.markdown(f"### {' '.join(words)} ▌"),
+            settings.client(video), image, options, stream,
+            on_word=lambda words: live.markdown(f"### {' '.join(words)} ▌"), field="video" if video else "image",
         )
     except Exception as error:  # every failure becomes a message on the page
         live.empty()
@@ -95,7 +105,8 @@ def caption(settings: ServerSettings, options: DecodingOptions, stream: bool, na
     }
     st.session_state.history.insert(0, entry)
     return {"caption": outcome.caption, "timing": timing, "decoding": options.describe(),
-            "ended": outcome.result.get("ended", True)}
+            "ended": outcome.result.get("ended", True), "frames_sampled": outcome.result.get("frames_sampled"),
+            "strip": sampled_frames(image, outcome.result) if video else []}
 
 
 def show(answer: dict) -> None:
@@ -106,6 +117,10 @@ def show(answer: dict) -> None:
         st.subheader(answer["caption"])
         cut = "" if answer["ended"] else " · cut at the word limit"
         st.caption(f"{answer['timing']} · {answer['decoding']}{cut}")
+        if answer.get("strip"):
+            with st.container(key="frames"):
+                st.caption("The frames the model was shown:")
+                st.image(answer["strip"], caption=[f"frame {i}" for i in answer["frames_sampled"]], width=96)
 
 
 def history() -> None:
@@ -128,24 +143,26 @@ def main() -> None:
     settings, options, stream = sidebar()
     st.title("Image captioning")
     st.caption(f"ResNet-34 + LSTM, served by TorchServe at {settings.inference_url}")
-    picture = picture_input()
+    picture, video = picture_input()
     if picture is not None:
         image = picture.getvalue()
         preview, answer_column = st.columns([1, 2])
         with preview:
-            if thumbnail(image) is None:
+            if video and not picture.name.lower().endswith(".gif"):
+                st.video(image)
+            elif thumbnail(image) is None:
                 st.warning(f"{picture.name} cannot be shown as an image; the server is asked anyway.")
             else:
                 st.image(image, caption=picture.name, width="stretch")
         with answer_column:
             # One request per (image, options, server): other reruns of the page show the last answer again.
-            request = (hashlib.sha256(image).hexdigest(), options, settings, stream)
+            request = (hashlib.sha256(image).hexdigest(), options, settings, stream, video)
             answer_area = st.container()
             again = st.button("Caption again", key="again")
             with answer_area:
                 if again or st.session_state.get("request") != request:
                     st.session_state.request = request
-                    st.session_state.answer = caption(settings, options, stream, picture.name, image)
+                    st.session_state.answer = caption(settings, options, stream, picture.name, image, video)
                 show(st.session_state.answer)
     history()
 

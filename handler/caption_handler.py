@@ -90,6 +90,8 @@ class CaptionHandler(BaseHandler):
             try:
                 request = parse_request(row, self.limits, self.media)
                 request.pixels = self.transform(request.image)  # (3, S, S), or (N, 3, S, S) for a clip
+                # A clip's reply says which of its frames were captioned (model.video_frames.SampledFrames).
+                request.in_reply = getattr(request.image, "in_reply", dict)()
                 request.image = None
                 parsed.append(request)
             except BadRequest as error:
@@ -180,6 +182,7 @@ class CaptionHandler(BaseHandler):
             "beam_size": options.beam_size,
             "max_length": options.max_length,
             **options.in_reply(),
+            **request.in_reply,
             "model": self.model_name,
             "version": self.model_version,
         }

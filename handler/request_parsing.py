@@ -27,7 +27,7 @@ import math
 import re
 import secrets
 import warnings
-from dataclasses import dataclass, fields as dataclass_fields
+from dataclasses import dataclass, field as dataclass_field, fields as dataclass_fields
 from typing import Any, Mapping
 
 from PIL import Image, UnidentifiedImageError
@@ -152,6 +152,7 @@ class CaptionRequest:
     image: Any  # upright 8-bit RGB PIL image (a video model: a list of them); dropped once `pixels` is made
     options: CaptionOptions
     pixels: Any = None  # the model input (3, S, S), made by the handler's preprocess
+    in_reply: dict[str, Any] = dataclass_field(default_factory=dict)  # added to the reply (a clip: its frames)
     v2: OpenInferenceCall | None = None  # set for a KServe v2 body: answer in v2 form
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from handler.request_parsing import BadRequest, RequestLimits, _base64_image, decode_image
 from model.video import sample_frame_indices
-from model.video_frames import VideoLimits, VideoReadError, read_clip
+from model.video_frames import SampledFrames, VideoLimits, VideoReadError, read_clip
 
 STATUS_OF = {"too_large": 413, "unsupported": 415, "corrupt": 400}
 
@@ -64,5 +64,6 @@ class VideoInput:
                 f"{len(frames)} frames; the limit is max_video_frames={self.limits.max_video_frames}", status=413
             )
         frame_limits = replace(limits, max_image_pixels=min(limits.max_image_pixels, self.limits.max_frame_pixels))
-        return [decode_image(_base64_image(frames[i], where=f"frame {i}"), frame_limits)
-                for i in sample_frame_indices(len(frames), self.num_frames)]
+        indices = sample_frame_indices(len(frames), self.num_frames)
+        decoded = [decode_image(_base64_image(frames[i], where=f"frame {i}"), frame_limits) for i in indices]
+        return SampledFrames(decoded, indices, len(frames))

@@ -45,11 +45,27 @@ class VideoLimits:
     max_frame_pixels: int = 2_073_600  # 1920 x 1080
 
 
+class SampledFrames(list):
+    """The frames a clip was captioned from (a list of RGB images), remembering which they were.
+
+    `in_reply()` is what the service adds to its answer, so a caller can show the
+    very frames the caption describes.
+    """
+
+    def __init__(self, frames: list[Image.Image], indices: list[int], total_frames: int) -> None:
+        super().__init__(frames)
+        self.indices = list(indices)
+        self.total_frames = total_frames
+
+    def in_reply(self) -> dict[str, object]:
+        return {"frames_sampled": self.indices, "frames_total": self.total_frames}
+
+
 @dataclass
 class Clip:
     """The sampled frames of a clip and what its container said about it."""
 
-    frames: list[Image.Image]
+    frames: SampledFrames
     total_frames: int
     fps: float | None
     duration: float | None
@@ -107,7 +123,7 @@ def read_clip(data: bytes, num_frames: int, limits: VideoLimits = VideoLimits())
         raise VideoReadError(f"no frame of the {container_name} could be decoded (truncated or corrupt?)", "corrupt")
     # A decoder can yield fewer frames than the container has packets; the last good frame stands in.
     picked = [frames[max((k for k in frames if k <= i), default=min(frames))] for i in indices]
-    return Clip(picked, total, fps, duration, width, height, container_name, indices)
+    return Clip(SampledFrames(picked, indices, total), total, fps, duration, width, height, container_name, indices)
 
 
 def _survey(av, data: bytes, fmt: str, limits: VideoLimits) -> tuple[int, float | None, float | None, int, int]:

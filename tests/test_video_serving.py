@@ -188,3 +188,27 @@ def test_the_cli_captions_a_video_file(torchserve, video, clips, tmp_path, capsy
     assert client_main([*argv, "caption", str(path), "--beam-size", "2"]) == 0
     expected = video.caption(clips[".mp4"], field="video", beam_size=2)["caption"]
     assert capsys.readouterr().out.strip() == f"{path}: {expected}"
+
+
+def test_the_demo_page_captions_an_uploaded_clip_and_shows_its_sampled_frames(torchserve, video, clips,
+                                                                              monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_demo_app import APP
+
+    monkeypatch.setenv("CAPTION_INFERENCE_URL", torchserve.url("inference"))
+    monkeypatch.setenv("CAPTION_MANAGEMENT_URL", torchserve.url("management"))
+    monkeypatch.setenv("CAPTION_KEY_FILE", str(torchserve.key_file))
+    monkeypatch.setenv("CAPTION_VIDEO_MODEL", MODEL)
+    page = AppTest.from_file(str(APP), default_timeout=60)
+    page.run()
+    page.toggle(key="use_video").set_value(True)
+    page.run()
+    page.file_uploader(key="video_upload").set_value(("clip.webm", clips[".webm"], "video/webm"))
+    page.run()
+    assert not page.exception and not page.error, (page.exception, [e.value for e in page.error])
+    expected = video.caption(clips[".webm"], field="video", beam_size=1, max_length=20)
+    assert [h.value for h in page.subheader if h.value != "History"] == [expected["caption"]]
+    assert expected["frames_sampled"] == [3, 9, 15, 21]  # 4 of the 24 frames, as sample_frame_indices says
+    strips = [image.captions for image in page.image if image.captions and image.captions[0].startswith("frame")]
+    assert strips == [[f"frame {i}" for i in expected["frames_sampled"]]]
