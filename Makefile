@@ -189,10 +189,11 @@ VIDEO_EXPORT := build/video-export
 VIDEO_MODEL_NAME := captioner-video
 VIDEO_CLIPS ?= 600
 VIDEO_VAL_CLIPS ?= 100
-VIDEO_FRAMES ?= 8
-VIDEO_SIZE ?= 64
+VIDEO_FRAMES ?= 4
+VIDEO_FRAME_SIZE ?= 64
+VIDEO_SIZE ?= 48
 VIDEO_TEMPORAL ?= concat
-VIDEO_FINETUNE_EPOCHS ?= 8
+VIDEO_FINETUNE_EPOCHS ?= 10
 VIDEO_DECODER_EPOCHS ?= 10
 VIDEO_SAMPLE = $(VIDEO_DATA)/clips/video$(VIDEO_CLIPS).mp4
 VIDEO_DATA_ARGS = --annotations $(VIDEO_TRAIN_JSON) --val-annotations $(VIDEO_VAL_JSON) --images $(VIDEO_DATA)/clips
@@ -207,7 +208,7 @@ video-data: $(VIDEO_VAL_JSON)
 
 $(VIDEO_VAL_JSON): | $(INSTALLED)
 	$(PY) -m training.video_data --out $(VIDEO_DATA) --train $(VIDEO_CLIPS) --val $(VIDEO_VAL_CLIPS) --seed 0 \
-		--frame-size $(VIDEO_SIZE)
+		--frame-size $(VIDEO_FRAME_SIZE)
 
 video-model: $(VIDEO_EXPORT)/model.safetensors
 

@@ -16,6 +16,7 @@ from handler.model_loader import load_exported_captioner
 from model.transforms import eval_transform
 from training.coco_data import caption_set, load_coco
 from training.evaluate import evaluate_model
+from training.gallery import save_figure
 from training.video_data import MOTIONS, names_clip
 
 
@@ -46,13 +47,8 @@ def draw_strips(rows: list[tuple[list, str, bool]], out: Path) -> Path:
             if column < len(frames):
                 ax.imshow(frames[column])
         axes[row][0].set_title(caption, fontsize=9, loc="left", color="darkgreen" if correct else "firebrick")
-    fig.suptitle("held-out clips: sampled frames and predicted caption (green: object and motion right)",
-                 fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return save_figure(fig, "held-out clips: sampled frames and predicted caption (green: object and motion right)",
+                       out, fontsize=10)
 
 
 def main(args: argparse.Namespace) -> Path:
