@@ -42,8 +42,12 @@ def test_generated_set_is_msr_vtt_style_deterministic_and_read_by_the_coco_loade
     video = document["videos"][0]
     for key in ("video_id", "id", "file_name", "frame_count", "fps", "duration", "motion"):
         assert key in video
-    assert (tmp_path / "a" / "clips" / video["file_name"]).read_bytes() == \
-        (tmp_path / "b" / "clips" / video["file_name"]).read_bytes()
+    # The same pictures: x264 sometimes writes the same frames as other bytes, so compare the frames.
+    for record in document["videos"]:
+        first_clip, second_clip = (read_clip((tmp_path / run / "clips" / record["file_name"]).read_bytes(),
+                                             record["frame_count"]) for run in ("a", "b"))
+        assert [np.asarray(f).tobytes() for f in first_clip.frames] == \
+            [np.asarray(f).tobytes() for f in second_clip.frames]
     coco = load_coco(first[0])
     assert is_video_set(coco) and len(coco.imgs) == 6
     for clip_id, record in coco.imgs.items():

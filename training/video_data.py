@@ -13,7 +13,8 @@ modelled on MSR-VTT:
      "sentences": [{"sen_id": 35, "video_id": "video7", "caption": "a red circle moves from left to right"}]}
 
 `training.coco_data.load_coco` reads it like the image set's COCO files. The
-same seed writes the same clips and captions.
+same seed writes the same annotations and clips whose decoded frames are the same
+(x264 now and then encodes equal frames as other bytes).
 """
 
 from __future__ import annotations

@@ -31,6 +31,17 @@ def pick_clips(coco, count: int) -> list[int]:
     return picked
 
 
+def frame_strip(frames: list, gap: int = 4, scale: int = 2) -> "Image.Image":
+    """The frames side by side, enlarged `scale` times (nearest neighbour: pixels stay visible), on white."""
+    from PIL import Image
+
+    width, height = frames[0].size
+    strip = Image.new("RGB", (len(frames) * (width * scale + gap) - gap, height * scale), "white")
+    for index, frame in enumerate(frames):
+        strip.paste(frame.resize((width * scale, height * scale), Image.NEAREST), (index * (width * scale + gap), 0))
+    return strip
+
+
 def draw_strips(rows: list[tuple[list, str, bool]], out: Path) -> Path:
     """rows: (sampled frames, caption, right or not); one strip of frames per row, the caption above it."""
     import matplotlib
@@ -38,17 +49,16 @@ def draw_strips(rows: list[tuple[list, str, bool]], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    frames_per_row = max(len(frames) for frames, _, _ in rows)
-    fig, axes = plt.subplots(len(rows), frames_per_row, figsize=(1.1 * frames_per_row, 1.45 * len(rows)),
-                             squeeze=False)
-    for row, (frames, caption, correct) in enumerate(rows):
-        for column, ax in enumerate(axes[row]):
-            ax.axis("off")
-            if column < len(frames):
-                ax.imshow(frames[column])
-        axes[row][0].set_title(caption, fontsize=9, loc="left", color="darkgreen" if correct else "firebrick")
-    return save_figure(fig, "held-out clips: sampled frames and predicted caption (green: object and motion right)",
-                       out, fontsize=10)
+    columns = 2
+    lines = (len(rows) + columns - 1) // columns
+    fig, axes = plt.subplots(lines, columns, figsize=(5.2 * columns, 1.9 * lines), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (frames, caption, correct) in zip(axes.flat, rows):
+        ax.imshow(frame_strip(frames))
+        ax.set_title(caption, fontsize=10, color="darkgreen" if correct else "firebrick")
+    return save_figure(fig, "held-out clips: the sampled frames and the caption (green: object and motion right)",
+                       out, fontsize=11)
 
 
 def main(args: argparse.Namespace) -> Path:
