@@ -106,8 +106,8 @@ serve: install model mar
 	$(PY) -m ops.server start --workdir $(SERVE_DIR) --model-store $(STORE) --config config.properties
 	$(CLIENT) register $(MODEL_NAME).mar
 	$(CLIENT) caption $(SAMPLE)
-	@if [ -f $(STORE)/$(VIDEO_MODEL_NAME).mar ]; then \
-		$(VIDEO_CLIENT) register $(VIDEO_MODEL_NAME).mar && $(VIDEO_CLIENT) caption $(VIDEO_SAMPLE); fi
+	@if [ -f $(STORE)/$(VIDEO_MODEL_NAME).mar ]; then $(VIDEO_CLIENT) register $(VIDEO_MODEL_NAME).mar; fi
+	@if [ -f $(STORE)/$(VIDEO_MODEL_NAME).mar ] && [ -f $(VIDEO_SAMPLE) ]; then $(VIDEO_CLIENT) caption $(VIDEO_SAMPLE); fi
 
 stop: | $(INSTALLED)
 	$(PY) -m ops.server stop --workdir $(SERVE_DIR)
