@@ -63,6 +63,8 @@ help:
 	@echo "make tiny-export  a tiny random model in build/tiny-export (LOAD_EXPORT=build/tiny-export for the load runs)"
 	@echo "make bench        benchmarks: writes BENCHMARKS.md, docs/bench.json, docs/bench.png"
 	@echo "make compare      train, evaluate and time backbones x decoders with the default recipe (build/compare)"
+	@echo "make video-model  generate clips, train the video captioner, export to $(VIDEO_EXPORT), evaluate, gallery"
+	@echo "make video-mar    pack $(STORE)/$(VIDEO_MODEL_NAME).mar (make serve registers it when present)"
 
 install: $(INSTALLED) $(STUBS)
 
@@ -111,6 +113,8 @@ serve: install model mar
 	$(PY) -m ops.server start --workdir $(SERVE_DIR) --model-store $(STORE) --config config.properties
 	$(CLIENT) register $(MODEL_NAME).mar
 	$(CLIENT) caption $(SAMPLE)
+	@if [ -f $(STORE)/$(VIDEO_MODEL_NAME).mar ]; then $(VIDEO_CLIENT) register $(VIDEO_MODEL_NAME).mar; fi
+	@if [ -f $(STORE)/$(VIDEO_MODEL_NAME).mar ] && [ -f $(VIDEO_SAMPLE) ]; then $(VIDEO_CLIENT) caption $(VIDEO_SAMPLE); fi
 
 stop: | $(INSTALLED)
 	$(PY) -m ops.server stop --workdir $(SERVE_DIR)
@@ -195,3 +199,56 @@ COMPARE_ARGS ?=
 compare: install data
 	$(PY) -m bench.compare --annotations $(TRAIN_JSON) --val-annotations $(VAL_JSON) --images $(DATA)/images \
 		--finetune-args "$(FINETUNE_ARGS)" --decoder-args "$(DECODER_ARGS)" $(COMPARE_ARGS)
+
+# Video captioning (README "Video"): generated clips of moving shapes, the image encoder on
+# VIDEO_FRAMES sampled frames, frames concatenated in order, the same decoder. Two stages as
+# for images: fine-tune the backbone with the caption loss and two auxiliary losses, then train
+# the projection, temporal step and decoder on the frozen backbone's cached frame features.
+VIDEO_DATA := data/videos
+VIDEO_TRAIN_JSON := $(VIDEO_DATA)/annotations/captions_train.json
+VIDEO_VAL_JSON := $(VIDEO_DATA)/annotations/captions_val.json
+VIDEO_TRAIN_DIR := build/video-train
+VIDEO_EXPORT := build/video-export
+VIDEO_MODEL_NAME := captioner-video
+VIDEO_CLIPS ?= 600
+VIDEO_VAL_CLIPS ?= 100
+VIDEO_FRAMES ?= 4
+VIDEO_FRAME_SIZE ?= 64
+VIDEO_SIZE ?= 48
+VIDEO_TEMPORAL ?= concat
+VIDEO_FINETUNE_EPOCHS ?= 10
+VIDEO_DECODER_EPOCHS ?= 10
+VIDEO_SAMPLE = $(VIDEO_DATA)/clips/video$(VIDEO_CLIPS).mp4
+VIDEO_DATA_ARGS = --annotations $(VIDEO_TRAIN_JSON) --val-annotations $(VIDEO_VAL_JSON) --images $(VIDEO_DATA)/clips
+VIDEO_FINETUNE_ARGS ?= --encoder-weights none --train-backbone --image-size $(VIDEO_SIZE) --num-frames $(VIDEO_FRAMES) \
+	--temporal $(VIDEO_TEMPORAL) --epochs $(VIDEO_FINETUNE_EPOCHS) --batch-size 16 --lr 5e-3 --backbone-lr 1.5e-3 \
+	--captions-per-image 2 --concept-weight 4.0 --scene-weight 1.0
+VIDEO_DECODER_ARGS ?= --epochs $(VIDEO_DECODER_EPOCHS) --batch-size 32 --lr 3e-3 --concept-weight 4.0 --scene-weight 1.0
+VIDEO_CLIENT := $(PY) -m client --key-file $(SERVE_DIR)/key_file.json --model $(VIDEO_MODEL_NAME)
+
+.PHONY: video-data video-model video-eval video-mar
+video-data: $(VIDEO_VAL_JSON)
+
+$(VIDEO_VAL_JSON): | $(INSTALLED)
+	$(PY) -m training.video_data --out $(VIDEO_DATA) --train $(VIDEO_CLIPS) --val $(VIDEO_VAL_CLIPS) --seed 0 \
+		--frame-size $(VIDEO_FRAME_SIZE)
+
+video-model: $(VIDEO_EXPORT)/model.safetensors
+
+$(VIDEO_EXPORT)/model.safetensors: $(VIDEO_VAL_JSON) | $(INSTALLED)
+	$(PY) -m training.train $(VIDEO_DATA_ARGS) --output-dir $(VIDEO_TRAIN_DIR)/finetune $(VIDEO_FINETUNE_ARGS)
+	$(PY) -m training.train $(VIDEO_DATA_ARGS) --output-dir $(VIDEO_TRAIN_DIR) \
+		--init-from $(VIDEO_TRAIN_DIR)/finetune/checkpoint.pt $(VIDEO_DECODER_ARGS)
+	$(PY) -m training.export --checkpoint $(VIDEO_TRAIN_DIR)/checkpoint.pt --out $(VIDEO_EXPORT)
+	$(PY) -m training.evaluate --export-dir $(VIDEO_EXPORT) --annotations $(VIDEO_VAL_JSON) \
+		--images $(VIDEO_DATA)/clips | tee build/video-eval.json
+	$(PY) -m training.video_gallery --export-dir $(VIDEO_EXPORT) --annotations $(VIDEO_VAL_JSON) \
+		--videos $(VIDEO_DATA)/clips --out build/video_gallery.png
+
+video-eval: | $(INSTALLED)
+	$(PY) -m training.evaluate --export-dir $(VIDEO_EXPORT) --annotations $(VIDEO_VAL_JSON) --images $(VIDEO_DATA)/clips
+
+video-mar: $(STORE)/$(VIDEO_MODEL_NAME).mar
+
+$(STORE)/$(VIDEO_MODEL_NAME).mar: $(VIDEO_EXPORT)/model.safetensors $(wildcard handler/*.py handler/*.yaml model/*.py) | $(INSTALLED)
+	$(PY) -m ops.archive --export-dir $(VIDEO_EXPORT) --out $(STORE) --model-name $(VIDEO_MODEL_NAME) --version $(VERSION)

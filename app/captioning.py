@@ -32,22 +32,27 @@ class ServerSettings:
     management_url: str = DEFAULT_MANAGEMENT_URL
     key_file: str = ""  # "" when the server runs without token authorization
     model: str = "captioner"
+    video_model: str = "captioner-video"  # the model a video upload goes to (`make video-mar`)
 
     @classmethod
     def from_env(cls) -> "ServerSettings":
-        """CAPTION_INFERENCE_URL, CAPTION_MANAGEMENT_URL, CAPTION_KEY_FILE, CAPTION_MODEL (all optional)."""
+        """CAPTION_INFERENCE_URL, CAPTION_MANAGEMENT_URL, CAPTION_KEY_FILE, CAPTION_MODEL,
+        CAPTION_VIDEO_MODEL (all optional)."""
         key_file = key_file_from_env()
         return cls(
             inference_url=os.environ.get("CAPTION_INFERENCE_URL", DEFAULT_INFERENCE_URL),
             management_url=os.environ.get("CAPTION_MANAGEMENT_URL", DEFAULT_MANAGEMENT_URL),
             key_file=str(key_file) if key_file else "",
             model=os.environ.get("CAPTION_MODEL", "captioner"),
+            video_model=os.environ.get("CAPTION_VIDEO_MODEL", "captioner-video"),
         )
 
-    def client(self) -> CaptionClient:
+    def client(self, video: bool = False) -> CaptionClient:
+        """A client of the image model, or of the video model with `video`."""
         # Few retries: a person is waiting, and a server that is down should be reported quickly.
         tokens = TokenStore(Path(self.key_file) if self.key_file.strip() else None, self.management_url)
-        return CaptionClient(self.inference_url, self.management_url, tokens, self.model, retries=1, timeout=30)
+        model = self.video_model if video else self.model
+        return CaptionClient(self.inference_url, self.management_url, tokens, model, retries=1, timeout=30)
 
 
 # The languages the page offers (the default model's); a model without one answers 400, shown as the error.
@@ -100,8 +105,10 @@ def request_caption(
     options: DecodingOptions,
     stream: bool,
     on_word: Callable[[list[str]], None] | None = None,
+    field: str = "image",
 ) -> CaptionOutcome:
-    """Caption `image`; with `stream`, call `on_word(words so far)` as each word arrives.
+    """Caption `image` (a clip's file with `field="video"`); with `stream`, call `on_word(words so far)`
+    as each word arrives.
 
     When the maps were asked for and the model has none (a 400 naming `attention`),
     the caption is asked again without them, and the outcome says why there are none.
@@ -143,12 +150,12 @@ def _request_caption(
 ) -> CaptionOutcome:
     start = time.perf_counter()
     if not stream:
-        result = client.caption(image, **options.request_options())
+        result = client.caption(image, field=field, **options.request_options())
         return CaptionOutcome(result, time.perf_counter() - start, words=list(result.get("tokens", [])))
     words: list[str] = []
     first_word = None
     result = None
-    for chunk in client.caption_stream(image, **options.request_options()):
+    for chunk in client.caption_stream(image, field=field, **options.request_options()):
         if "token" in chunk:
             first_word = first_word if first_word is not None else time.perf_counter() - start
             words.append(chunk["token"])
@@ -182,3 +189,22 @@ def explain_failure(error: Exception, settings: ServerSettings) -> str:
             "key_file.json in the sidebar (leave it empty when token authorization is off)."
         )
     return f"The request failed: {error}"
+
+
+def sampled_frames(clip: bytes, result: dict[str, Any]) -> list:
+    """The frames the server captioned (its reply's `frames_sampled`), read from the clip here.
+
+    The page reads them with the server's own frame reader and sampling
+    (`model/video_frames.py`), so the strip shows what the model saw. Empty when
+    the reply names no frames or the clip cannot be read here.
+    """
+    from model.video_frames import VideoReadError, read_clip
+
+    sampled = result.get("frames_sampled") or []
+    if not sampled:
+        return []
+    try:
+        clip = read_clip(clip, len(sampled))
+    except VideoReadError:
+        return []
+    return list(clip.frames) if clip.indices == sampled else []

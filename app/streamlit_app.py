@@ -1,4 +1,4 @@
-"""The demo page: upload an image (or take a photo) and read its caption from the running service.
+"""The demo page: upload an image (or take a photo) or a video clip and read its caption from the running service.
 
     make serve && make demo        # or: python -m streamlit run app/streamlit_app.py
 
@@ -27,12 +27,14 @@ from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from app.captioning import (  # noqa: E402
     LANGUAGE_NAMES, DecodingOptions, ServerSettings, attention_png, explain_failure, request_caption,
+    sampled_frames,
 )
 
 # The handler's limits (handler/model-config.yaml: max_length, max_beam_size).
 MOST_WORDS = 20
 LARGEST_BEAM = 8
 IMAGE_TYPES = ["jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp"]
+VIDEO_TYPES = ["mp4", "m4v", "mov", "webm", "mkv", "gif"]  # what the video model reads (README "Video")
 
 
 def sidebar() -> tuple[ServerSettings, DecodingOptions, bool]:
@@ -57,6 +59,8 @@ def sidebar() -> tuple[ServerSettings, DecodingOptions, bool]:
                 help="the server's key_file.json; leave empty when token authorization is off",
             ),
             model=defaults.model,
+            video_model=st.text_input("Video model", defaults.video_model, key="video_model",
+                                      help="the model video uploads go to (make video-mar, make serve)"),
         )
     options = DecodingOptions(
         beam_size=1 if method == "greedy" else beam_size, max_length=max_length, language=language,
@@ -65,11 +69,15 @@ def sidebar() -> tuple[ServerSettings, DecodingOptions, bool]:
     return settings, options, stream
 
 
-def picture_input():
-    """The uploaded file or the camera's photo (an UploadedFile), or None."""
+def picture_input() -> tuple[object, bool]:
+    """The uploaded file, the camera's photo or the uploaded clip (an UploadedFile, or None), and
+    whether it is a clip for the video model."""
+    if st.toggle("Caption a video clip", key="use_video"):
+        return st.file_uploader("Upload a video clip (MP4, WebM or animated GIF)", type=VIDEO_TYPES,
+                                key="video_upload"), True
     if st.toggle("Take a photo with the camera", key="use_camera"):
-        return st.camera_input("Take a photo", key="camera")
-    return st.file_uploader("Upload an image", type=IMAGE_TYPES, key="upload")
+        return st.camera_input("Take a photo", key="camera"), False
+    return st.file_uploader("Upload an image", type=IMAGE_TYPES, key="upload"), False
 
 
 def thumbnail(image: bytes) -> str | None:
@@ -85,8 +93,9 @@ def thumbnail(image: bytes) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def caption(settings: ServerSettings, options: DecodingOptions, stream: bool, name: str, image: bytes) -> dict:
-    """Ask the server, showing words as they arrive; returns what to show (caption or error)."""
+def caption(settings: ServerSettings, options: DecodingOptions, stream: bool, name: str, image: bytes,
+            video: bool = False) -> dict:
+    """Ask the server (the video model for a clip), showing words as they arrive; returns what to show."""
     live = st.empty()
     # A model that refused the maps once is not asked for them again (each refusal costs a request).
     server = (settings.inference_url, settings.model)
@@ -96,8 +105,8 @@ def caption(settings: ServerSettings, options: DecodingOptions, stream: bool, na
         options = replace(options, attention=False)
     try:
         outcome = request_caption(
-            settings.client(), image, options, stream,
-            on_word=lambda words: live.markdown(f"### {' '.join(words)} ▌"),
+            settings.client(video), image, options, stream,
+            on_word=lambda words: live.markdown(f"### {' '.join(words)} ▌"), field="video" if video else "image",
         )
     except Exception as error:  # every failure becomes a message on the page
         live.empty()
@@ -115,7 +124,8 @@ def caption(settings: ServerSettings, options: DecodingOptions, stream: bool, na
     st.session_state.history.insert(0, entry)
     return {"caption": outcome.caption, "timing": timing, "decoding": options.describe(),
             "ended": outcome.result.get("ended", True), "maps": attention_png(image, outcome.result),
-            "no_maps": refused if asked_for_maps else None}
+            "no_maps": refused if asked_for_maps else None, "frames_sampled": outcome.result.get("frames_sampled"),
+            "strip": sampled_frames(image, outcome.result) if video else []}
 
 
 def show(answer: dict) -> None:
@@ -130,6 +140,10 @@ def show(answer: dict) -> None:
             st.image(answer["maps"], caption="where each word looked (attention maps)", width="stretch")
         elif answer.get("no_maps"):
             st.caption(f"No attention maps: {answer['no_maps']}")
+        if answer.get("strip"):
+            with st.container(key="frames"):
+                st.caption("The frames the model was shown:")
+                st.image(answer["strip"], caption=[f"frame {i}" for i in answer["frames_sampled"]], width=96)
 
 
 def history() -> None:
@@ -153,24 +167,26 @@ def main() -> None:
     settings, options, stream = sidebar()
     st.title("Image captioning")
     st.caption(f"ResNet + LSTM captioner `{settings.model}`, served by TorchServe at {settings.inference_url}")
-    picture = picture_input()
+    picture, video = picture_input()
     if picture is not None:
         image = picture.getvalue()
         preview, answer_column = st.columns([1, 2])
         with preview:
-            if thumbnail(image) is None:
+            if video and not picture.name.lower().endswith(".gif"):
+                st.video(image)
+            elif thumbnail(image) is None:
                 st.warning(f"{picture.name} cannot be shown as an image; the server is asked anyway.")
             else:
                 st.image(image, caption=picture.name, width="stretch")
         with answer_column:
             # One request per (image, options, server): other reruns of the page show the last answer again.
-            request = (hashlib.sha256(image).hexdigest(), options, settings, stream)
+            request = (hashlib.sha256(image).hexdigest(), options, settings, stream, video)
             answer_area = st.container()
             again = st.button("Caption again", key="again")
             with answer_area:
                 if again or st.session_state.get("request") != request:
                     st.session_state.request = request
-                    st.session_state.answer = caption(settings, options, stream, picture.name, image)
+                    st.session_state.answer = caption(settings, options, stream, picture.name, image, video)
                 show(st.session_state.answer)
     history()
 

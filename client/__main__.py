@@ -3,6 +3,8 @@
     python -m client caption photo.jpg other.png          # REST, concurrent
     python -m client caption photo.jpg --grpc --stream    # gRPC, word by word
     python -m client caption photo.jpg --do-sample --top-p 0.9 --num-captions 3 --seed 1
+    python -m client --model captioner-video caption clip.mp4 clip.webm   # the video model
+    python -m client --model captioner-video caption anim.gif --video --beam-size 3
     python -m client describe | scale 2 | register captioner.mar | unregister | set-default 2.0
 
 A request the server refuses for overload (503) or fails while restarting a worker
@@ -43,8 +45,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="seconds after which a request is not sent again")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    caption = commands.add_parser("caption", help="caption image files")
-    caption.add_argument("images", nargs="+", type=Path)
+    caption = commands.add_parser("caption", help="caption image or video files")
+    caption.add_argument("images", nargs="+", type=Path, help="image files, or video files for a video model")
+    caption.add_argument("--video", action="store_true",
+                         help="the files are clips (implied for .mp4, .m4v, .mov, .webm, .mkv; say it for GIFs)")
     caption.add_argument("--grpc", action="store_true", help="use gRPC instead of REST")
     caption.add_argument("--stream", action="store_true", help="print words as they are decoded")
     caption.add_argument("--beam-size", type=int, default=None)
@@ -85,6 +89,14 @@ DECODING_OPTIONS = (
 )
 
 
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv")
+
+
+def _field(args: argparse.Namespace, path: Path) -> str:
+    """The JSON field a file goes under when options make the request JSON: "video" for clips."""
+    return "video" if args.video or path.suffix.lower() in VIDEO_SUFFIXES else "image"
+
+
 def _options(args: argparse.Namespace) -> dict:
     values = {name: getattr(args, name) for name in DECODING_OPTIONS}
     values["do_sample"] = True if args.do_sample else None
@@ -120,7 +132,7 @@ def _caption(args: argparse.Namespace, tokens: TokenStore) -> int:
     if args.stream:
         for path in args.images:
             print(f"{path}: ", end="", flush=True)
-            for chunk in client.caption_stream(path.read_bytes(), **options):
+            for chunk in client.caption_stream(path.read_bytes(), field=_field(args, path), **options):
                 if "token" in chunk:
                     print(chunk["token"], end=" ", flush=True)
                 elif args.json:
@@ -130,7 +142,7 @@ def _caption(args: argparse.Namespace, tokens: TokenStore) -> int:
 
     def one(path: Path):
         try:
-            return path, client.caption(path.read_bytes(), **options)
+            return path, client.caption(path.read_bytes(), field=_field(args, path), **options)
         except (ServiceError, OSError) as error:
             return path, error
 

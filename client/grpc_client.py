@@ -84,15 +84,19 @@ class GrpcCaptionClient:
 
         return self.inference.Ping(empty_pb2.Empty(), timeout=self.timeout).health
 
-    def caption(self, image: bytes, **options: Any) -> dict[str, Any]:
-        """Caption one image; the options are `CaptionClient.caption`'s, sent as text inputs."""
+    def caption(self, image: bytes, *, field: str = "image", **options: Any) -> dict[str, Any]:
+        """Caption one image (or clip); the options are `CaptionClient.caption`'s, sent as text inputs.
+
+        `field` is accepted as `CaptionClient` takes it: over gRPC the file's bytes go
+        under `data` for images and clips alike.
+        """
         reply = self.inference.Predictions(
             self._request(image, options), metadata=self._metadata("inference"), timeout=self.timeout
         )
         return self._decode(reply.prediction)
 
-    def caption_stream(self, image: bytes, **options: Any) -> Iterator[dict[str, Any]]:
-        """Yield word chunks as they are decoded, then the full result."""
+    def caption_stream(self, image: bytes, *, field: str = "image", **options: Any) -> Iterator[dict[str, Any]]:
+        """Yield word chunks as they are decoded, then the full result (`field` as in `caption`)."""
         replies = self.inference.StreamPredictions(
             self._request(image, {**options, "stream": True}), metadata=self._metadata("inference"),
             timeout=self.timeout,

@@ -188,22 +188,23 @@ class CaptionClient:
             raise ServiceError(delivery.response.status_code, _parse(delivery.response))
         return delivery.response.json()
 
-    def caption(self, image: bytes, **options: Any) -> dict[str, Any]:
-        """Caption one image. Options (README "Calling the service"): max_length, beam_size,
-        num_captions (n_best), beam_groups, diversity, do_sample, temperature, top_k, top_p, seed.
+    def caption(self, image: bytes, *, field: str = "image", **options: Any) -> dict[str, Any]:
+        """Caption one image (or a clip, with `field="video"`, for a video model). Options (README
+        "Calling the service"): max_length, beam_size, num_captions (n_best), beam_groups, diversity,
+        do_sample, temperature, top_k, top_p, seed.
 
-        Without options the raw bytes are posted; with options, a JSON body.
+        Without options the raw bytes are posted; with options, a JSON body holding them under `field`.
         """
         if options:
-            body = {"image": base64.b64encode(image).decode("ascii"), **options}
+            body = {field: base64.b64encode(image).decode("ascii"), **options}
             delivery = self.deliver(json=body)
         else:
             delivery = self.deliver(data=image, extra_headers={"Content-Type": "application/octet-stream"})
         return self.result(delivery)
 
-    def caption_stream(self, image: bytes, **options: Any) -> Iterator[dict[str, Any]]:
+    def caption_stream(self, image: bytes, *, field: str = "image", **options: Any) -> Iterator[dict[str, Any]]:
         """Yield `{"index", "token"}` chunks as words are decoded, then the full result."""
-        body = {"image": base64.b64encode(image).decode("ascii"), "stream": True, **options}
+        body = {field: base64.b64encode(image).decode("ascii"), "stream": True, **options}
         with self.session.post(
             self._predictions_url(), json=body, headers=self.tokens.header("inference"), stream=True,
             timeout=self.timeout,

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from model.export_format import load_exported_captioner
+from handler.inputs import model_input
 from handler.open_inference import v2_error, v2_response
 from handler.request_parsing import BadRequest, CaptionRequest, Failed, RequestLimits, parse_request
 from handler.streaming import WordStreamer, to_json
@@ -50,7 +50,8 @@ class CaptionHandler(BaseHandler):
             torch.set_num_threads(int(threads))
         self.model, self.vocab = load_exported_captioner(properties["model_dir"], self.device)
         config = self.model.config
-        self.transform = eval_transform(image_size=config.image_size, mean=config.mean, std=config.std)
+        # The request reader and transform of the model's modality: an image, or a clip of frames.
+        self.media, self.transform = model_input(config, settings)
         self._set_up_precision(settings, properties)  # and the CPU kernels
         self.attention_grid = config.attention_grid  # G, or None when the decoder has no attention
         self.limits = RequestLimits.from_settings(
@@ -63,9 +64,9 @@ class CaptionHandler(BaseHandler):
         self.context = context
         self.initialized = True
         logger.info(
-            "captioner %s %s loaded on %s (%s + %s, vocab %d, image %d px, languages %s)",
-            self.model_name, self.model_version, self.device, config.backbone, config.decoder, len(self.vocab),
-            config.image_size, ", ".join(config.languages),
+            "captioner %s %s loaded on %s (%s, %s + %s, vocab %d, image %d px, languages %s)",
+            self.model_name, self.model_version, self.device, config.modality, config.backbone, config.decoder,
+            len(self.vocab), config.image_size, ", ".join(config.languages),
         )
 
     def _set_up_precision(self, settings: dict[str, Any], properties: dict[str, Any]) -> None:
@@ -128,8 +129,10 @@ class CaptionHandler(BaseHandler):
         parsed: list[CaptionRequest | Failed] = []
         for idx, row in enumerate(data):
             try:
-                request = parse_request(row, self.limits)
-                request.pixels = self.transform(request.image)  # (3, S, S)
+                request = parse_request(row, self.limits, self.media)
+                request.pixels = self.transform(request.image)  # (3, S, S), or (N, 3, S, S) for a clip
+                # A clip's reply says which of its frames were captioned (model.video_frames.SampledFrames).
+                request.in_reply = getattr(request.image, "in_reply", dict)()
                 request.image = None
                 parsed.append(request)
             except BadRequest as error:
@@ -148,8 +151,8 @@ class CaptionHandler(BaseHandler):
         results: list[Caption | Failed] = list(requests)  # Failed entries pass through
         if not rows:
             return results
-        images = torch.stack([requests[i].pixels for i in rows]).to(self.device)  # (B, 3, S, S)
-        if self.channels_last:
+        images = torch.stack([requests[i].pixels for i in rows]).to(self.device)  # (B, 3, S, S) or (B, N, 3, S, S)
+        if self.channels_last and images.dim() == 4:  # a clip's frames meet the channels-last weights as they are
             images = images.contiguous(memory_format=torch.channels_last)
         started = time.perf_counter()
         embeddings = self.encode(images)  # (B, E), or (B, G*G, E) for an attending decoder; fp32, under the precision
@@ -223,6 +226,7 @@ class CaptionHandler(BaseHandler):
             "max_length": options.max_length,
             **options.in_reply(),
             "language": options.language,
+            **request.in_reply,
             "model": self.model_name,
             "version": self.model_version,
         }

@@ -27,7 +27,7 @@ import math
 import re
 import secrets
 import warnings
-from dataclasses import dataclass, fields as dataclass_fields
+from dataclasses import dataclass, field as dataclass_field, fields as dataclass_fields
 from typing import Any, Mapping, Sequence
 
 from PIL import Image, UnidentifiedImageError
@@ -160,9 +160,10 @@ class OpenInferenceCall:
 
 @dataclass
 class CaptionRequest:
-    image: Image.Image | None  # upright 8-bit RGB; the handler drops it once `pixels` is made
+    image: Any  # upright 8-bit RGB PIL image (a video model: a list of them); dropped once `pixels` is made
     options: CaptionOptions
     pixels: Any = None  # the model input (3, S, S), made by the handler's preprocess
+    in_reply: dict[str, Any] = dataclass_field(default_factory=dict)  # added to the reply (a clip: its frames)
     v2: OpenInferenceCall | None = None  # set for a KServe v2 body: answer in v2 form
 
 
@@ -376,16 +377,38 @@ def _base64_image(value: Any, where: str = 'JSON field "image"') -> bytes:
         raise BadRequest(f"{where} is not valid base64: {error}") from error
 
 
-def _from_json(document: Any, limits: RequestLimits) -> CaptionRequest:
+class ImageInput:
+    """How an image model reads a request's picture: the file's bytes, or JSON "image" (base64).
+
+    The video model's reader (`handler/video_input.py`) has the same members, and
+    `parse_request` takes either, so both models parse requests and options alike.
+    """
+
+    json_fields: tuple[str, ...] = ("image",)
+    missing_json: str = 'JSON body lacks "image" (the image file, base64-encoded)'
+
+    def from_bytes(self, data: bytes, limits: RequestLimits) -> Image.Image:
+        return decode_image(data, limits)
+
+    def from_json(self, document: dict[str, Any], limits: RequestLimits) -> Image.Image:
+        return decode_image(_base64_image(document["image"]), limits)
+
+
+IMAGE_INPUT = ImageInput()
+
+
+def _from_json(document: Any, limits: RequestLimits, media: ImageInput = IMAGE_INPUT) -> CaptionRequest:
     if not isinstance(document, dict):
-        raise BadRequest('JSON body must be an object like {"image": "<base64>"}')
-    unknown = sorted(set(document) - {"image", *OPTION_FIELDS})
+        raise BadRequest(f'JSON body must be an object like {{"{media.json_fields[0]}": "<base64>"}}')
+    unknown = sorted(set(document) - {*media.json_fields, *OPTION_FIELDS})
     if unknown:
-        raise BadRequest(f"unknown JSON fields {unknown}; allowed: image, {', '.join(OPTION_FIELDS)}")
-    if "image" not in document:
-        raise BadRequest('JSON body lacks "image" (the image file, base64-encoded)')
+        raise BadRequest(
+            f"unknown JSON fields {unknown}; allowed: {', '.join(media.json_fields)}, {', '.join(OPTION_FIELDS)}"
+        )
+    if not any(name in document for name in media.json_fields):
+        raise BadRequest(media.missing_json)
     options = parse_options(document, limits)
-    return CaptionRequest(decode_image(_base64_image(document["image"]), limits), options)
+    return CaptionRequest(media.from_json(document, limits), options)
 
 
 def _json_document(data: bytes) -> Any | None:
@@ -495,7 +518,7 @@ def _v2_call(document: dict[str, Any]) -> OpenInferenceCall:
     return OpenInferenceCall(request_id or None, tuple(name for name in V2_OUTPUTS if name in names))
 
 
-def parse_v2_body(document: dict[str, Any], limits: RequestLimits) -> CaptionRequest:
+def parse_v2_body(document: dict[str, Any], limits: RequestLimits, media: ImageInput = IMAGE_INPUT) -> CaptionRequest:
     """A KServe v2 inference request -> image + options, remembering what its answer must hold.
 
     TorchServe's own kservev2 envelope is not used: in 0.12 it applies to every
@@ -511,12 +534,12 @@ def parse_v2_body(document: dict[str, Any], limits: RequestLimits) -> CaptionReq
     call = _v2_call(document)
     options = parse_options(_v2_options(tensors, document.get("parameters")), limits)
     image_data = _v2_element(tensors[V2_IMAGE_INPUT], {"BYTES"})
-    image = decode_image(_base64_image(image_data, where=f"input {V2_IMAGE_INPUT!r}"), limits)
+    image = media.from_bytes(_base64_image(image_data, where=f"input {V2_IMAGE_INPUT!r}"), limits)
     return CaptionRequest(image, options, v2=call)
 
 
-def parse_request(row: Mapping[str, Any], limits: RequestLimits) -> CaptionRequest:
-    """One TorchServe request dict -> image + options, or `BadRequest`."""
+def parse_request(row: Mapping[str, Any], limits: RequestLimits, media: ImageInput = IMAGE_INPUT) -> CaptionRequest:
+    """One TorchServe request dict -> image (or clip, as `media` reads it) + options, or `BadRequest`."""
     if not isinstance(row, Mapping) or not row:
         raise BadRequest(
             "empty request: send image bytes with a Content-Type (e.g. image/jpeg), "
@@ -548,14 +571,14 @@ def parse_request(row: Mapping[str, Any], limits: RequestLimits) -> CaptionReque
         raise BadRequest(f'JSON body must be an object like {{"image": "<base64>"}}, got {kind}')
     if document is None:
         options = parse_options(row, limits)
-        return CaptionRequest(decode_image(bytes(value), limits), options)
+        return CaptionRequest(media.from_bytes(bytes(value), limits), options)
     if any(name in row for name in OPTION_FIELDS):
         raise BadRequest("put options inside the JSON body, not beside it")
     if is_v2_body(document):
         try:
-            return parse_v2_body(document, limits)
+            return parse_v2_body(document, limits, media)
         except BadRequest as error:
             request_id = document.get("id")
             error.v2 = OpenInferenceCall(request_id if isinstance(request_id, str) and request_id else None)
             raise
-    return _from_json(document, limits)
+    return _from_json(document, limits, media)

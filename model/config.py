@@ -15,6 +15,7 @@ from model.decoders import get_decoder_spec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MODALITIES = ("image", "video")
 
 
 @dataclass
@@ -43,6 +44,10 @@ class CaptionerConfig:
         languages: ISO 639-1 codes of the languages the captions are written in, the
             default one first. With more than one, the vocabulary holds a start token
             per language and a request picks one (`model.decoding.first_tokens`).
+        modality: "image" (one picture in) or "video" (a clip in: `model/video.py`).
+        num_frames: frames sampled uniformly from a clip (video only; 1 for images).
+        temporal: how a clip's frame embeddings become one (video only): a name in
+            `model.video.TEMPORAL_MODULES` ("lstm", "attention", "mean").
     """
 
     vocab_size: int
@@ -59,6 +64,9 @@ class CaptionerConfig:
     decoder: str = "show_tell"
     grid_size: int = 7
     languages: tuple[str, ...] = ("en",)
+    modality: str = "image"
+    num_frames: int = 1
+    temporal: str = "mean"
 
     def __post_init__(self) -> None:
         self.mean = tuple(float(v) for v in self.mean)
@@ -78,6 +86,10 @@ class CaptionerConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError("mean and std need one value per RGB channel")
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
+        if self.num_frames < 1:
+            raise ValueError(f"num_frames must be positive, got {self.num_frames}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""

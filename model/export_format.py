@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from model.captioner import Captioner
 from model.config import CaptionerConfig
+from model.modalities import build_captioner
 from model.vocabulary import Vocabulary
 
 CONFIG_FILE = "config.json"
@@ -74,7 +75,7 @@ def load_exported_captioner(export_dir: Path | str, device: torch.device | str =
         state_dict = load_file(str(export_dir / WEIGHTS_FILE), device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
         raise ExportError(f"{export_dir / WEIGHTS_FILE} is not a valid safetensors file: {error}") from error
-    model = Captioner(config)
+    model = build_captioner(config)  # image or video, as config.json says
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from model.captioner import Captioner
+from model.modalities import build_captioner
 from model.config import CaptionerConfig
 from model.vocabulary import Vocabulary
 from model.export_format import export_captioner
@@ -23,6 +24,9 @@ SHAPE_WORDS = (
     "a small large red green blue yellow purple circle square triangle and , there is picture of "
     "on plain background from left to right in the middle image"
 ).split()
+
+
+TINY_VIDEO = {"modality": "video", "num_frames": 4, "temporal": "concat"}
 
 
 def tiny_config(vocab_size: int, **overrides) -> CaptionerConfig:
@@ -37,7 +41,12 @@ def tiny_config(vocab_size: int, **overrides) -> CaptionerConfig:
 def tiny_captioner(seed: int = 0, **overrides) -> tuple[Captioner, Vocabulary]:
     torch.manual_seed(seed)
     vocab = Vocabulary(SHAPE_WORDS)
-    return Captioner(tiny_config(len(vocab), **overrides)).eval(), vocab
+    return build_captioner(tiny_config(len(vocab), **overrides)).eval(), vocab
+
+
+def tiny_video_captioner(seed: int = 0, **overrides) -> tuple[Captioner, Vocabulary]:
+    """A tiny random video captioner: 4 frames of 32 px, frames concatenated in order."""
+    return tiny_captioner(seed, **{**TINY_VIDEO, **overrides})
 
 
 def write_tiny_export(

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from bench.worker_context import worker_context
 # Re-exported: the tests build their tiny models through this module.
-from ops.tiny_model import SHAPE_WORDS, tiny_captioner, tiny_config, write_tiny_export  # noqa: F401
+from ops.tiny_model import (  # noqa: F401
+    SHAPE_WORDS, TINY_VIDEO, tiny_captioner, tiny_config, tiny_video_captioner, write_tiny_export,
+)
 from training.shapes_dataset import describe, random_scene, render_scene
 
 

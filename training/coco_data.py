@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from model.transforms import to_rgb
+from model.video import ClipTransform
+from model.video_frames import VideoLimits, read_clip
 from model.vocabulary import Vocabulary
 
 
@@ -37,8 +40,35 @@ def load_coco(annotation_file: Path | str) -> COCO:
             f"no COCO annotation file at {path}; run `make data` for the generated set, "
             "or point --annotations at captions_train2017.json from cocodataset.org"
         )
+    document = json.loads(path.read_text())
+    if "videos" in document:
+        document = video_set_as_coco(document)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress chatter
-        return COCO(str(path))
+        coco = COCO()
+        coco.dataset = document
+        coco.createIndex()
+    return coco
+
+
+def video_set_as_coco(document: dict) -> dict:
+    """An MSR-VTT-style video set ("videos" + "sentences", `training/video_data.py`) as a COCO caption set.
+
+    Each video becomes an "image" record (its `id`, `file_name` and the rest of
+    its record), each sentence an annotation of it, so the datasets below, the
+    splits and the scorers treat clips like images.
+    """
+    ids = {video["video_id"]: video["id"] for video in document["videos"]}
+    annotations = [
+        {"id": sentence["sen_id"], "image_id": ids[sentence["video_id"]], "caption": sentence["caption"]}
+        for sentence in document["sentences"]
+    ]
+    return {"info": document.get("info", {}), "modality": "video", "images": document["videos"],
+            "annotations": annotations}
+
+
+def is_video_set(coco: COCO) -> bool:
+    """True for a caption set read from a video set's annotations."""
+    return coco.dataset.get("modality") == "video"
 
 
 DEFAULT_LANGUAGE = "en"
@@ -174,6 +204,29 @@ class CocoCaptions(Dataset):
         }
 
 
+class VideoCaptions(CocoCaptions):
+    """`CocoCaptions` over clips: an item's picture is its `num_frames` sampled frames, (N, 3, S, S).
+
+    Frames are read with the handler's own reader (`model/video_frames.py`) and
+    prepared by `ClipTransform` around the per-frame `transform`.
+    """
+
+    def __init__(self, coco: COCO, image_dir: Path | str, vocab: Vocabulary,
+                 transform: Callable[[Image.Image], torch.Tensor], image_ids: Sequence[int] | None = None,
+                 captions_per_image: int | None = None, *, num_frames: int,
+                 languages: Sequence[str] | None = None) -> None:
+        super().__init__(coco, image_dir, vocab, ClipTransform(transform, num_frames), image_ids, captions_per_image,
+                         languages)
+        self.num_frames = num_frames
+
+    def load_image(self, image_id: int) -> list[Image.Image]:
+        """The clip's sampled frames."""
+        path = self.image_dir / self.coco.imgs[image_id]["file_name"]
+        limits = VideoLimits(max_video_bytes=1 << 40, max_video_seconds=float("inf"), max_video_frames=1 << 30,
+                             max_frame_pixels=1 << 40)  # the set's own files: no request limits
+        return read_clip(path.read_bytes(), self.num_frames, limits).frames
+
+
 @dataclass
 class CaptionBatch:
     """A padded batch: B images (or their features) and N >= B captions.
@@ -207,3 +260,13 @@ def collate_captions(batch: list[tuple[torch.Tensor, list[torch.Tensor], int]], 
     for row, caption in enumerate(captions):
         padded[row, : len(caption)] = caption
     return CaptionBatch(torch.stack(images), padded, lengths, owners, torch.tensor(image_ids))
+
+
+def caption_set(coco: COCO, image_dir: Path | str, vocab: Vocabulary, transform: Callable[[Image.Image], torch.Tensor],
+                image_ids: Sequence[int] | None = None, captions_per_image: int | None = None, *,
+                num_frames: int = 1, languages: Sequence[str] | None = None) -> CocoCaptions:
+    """`VideoCaptions` for a video set, `CocoCaptions` for images: what training and evaluation read."""
+    if is_video_set(coco):
+        return VideoCaptions(coco, image_dir, vocab, transform, image_ids, captions_per_image, num_frames=num_frames,
+                             languages=languages)
+    return CocoCaptions(coco, image_dir, vocab, transform, image_ids, captions_per_image, languages=languages)

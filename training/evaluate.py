@@ -42,8 +42,9 @@ from model.captioner import Captioner
 from model.batch_captioning import DecodeSpec, decode_mixed
 from model.transforms import eval_transform
 from model.vocabulary import Vocabulary, tokenize
-from training.coco_data import DEFAULT_LANGUAGE, CocoCaptions, load_captions
+from training.coco_data import DEFAULT_LANGUAGE, CocoCaptions, caption_set, is_video_set, load_captions
 from training.shapes_dataset import names_every_object
+from training.video_data import names_clip
 
 SEED_RANGE = 2**32
 
@@ -113,13 +114,23 @@ def scenes_of(dataset: CocoCaptions) -> dict[int, list[dict]] | None:
     return scenes if all(scenes.values()) else None
 
 
+def clips_of(dataset: CocoCaptions) -> dict[int, dict] | None:
+    """The generated video set's clip records (object and motion), or None for an image set."""
+    return {i: dataset.coco.imgs[i] for i in dataset.image_ids} if is_video_set(dataset.coco) else None
+
+
 def score_captions(
     predictions: dict[int, list[str]],
     references: dict[int, list[str]],
     scenes: dict[int, list[dict]] | None = None,
     language: str = DEFAULT_LANGUAGE,
+    clips: dict[int, dict] | None = None,
 ) -> dict[str, Any]:
-    """Corpus-level BLEU-1..4 and CIDEr-D (and attribute accuracy when scenes are known), in `language`."""
+    """Corpus-level BLEU-1..4 and CIDEr-D (and attribute accuracy when scenes are known), in `language`.
+
+    With `clips` (the video set's records), `motion_accuracy`: the share of clips
+    whose caption names the right colour, shape and motion (`training.video_data.names_clip`).
+    """
     gts = {i: [" ".join(tokenize(r, language)) for r in references[i]] for i in predictions}
     res = {i: [" ".join(words) or "<empty>"] for i, words in predictions.items()}
     with contextlib.redirect_stdout(io.StringIO()):  # the scorers print their internals
@@ -130,6 +141,9 @@ def score_captions(
     if scenes:
         correct = sum(names_every_object(predictions[i], scenes[i], language) for i in predictions)
         metrics["attribute_accuracy"] = round(correct / len(predictions), 4)
+    if clips:
+        correct = sum(names_clip(predictions[i], clips[i]) for i in predictions)
+        metrics["motion_accuracy"] = round(correct / len(predictions), 4)
     metrics["images"] = len(predictions)
     return metrics
 
@@ -232,8 +246,9 @@ def evaluate_model(
     config = model.config
     spec = spec or DecodeSpec(config.max_length, beam_size)
     transform = eval_transform(image_size=config.image_size, mean=config.mean, std=config.std)
-    dataset = CocoCaptions(coco, images, vocab, transform, image_ids)
+    dataset = caption_set(coco, images, vocab, transform, image_ids, num_frames=config.num_frames)
     scenes = scenes_of(dataset)
+    clips = clips_of(dataset)
     started = time.perf_counter()
     per_language: dict[str, dict[str, Any]] = {}
     default_predictions: dict[int, list[str]] = {}
@@ -245,7 +260,7 @@ def evaluate_model(
             model, vocab, dataset, device=device, spec=spec, batch_size=batch_size, quiet=quiet, language=language
         )
         predictions = {image_id: captions[0] for image_id, captions in every.items()}
-        metrics = score_captions(predictions, references, scenes, language)
+        metrics = score_captions(predictions, references, scenes, language, clips)
         if spec.n_best > 1:
             metrics.update(diversity_metrics(every, references, scenes, language))
         per_language[language] = metrics

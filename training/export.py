@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from model.captioner import Captioner
+from model.modalities import build_captioner
 from model.config import CaptionerConfig
 from model.export_format import export_captioner
 from model.vocabulary import Vocabulary
@@ -21,7 +22,7 @@ from training.checkpoints import load_checkpoint
 def export_checkpoint(checkpoint_path: Path | str, out_dir: Path | str) -> Path:
     """Export the model stored in a training checkpoint."""
     checkpoint = load_checkpoint(checkpoint_path)
-    model = Captioner(CaptionerConfig.from_dict(checkpoint["config"]))
+    model = build_captioner(CaptionerConfig.from_dict(checkpoint["config"]))
     model.load_state_dict(checkpoint["model"])
     return export_captioner(model, Vocabulary.from_dict(checkpoint["vocab"]), out_dir)
 

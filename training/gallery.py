@@ -48,7 +48,14 @@ def draw_gallery(entries: list[tuple[Path, str, bool | None]], out: Path, column
             ax.imshow(image.convert("RGB"))
         color = "black" if correct is None else ("darkgreen" if correct else "firebrick")
         ax.set_title("\n".join(textwrap.wrap(caption, 30)), fontsize=9, color=color)
-    fig.suptitle("held-out images and predicted captions (green: every colour and shape right)", fontsize=11)
+    return save_figure(fig, "held-out images and predicted captions (green: every colour and shape right)", out)
+
+
+def save_figure(fig, title: str, out: Path, fontsize: int = 11) -> Path:
+    """Title, lay out and write a gallery figure (the video gallery's too), then free it."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=fontsize)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)

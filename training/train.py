@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from model.backbones import BACKBONES
 from model.captioner import Captioner
+from model.modalities import build_captioner
 from model.config import IMAGENET_MEAN, IMAGENET_STD, CaptionerConfig
 from model.decoders import DECODERS
 from model.encoder import image_summary
@@ -52,10 +53,12 @@ from training import distributed
 from training.checkpoints import load_checkpoint, save_checkpoint
 from training.auxiliary_losses import ConceptHead, SceneHead, WordPositionHead, doubly_stochastic_penalty
 from training.coco_data import (
-    CaptionBatch, CocoCaptions, caption_language, caption_languages, collate_captions, load_captions, split_image_ids,
+    CaptionBatch, CocoCaptions, caption_language, caption_languages, caption_set, collate_captions, is_video_set,
+    load_captions, split_image_ids,
 )
 from training.encoder_weights import load_encoder_weights
 from training.shapes_dataset import COLUMNS, SCENE_ATTRIBUTE_CLASSES, scene_labels
+from training.video_data import MOTION_ATTRIBUTE_CLASSES, motion_labels
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -87,6 +90,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--image-size", type=int, default=224)
     model.add_argument("--encoder-weights", default="imagenet", help="imagenet | none | PATH to a state_dict")
     model.add_argument("--train-backbone", action="store_true", help="fine-tune the backbone (frozen by default)")
+    model.add_argument("--num-frames", type=int, default=8, help="video sets: frames sampled from each clip")
+    model.add_argument("--temporal", default="concat", help="video sets: how frames become a clip embedding "
+                       "(model.video.TEMPORAL_MODULES: concat, lstm, mean)")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=5)
     optim.add_argument("--batch-size", type=int, default=64)
@@ -256,7 +262,7 @@ def train_one_epoch(
         if max_steps is not None and step >= max_steps:
             break
         batch = batch.to(device)
-        if channels_last:
+        if channels_last and batch.images.dim() == 4:  # clips (5-D) go channels-last frame by frame
             batch.images = batch.images.contiguous(memory_format=torch.channels_last)
         loss = training_loss(batch)
         optimizer.zero_grad(set_to_none=True)
@@ -286,10 +292,10 @@ def caption_metrics(
     model: Captioner, vocab: Vocabulary, val_set: CocoCaptions, device: torch.device, batch_size: int
 ) -> dict[str, Any]:
     """Greedy captions of the val images, scored as `training.evaluate` does."""
-    from training.evaluate import caption_dataset, scenes_of, score_captions
+    from training.evaluate import caption_dataset, clips_of, scenes_of, score_captions
 
     predictions = caption_dataset(model, vocab, val_set, device=device, batch_size=batch_size, quiet=True)
-    return score_captions(predictions, val_set.references(), scenes_of(val_set))
+    return score_captions(predictions, val_set.references(), scenes_of(val_set), clips_of(val_set))
 
 
 def plot_losses(history: dict[str, Any], path: Path, train_label: str = "train (smoothed)") -> None:
@@ -317,8 +323,15 @@ def plot_losses(history: dict[str, Any], path: Path, train_label: str = "train (
     plt.close(fig)
 
 
+def scene_layout(dataset: CocoCaptions) -> tuple[int, tuple[int, ...]]:
+    """`SceneHead`'s columns and classes per attribute: the picture's three columns, or a clip as one."""
+    return (1, MOTION_ATTRIBUTE_CLASSES) if is_video_set(dataset.coco) else (len(COLUMNS), SCENE_ATTRIBUTE_CLASSES)
+
+
 def scene_targets(dataset: CocoCaptions) -> dict[int, torch.Tensor]:
     """Image id -> (columns, attributes) class ids for `SceneHead`, from the generated set's image records."""
+    if is_video_set(dataset.coco):  # a clip's colour, shape, motion and new colour
+        return {i: torch.tensor(motion_labels(dataset.coco.imgs[i])) for i in dataset.image_ids}
     targets = {}
     for image_id in dataset.image_ids:
         objects = dataset.coco.imgs[image_id].get("objects")
@@ -331,8 +344,9 @@ def scene_targets(dataset: CocoCaptions) -> dict[int, torch.Tensor]:
     return targets
 
 
-def build_datasets(args: argparse.Namespace, vocab: Vocabulary | None, config_image_size: int, mean, std):
-    """Training and validation datasets, and the vocabulary (built from training captions if not given)."""
+def build_datasets(args: argparse.Namespace, vocab: Vocabulary | None, config_image_size: int, mean, std,
+                   num_frames: int = 1):
+    """Training and validation datasets (images, or clips of `num_frames`), and the vocabulary."""
     coco = load_captions(args.annotations)
     if args.val_annotations:
         train_ids = sorted(coco.imgs)
@@ -349,11 +363,11 @@ def build_datasets(args: argparse.Namespace, vocab: Vocabulary | None, config_im
         )
     train_tf = train_transform(image_size=config_image_size, mean=mean, std=std, augment=args.augment)
     val_tf = eval_transform(image_size=config_image_size, mean=mean, std=std)
-    train_set = CocoCaptions(coco, args.images, vocab, train_tf, train_ids, captions_per_image=args.captions_per_image,
-                             languages=args.train_languages)
+    train_set = caption_set(coco, args.images, vocab, train_tf, train_ids, args.captions_per_image,
+                            num_frames=num_frames, languages=args.train_languages)
     # Held out in the languages trained on, so the held-out loss measures what this run learns.
-    val_set = CocoCaptions(val_coco, args.val_images or args.images, vocab, val_tf, val_ids,
-                           languages=args.train_languages)
+    val_set = caption_set(val_coco, args.val_images or args.images, vocab, val_tf, val_ids, num_frames=num_frames,
+                          languages=args.train_languages)
     return train_set, val_set, vocab
 
 
@@ -382,9 +396,13 @@ def main(args: argparse.Namespace) -> Path:
         if checkpoint is None:  # --init-from: this run says whether the backbone trains
             config = dataclasses.replace(config, train_backbone=args.train_backbone)
         vocab = Vocabulary.from_dict(source["vocab"])
-        train_set, val_set, _ = build_datasets(args, vocab, config.image_size, config.mean, config.std)
+        train_set, val_set, _ = build_datasets(args, vocab, config.image_size, config.mean, config.std,
+                                               config.num_frames)
     else:
-        train_set, val_set, vocab = build_datasets(args, None, args.image_size, IMAGENET_MEAN, IMAGENET_STD)
+        video = is_video_set(load_captions(args.annotations))
+        num_frames = args.num_frames if video else 1
+        train_set, val_set, vocab = build_datasets(args, None, args.image_size, IMAGENET_MEAN, IMAGENET_STD,
+                                                   num_frames)
         config = CaptionerConfig(
             vocab_size=len(vocab),
             embed_size=args.embed_size,
@@ -398,8 +416,9 @@ def main(args: argparse.Namespace) -> Path:
             backbone=args.backbone,
             decoder=args.decoder,
             grid_size=args.grid_size or max(1, args.image_size // 32),
+            **({"modality": "video", "num_frames": num_frames, "temporal": args.temporal} if video else {}),
         )
-    model = Captioner(config)
+    model = build_captioner(config)
     if weights is not None:
         model.encoder.load_backbone_state_dict(weights)
     if source is not None:
@@ -434,7 +453,7 @@ def main(args: argparse.Namespace) -> Path:
         if args.word_position_weight > 0 else None
     )
     scene_head = (
-        SceneHead(config.embed_size, len(COLUMNS), SCENE_ATTRIBUTE_CLASSES, scene_targets(train_set)).to(device)
+        SceneHead(config.embed_size, *scene_layout(train_set), scene_targets(train_set)).to(device)
         if args.scene_weight > 0 else None
     )
     backbone = [p for p in model.encoder.backbone.parameters() if p.requires_grad]
@@ -499,7 +518,7 @@ def main(args: argparse.Namespace) -> Path:
         print(
             f"epoch {epoch + 1}/{args.epochs}: train loss {sum(losses) / max(len(losses), 1):.4f}, "
             f"val loss {val_loss:.4f}, {history['epoch_seconds'][-1]:.0f}s"
-            + "".join(f", {k} {v}" for k, v in metrics.items() if k in ("bleu4", "cider", "attribute_accuracy")),
+            + "".join(f", {k} {v}" for k, v in metrics.items() if k in ("bleu4", "cider", "attribute_accuracy", "motion_accuracy")),
             flush=True,
         )
         save_checkpoint(

@@ -1,0 +1,177 @@
+"""Read a video container's bytes into the frames the video captioner samples (PyAV).
+
+The one definition of frame reading, used by training (clip files), evaluation
+and the handler (request bytes), as `model/transforms.py` is for pixels.
+
+Untrusted bytes are handled with care: the container is recognised by its
+magic bytes (MP4/MOV, WebM/Matroska, GIF) and PyAV is told that format, so no
+other demuxer ever sees them; the frame size, duration and frame count are
+checked against `VideoLimits` from the headers and a packet pass before a
+single frame is decoded; and only the sampled frames are kept as pictures.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from model.video import sample_frame_indices
+
+# magic bytes -> the PyAV (FFmpeg) input format that reads them
+CONTAINERS = {"mp4": "mp4", "webm": "matroska", "gif": "gif"}
+STILL_IMAGE_MAGIC = {
+    b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+}
+
+
+class VideoReadError(ValueError):
+    """Bytes that are not a clip this service reads. `kind`: "too_large", "unsupported" or "corrupt"."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """What one clip may hold (the handler's come from model-config.yaml)."""
+
+    max_video_bytes: int = 20_000_000
+    max_video_seconds: float = 30.0
+    max_video_frames: int = 900
+    max_frame_pixels: int = 2_073_600  # 1920 x 1080
+
+
+class SampledFrames(list):
+    """The frames a clip was captioned from (a list of RGB images), remembering which they were.
+
+    `in_reply()` is what the service adds to its answer, so a caller can show the
+    very frames the caption describes.
+    """
+
+    def __init__(self, frames: list[Image.Image], indices: list[int], total_frames: int) -> None:
+        super().__init__(frames)
+        self.indices = list(indices)
+        self.total_frames = total_frames
+
+    def in_reply(self) -> dict[str, object]:
+        return {"frames_sampled": self.indices, "frames_total": self.total_frames}
+
+
+@dataclass
+class Clip:
+    """The sampled frames of a clip and what its container said about it."""
+
+    frames: SampledFrames
+    total_frames: int
+    fps: float | None
+    duration: float | None
+    width: int
+    height: int
+    container: str
+    indices: list[int] = field(default_factory=list)
+
+
+def container_of(data: bytes) -> str:
+    """"mp4", "webm" or "gif" from the magic bytes, or `VideoReadError` ("unsupported")."""
+    if data[4:8] == b"ftyp":
+        return "mp4"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "webm"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    still = next((name for magic, name in STILL_IMAGE_MAGIC.items() if data.startswith(magic)), None)
+    if still is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        still = "WebP"
+    if still is not None:
+        raise VideoReadError(
+            f"got a still {still} image; this model captions clips: send an MP4, WebM or animated GIF, "
+            'or JSON {"frames": ["<base64 image>", ...]} (one frame is a one-frame clip)',
+            "unsupported",
+        )
+    raise VideoReadError(
+        f"body is not a video container this service reads ({len(data)} bytes starting {bytes(data[:8])!r}); "
+        "send MP4 (H.264), WebM (VP8/VP9) or an animated GIF",
+        "unsupported",
+    )
+
+
+def read_clip(data: bytes, num_frames: int, limits: VideoLimits = VideoLimits()) -> Clip:
+    """Bytes of an MP4, WebM or GIF -> its `num_frames` uniformly sampled frames as RGB images."""
+    import av  # imported here: only video models need PyAV
+
+    if not data:
+        raise VideoReadError("empty body: send the video file's bytes", "corrupt")
+    if len(data) > limits.max_video_bytes:
+        raise VideoReadError(
+            f"clip is {len(data)} bytes; the limit is max_video_bytes={limits.max_video_bytes}", "too_large"
+        )
+    container_name = container_of(data)
+    fmt = CONTAINERS[container_name]
+    try:
+        total, fps, duration, width, height = _survey(av, data, fmt, limits)
+        indices = sample_frame_indices(total, num_frames)
+        frames = _decode_frames(av, data, fmt, set(indices))
+    except VideoReadError:
+        raise
+    except (av.error.FFmpegError, ValueError, IndexError, OSError, EOFError) as error:
+        raise VideoReadError(f"{container_name} could not be read (truncated or corrupt?): {error}", "corrupt") from error
+    if not frames:
+        raise VideoReadError(f"no frame of the {container_name} could be decoded (truncated or corrupt?)", "corrupt")
+    # A decoder can yield fewer frames than the container has packets; the last good frame stands in.
+    picked = [frames[max((k for k in frames if k <= i), default=min(frames))] for i in indices]
+    return Clip(SampledFrames(picked, indices, total), total, fps, duration, width, height, container_name, indices)
+
+
+def _survey(av, data: bytes, fmt: str, limits: VideoLimits) -> tuple[int, float | None, float | None, int, int]:
+    """Frame count, fps, duration and size from the headers and the packets, checked against the limits."""
+    with av.open(io.BytesIO(data), mode="r", format=fmt) as container:
+        if not container.streams.video:
+            raise VideoReadError("the container holds no video stream", "corrupt")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width < 1 or height < 1:
+            raise VideoReadError(f"video frames have no pixels ({width}x{height})", "corrupt")
+        if width * height > limits.max_frame_pixels:
+            raise VideoReadError(
+                f"frames are {width}x{height} = {width * height} pixels; the limit is "
+                f"max_frame_pixels={limits.max_frame_pixels}", "too_large",
+            )
+        fps = float(stream.average_rate) if stream.average_rate else None
+        total, last_time = 0, 0.0
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue  # the flush packet at the end
+            total += 1
+            if total > limits.max_video_frames:
+                raise VideoReadError(
+                    f"clip has more than max_video_frames={limits.max_video_frames} frames", "too_large"
+                )
+            if packet.pts is not None and packet.time_base is not None:
+                end = packet.pts + (packet.duration or 0)
+                last_time = max(last_time, float(end * packet.time_base))
+        duration = last_time or (container.duration / 1e6 if container.duration else None)
+        if duration is not None and duration > limits.max_video_seconds:
+            raise VideoReadError(
+                f"clip lasts {duration:.1f} s; the limit is max_video_seconds={limits.max_video_seconds:g}",
+                "too_large",
+            )
+    if total == 0:
+        raise VideoReadError("the video stream holds no frames (truncated or corrupt?)", "corrupt")
+    return total, fps, duration, width, height
+
+
+def _decode_frames(av, data: bytes, fmt: str, wanted: set[int]) -> dict[int, Image.Image]:
+    """Decode every frame in order (each may depend on the ones before), keeping only the wanted ones."""
+    kept: dict[int, Image.Image] = {}
+    with av.open(io.BytesIO(data), mode="r", format=fmt) as container:
+        stream = container.streams.video[0]
+        for index, frame in enumerate(container.decode(stream)):
+            if index in wanted:
+                kept[index] = frame.to_image().convert("RGB")
+            if index >= max(wanted):
+                break
+    return kept

@@ -1,0 +1,89 @@
+"""Request parsing for the video model: every way a clip arrives, and the limits, without a server."""
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+from handler.request_parsing import BadRequest, RequestLimits, parse_request
+from handler.video_input import VideoInput, video_limits
+from model.video_frames import VideoLimits
+from training.video_data import write_video
+
+LIMITS = RequestLimits()
+
+
+def _frames(count: int) -> list[Image.Image]:
+    return [Image.new("RGB", (32, 32), (8 * i,) * 3) for i in range(count)]
+
+
+def _level(frame: Image.Image) -> int:
+    return round(frame.getpixel((16, 16))[0] / 8)
+
+
+@pytest.fixture(scope="module")
+def mp4(tmp_path_factory) -> bytes:
+    return write_video(_frames(20), tmp_path_factory.mktemp("clip") / "clip.mp4", fps=10).read_bytes()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return _b64(buffer.getvalue())
+
+
+MEDIA = VideoInput(num_frames=4, limits=VideoLimits(max_video_frames=30))
+
+
+def test_raw_multipart_json_and_v2_clips_give_the_same_sampled_frames(mp4):
+    rows = [
+        {"body": bytearray(mp4)},
+        {"data": bytearray(mp4), "beam_size": bytearray(b"2")},
+        {"body": {"video": _b64(mp4), "max_length": 5}},
+        {"body": {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [_b64(mp4)]}]}},
+    ]
+    for row in rows:
+        request = parse_request(row, LIMITS, MEDIA)
+        assert request.image.indices == [2, 7, 12, 17] and request.image.total_frames == 20
+        assert [_level(f) for f in request.image] == [2, 7, 12, 17]
+        assert request.image.in_reply() == {"frames_sampled": [2, 7, 12, 17], "frames_total": 20}
+
+
+def test_json_frames_are_sampled_in_order_and_one_frame_is_a_one_frame_clip():
+    request = parse_request({"body": {"frames": [_png(f) for f in _frames(8)]}}, LIMITS, MEDIA)
+    assert request.image.indices == [1, 3, 5, 7] and [_level(f) for f in request.image] == [1, 3, 5, 7]
+    single = parse_request({"body": {"frames": [_png(_frames(4)[3])]}}, LIMITS, MEDIA)
+    assert single.image.indices == [0, 0, 0, 0] and [_level(f) for f in single.image] == [3, 3, 3, 3]
+
+
+@pytest.mark.parametrize("body,status,words", [
+    ({"video": "AAAA", "frames": ["AAAA"]}, 400, 'give "video" or "frames", not both'),
+    ({"frames": []}, 400, "non-empty list"),
+    ({"frames": "not a list"}, 400, "non-empty list"),
+    ({"frames": ["%%%"]}, 400, "frame 0 is not valid base64"),
+    ({"frames": [_png(Image.new("RGB", (8, 8)))] * 31}, 413, "max_video_frames=30"),
+    ({"image": "AAAA"}, 400, "unknown JSON fields ['image']"),
+    ({"beam_size": 2}, 400, 'lacks "video"'),
+    ({"video": _b64(b"not a video")}, 415, "not a video container"),
+])
+def test_bad_json_clips_say_what_is_wrong(body, status, words):
+    with pytest.raises(BadRequest) as caught:
+        parse_request({"body": body}, LIMITS, MEDIA)
+    assert caught.value.status == status and words in caught.value.message
+
+
+def test_frame_pixel_limit_applies_to_json_frames():
+    media = VideoInput(num_frames=2, limits=VideoLimits(max_frame_pixels=100))
+    with pytest.raises(BadRequest) as caught:
+        parse_request({"body": {"frames": [_png(Image.new("RGB", (11, 10)))]}}, LIMITS, media)
+    assert caught.value.status == 413
+
+
+def test_limits_come_from_the_model_config_settings():
+    limits = video_limits({"max_video_frames": "12", "max_video_seconds": 2, "torch_threads": 2})
+    assert limits == VideoLimits(max_video_frames=12, max_video_seconds=2.0)
