@@ -116,12 +116,12 @@ def request_caption(
     `FileNotFoundError` for a missing key file); `explain_failure` turns those into text.
     """
     try:
-        return _request_caption(client, image, options, stream, on_word)
+        return _request_caption(client, image, options, stream, on_word, field)
     except ServiceError as error:
         message = error.body.get("error", "") if isinstance(error.body, dict) else ""
         if not (options.attention and error.status == 400 and "attention" in message):
             raise
-    outcome = _request_caption(client, image, replace(options, attention=False), stream, on_word)
+    outcome = _request_caption(client, image, replace(options, attention=False), stream, on_word, field)
     outcome.attention_refused = message
     return outcome
 
@@ -147,6 +147,7 @@ def _request_caption(
     options: DecodingOptions,
     stream: bool,
     on_word: Callable[[list[str]], None] | None,
+    field: str,
 ) -> CaptionOutcome:
     start = time.perf_counter()
     if not stream:

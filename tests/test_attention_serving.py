@@ -106,7 +106,7 @@ def test_the_demo_page_shows_the_maps_of_an_attention_models_caption(side_by_sid
     page.run()
     page.file_uploader(key="upload").set_value(("scene.jpg", JPEG, "image/jpeg"))
     page.run()
-    assert not page.exception and not page.error, (page.exception, page.error)
+    assert not page.exception and not page.error, (page.exception, [e.value for e in page.error])
     rest, _ = side_by_side[name]
     expected = rest.caption(JPEG)["caption"]
     assert [h.value for h in page.subheader if h.value != "History"] == [expected]
