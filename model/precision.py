@@ -295,4 +295,5 @@ def prepare_inference(model: nn.Module, precision: Precision, device: torch.devi
                             batch_buckets(max_batch))
     if compile:
         return ImageEncoder(compile_module(model.encoder), device, precision.encoder_dtype, batch_buckets(max_batch))
-    return ImageEncoder(model.encoder, device, precision.encoder_dtype)
+    # Eager: the model's own `encode`, so a video model's temporal step runs too.
+    return ImageEncoder(model.encode, device, precision.encoder_dtype)
