@@ -94,16 +94,9 @@ def test_streaming_works_with_both(side_by_side, name):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_the_demo_page_shows_the_maps_of_an_attention_models_caption(side_by_side, torchserve, monkeypatch, name):
-    from streamlit.testing.v1 import AppTest
+    from tests.test_demo_app import open_page
 
-    from tests.test_demo_app import APP
-
-    monkeypatch.setenv("CAPTION_INFERENCE_URL", torchserve.url("inference"))
-    monkeypatch.setenv("CAPTION_MANAGEMENT_URL", torchserve.url("management"))
-    monkeypatch.setenv("CAPTION_KEY_FILE", str(torchserve.key_file))
-    monkeypatch.setenv("CAPTION_MODEL", name)
-    page = AppTest.from_file(str(APP), default_timeout=60)
-    page.run()
+    page = open_page(torchserve, monkeypatch, CAPTION_MODEL=name)
     page.file_uploader(key="upload").set_value(("scene.jpg", JPEG, "image/jpeg"))
     page.run()
     assert not page.exception and not page.error, (page.exception, [e.value for e in page.error])

@@ -22,16 +22,23 @@ JPEG, _ = shape_image_bytes(5)
 PNG, _ = shape_image_bytes(6, fmt="PNG")
 
 
-@pytest.fixture
-def page(torchserve, registered, monkeypatch) -> AppTest:
-    """The page, pointed at the session server through the same variables `make demo` sets."""
+def open_page(torchserve, monkeypatch, **environment: str) -> AppTest:
+    """The page, run once, pointed at the session server through the same variables `make demo` sets
+    (and any other CAPTION_* `environment`, e.g. CAPTION_MODEL)."""
     monkeypatch.setenv("CAPTION_INFERENCE_URL", torchserve.url("inference"))
     monkeypatch.setenv("CAPTION_MANAGEMENT_URL", torchserve.url("management"))
     monkeypatch.setenv("CAPTION_KEY_FILE", str(torchserve.key_file))
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
     app = AppTest.from_file(str(APP), default_timeout=60)
     app.run()
     assert not app.exception, app.exception
     return app
+
+
+@pytest.fixture
+def page(torchserve, registered, monkeypatch) -> AppTest:
+    return open_page(torchserve, monkeypatch)
 
 
 def upload(app: AppTest, name: str, data: bytes, mime: str = "image/jpeg") -> AppTest:

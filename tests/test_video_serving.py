@@ -192,16 +192,9 @@ def test_the_cli_captions_a_video_file(torchserve, video, clips, tmp_path, capsy
 
 def test_the_demo_page_captions_an_uploaded_clip_and_shows_its_sampled_frames(torchserve, video, clips,
                                                                               monkeypatch):
-    from streamlit.testing.v1 import AppTest
+    from tests.test_demo_app import open_page
 
-    from tests.test_demo_app import APP
-
-    monkeypatch.setenv("CAPTION_INFERENCE_URL", torchserve.url("inference"))
-    monkeypatch.setenv("CAPTION_MANAGEMENT_URL", torchserve.url("management"))
-    monkeypatch.setenv("CAPTION_KEY_FILE", str(torchserve.key_file))
-    monkeypatch.setenv("CAPTION_VIDEO_MODEL", MODEL)
-    page = AppTest.from_file(str(APP), default_timeout=60)
-    page.run()
+    page = open_page(torchserve, monkeypatch, CAPTION_VIDEO_MODEL=MODEL)
     page.toggle(key="use_video").set_value(True)
     page.run()
     page.file_uploader(key="video_upload").set_value(("clip.webm", clips[".webm"], "video/webm"))
