@@ -21,7 +21,7 @@ SERVE_DIR := build/serve
 MODEL_NAME ?= captioner
 VERSION ?= 1.0
 WORKERS ?= 2
-SAMPLE ?= $(DATA)/images/003001.jpg
+SAMPLE ?= $(DATA)/sample.jpg
 
 # The default recipe: ResNet-34 trained from scratch on the generated shapes set
 # (no ImageNet weights can be downloaded here), in two stages. See README "Training".
@@ -81,7 +81,11 @@ test: install
 
 data: $(VAL_JSON)
 
-$(VAL_JSON): | $(INSTALLED)
+# The generator's code is a prerequisite: a changed world is generated (and trained on) again.
+WORLD_CODE := $(wildcard training/shapes_dataset.py training/shapes_world.py training/shapes_render.py \
+	training/caption_languages/*.py)
+$(VAL_JSON): $(WORLD_CODE) | $(INSTALLED)
+	rm -rf $(DATA)/images $(DATA)/annotations
 	$(PY) -m training.shapes_dataset --out $(DATA) --train $(TRAIN_IMAGES) --val $(VAL_IMAGES) --seed 0 \
 		--languages $(LANGUAGES)
 

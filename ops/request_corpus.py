@@ -136,9 +136,9 @@ class Probe:
 
 
 def scene(seed: int, canvas: int = 128) -> Image.Image:
-    """A generated scene of one to three coloured shapes (the kind of image the default model knows)."""
+    """A generated scene of one to three coloured shapes (the kind of image the default model knows), canvas x canvas."""
     rng = random.Random(seed)
-    return render_scene(random_scene(rng), rng, canvas=canvas)
+    return render_scene(random_scene(rng), rng).resize((canvas, canvas))
 
 
 def encode(image: Image.Image, fmt: str, **save: Any) -> bytes:

@@ -18,13 +18,13 @@ from training.shapes_dataset import describe, random_scene, render_scene
 def shape_image_bytes(seed: int = 0, fmt: str = "JPEG", size: int | None = None) -> tuple[bytes, list[str]]:
     """A freshly generated scene as encoded bytes, with its true captions."""
     rng = random.Random(seed)
-    objects = random_scene(rng, 1)
-    image = render_scene(objects, rng)
+    scene = random_scene(rng, 1)
+    image = render_scene(scene, rng)
     if size:
         image = image.resize((size, size))
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
-    return buffer.getvalue(), describe(objects)
+    return buffer.getvalue(), describe(scene.objects)
 
 
 def torchserve_context(model_dir: Path, batch_size: int, yaml_config: dict | None = None):

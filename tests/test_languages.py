@@ -42,7 +42,7 @@ def test_every_caption_names_the_scene_objects_left_to_right(code):
     language = get_language(code)
     rng = random.Random(7)
     for _ in range(300):
-        objects = random_scene(rng, 3)
+        objects = random_scene(rng, 3).objects
         captions = language.describe(objects)
         assert len(set(captions)) == 5, captions
         for caption in captions:

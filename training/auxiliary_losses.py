@@ -70,7 +70,7 @@ class WordPositionHead(nn.Module):
 
 
 class SceneHead(nn.Module):
-    """Predicts, for each column of the picture, the colour, shape and size standing there (or none).
+    """Predicts, for each object of the picture from left to right, its colour, shape, size and column (or none).
 
     The encoder pools its last feature map to one vector, so it must learn to keep
     *where* each colour is, or a caption cannot say which shape has which colour;
@@ -81,7 +81,7 @@ class SceneHead(nn.Module):
 
     Args:
         embed_size: image embedding size.
-        columns: columns the picture is cut into (left, middle, right: 3).
+        columns: slots, one per object from the left (3; a video clip: 1).
         attribute_classes: classes per attribute, none included (colour, shape, size).
         scenes: image id -> (columns, attributes) class ids, from the image records.
     """
@@ -118,3 +118,68 @@ def doubly_stochastic_penalty(attention: torch.Tensor) -> torch.Tensor:
         the mean over captions and cells of (1 - sum over steps)^2.
     """
     return ((1.0 - attention.sum(dim=1)) ** 2).mean()
+
+
+def object_map_labels(record: dict, grid: int, classes_per_object: int = 15) -> torch.Tensor:
+    """(grid, grid) class ids of a generated image's cells: 0 background, 1 + colour*3 + shape inside an object.
+
+    The image is squashed to a square input, so a cell's centre maps back to the
+    canvas by the width and the height apart. A cell whose centre lies in the ring
+    between 0.85 and 1.25 radii of an object (the edge, where a square's corner or
+    a triangle's side may or may not cover it) is ignored (-100); an object too
+    small to cover any cell's centre still claims the cell under its centre.
+    """
+    from training.shapes_world import COLORS, SHAPES
+
+    labels = torch.zeros(grid, grid, dtype=torch.long)
+    width, height = record["width"], record["height"]
+    centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
+    cy, cx = torch.meshgrid(centres * height, centres * width, indexing="ij")
+    for obj in record["objects"]:
+        x0, y0, x1, y1 = obj["box"]
+        x, y, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+        distance = torch.hypot(cx - x, cy - y) / r
+        label = 1 + COLORS.index(obj["color"]) * len(SHAPES) + SHAPES.index(obj["shape"])
+        labels[(distance > 0.85) & (distance < 1.25) & (labels == 0)] = -100
+        labels[distance <= 0.85] = label
+        labels[min(grid - 1, int(y / height * grid)), min(grid - 1, int(x / width * grid))] = label
+    return labels
+
+
+class ObjectMapHead(nn.Module):
+    """Predicts, for every cell of an intermediate feature map, the colour and shape of the object there (or none).
+
+    The caption, concept and scene losses all reach the encoder through one pooled
+    vector per image, so a from-scratch backbone learns slowly what colour is where:
+    on the randomised world, two stage-1 epochs with them alone named every object
+    right on 3% of held-out images (README "Training"). A 1x1 convolution on
+    `layer3`'s map (stride 16) with a per-cell cross-entropy gives each image
+    dozens of labelled positions instead of one, the way dense prediction heads
+    (segmentation, CenterNet) train a backbone. The targets come from the image
+    records' boxes (`object_map_labels`); the head is training-only.
+
+    Args:
+        channels: channels of the hooked feature map.
+        classes: background + colour x shape classes.
+        maps: image id -> (G, G) labels; G must match the hooked map's size.
+    """
+
+    def __init__(self, channels: int, classes: int, maps: Mapping[int, torch.Tensor]) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, classes, kernel_size=1)
+        self.maps = maps  # labels, not state: never saved with the head
+        self.feature_map: torch.Tensor | None = None
+
+    def watch(self, layer: nn.Module) -> None:
+        """Keep `layer`'s output of every forward pass, for `loss`."""
+        layer.register_forward_hook(lambda _module, _inputs, output: setattr(self, "feature_map", output))
+
+    def loss(self, batch: CaptionBatch) -> torch.Tensor:
+        if self.feature_map is None:
+            raise RuntimeError("ObjectMapHead.loss before a forward pass of the watched layer")
+        logits = self.conv(self.feature_map.float())  # (B, K, G, G)
+        targets = torch.stack([self.maps[int(i)] for i in batch.image_ids]).to(logits.device)
+        if targets.shape[-2:] != logits.shape[-2:]:
+            raise ValueError(f"object map labels are {tuple(targets.shape[-2:])}, the feature map "
+                             f"{tuple(logits.shape[-2:])}: build them for this image size")
+        return F.cross_entropy(logits, targets, ignore_index=-100)

@@ -2,7 +2,9 @@
 
 COCO and ImageNet weights cannot be downloaded everywhere, so the project makes
 its own data. Each image holds 1-3 shapes, each with a colour, a shape, a size
-and a column (left, middle, right). Every image gets five different captions
+and a place, drawn from wide ranges (canvas, positions, sizes, backgrounds,
+encoding: `training/shapes_world.py` and `training/shapes_render.py`), so a model
+learns the objects rather than one renderer. Every image gets five different captions
 (varied wording, as COCO's five annotators give), all true, with objects named
 left to right, in each language asked for (`training/caption_languages/`:
 English, French, German, Spanish). The scene itself is stored on the image record (`objects`), so
@@ -11,7 +13,7 @@ evaluation can check that a predicted caption names each colour and shape.
 Files are written in real COCO caption format and read back through the same
 pycocotools path as COCO itself:
 
-    OUT/images/000001.jpg ...
+    OUT/images/000001.jpg, 000002.png ...
     OUT/annotations/captions_train.json
     OUT/annotations/captions_val.json
 
@@ -22,78 +24,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
 from training.caption_languages import LANGUAGES, get_language
+from training.shapes_render import encode, render
+from training.shapes_world import (
+    COLORS, COLUMNS, DEFAULT_RANGES, SHAPES, SIZES, Scene, ShapeObject, WorldRanges, random_scene,
+)
 
-COLORS = {
-    "red": (215, 35, 35),
-    "green": (35, 160, 55),
-    "blue": (35, 70, 220),
-    "yellow": (235, 200, 25),
-    "purple": (140, 45, 180),
-}
-SHAPES = ("circle", "square", "triangle")
-SIZES = ("small", "large")
-COLUMNS = ("left", "middle", "right")
+__all__ = [
+    "COLORS", "SHAPES", "SIZES", "COLUMNS", "SCENE_SLOTS", "SCENE_ATTRIBUTE_CLASSES", "Scene", "ShapeObject",
+    "random_scene", "render_scene", "describe", "named_objects", "scene_labels", "names_every_object", "generate",
+]
 
 
-@dataclass(frozen=True)
-class ShapeObject:
-    shape: str
-    color: str
-    size: str
-    column: str
+RENDERER = "shapes-world"
 
 
-def random_scene(rng: random.Random, max_objects: int = 3) -> list[ShapeObject]:
-    """1..max_objects objects in distinct columns, sorted left to right."""
-    count = rng.randint(1, max_objects)
-    columns = sorted(rng.sample(range(len(COLUMNS)), count))
-    return [
-        ShapeObject(rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(SIZES), COLUMNS[c]) for c in columns
-    ]
+def render_scene(scene: Scene, rng: random.Random) -> Image.Image:
+    """The scene drawn on a randomised background (`training/shapes_render.py`)."""
+    return render(scene, rng)
 
 
-def render_scene(objects: list[ShapeObject], rng: random.Random, canvas: int = 128) -> Image.Image:
-    """Draw the objects on a plain light-grey background.
-
-    The background varies only a little: with a strongly tinted one, most of the
-    variance between images is the tint, and the encoder learns the objects slowly.
-    """
-    grey = rng.randint(226, 238)
-    background = (grey, grey, grey)
-    image = Image.new("RGB", (canvas, canvas), background)
-    draw = ImageDraw.Draw(image)
-    column_width = canvas / len(COLUMNS)
-    for obj in objects:
-        radius = canvas * (rng.uniform(0.10, 0.11) if obj.size == "small" else rng.uniform(0.145, 0.16))
-        center_x = (COLUMNS.index(obj.column) + 0.5) * column_width + rng.uniform(-0.01, 0.01) * canvas
-        center_y = rng.uniform(radius + canvas * 0.08, canvas - radius - canvas * 0.08)
-        color = tuple(min(255, max(0, v + rng.randint(-15, 15))) for v in COLORS[obj.color])
-        box = (center_x - radius, center_y - radius, center_x + radius, center_y + radius)
-        if obj.shape == "circle":
-            draw.ellipse(box, fill=color)
-        elif obj.shape == "square":
-            draw.rectangle(box, fill=color)
-        else:
-            points = [
-                (center_x + radius * math.cos(a), center_y + radius * math.sin(a))
-                for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)
-            ]
-            draw.polygon(points, fill=color)
-    return image
-
-
-def describe(objects: list[ShapeObject], language: str = "en") -> list[str]:
+def describe(objects: Sequence[ShapeObject], language: str = "en") -> list[str]:
     """Five true captions in `language` with different wording, objects named left to right."""
     return get_language(language).describe(objects)
 
@@ -103,20 +63,27 @@ def named_objects(caption_tokens: list[str], language: str = "en") -> Counter:
     return get_language(language).named_objects(caption_tokens)
 
 
-# Classes per attribute in `scene_labels`, "nothing here" (0) included.
-SCENE_ATTRIBUTE_CLASSES = (len(COLORS) + 1, len(SHAPES) + 1, len(SIZES) + 1)
+# `scene_labels`: one slot per object, left to right, and the classes of each attribute, "nothing here" (0) included.
+SCENE_SLOTS = 3
+SCENE_ATTRIBUTE_CLASSES = (len(COLORS) + 1, len(SHAPES) + 1, len(SIZES) + 1, len(COLUMNS) + 1)
 
 
-def scene_labels(objects: list[dict] | list[ShapeObject]) -> list[list[int]]:
-    """Per column, left to right: [colour, shape, size] class ids, 0 where the column is empty.
+def _as_record(obj: dict | ShapeObject) -> dict:
+    return obj if isinstance(obj, dict) else obj.record()
 
-    Training targets for `training.auxiliary_losses.SceneHead`.
+
+def scene_labels(objects: Sequence[dict] | Sequence[ShapeObject]) -> list[list[int]]:
+    """Per slot (the k-th object from the left): [colour, shape, size, column] class ids, 0 past the last object.
+
+    Training targets for `training.auxiliary_losses.SceneHead`. Slots follow the
+    captions' order (left to right), so slot k is the k-th object a caption names.
     """
-    labels = [[0, 0, 0] for _ in COLUMNS]
-    for obj in objects:
-        o = obj if isinstance(obj, dict) else asdict(obj)
-        labels[COLUMNS.index(o["column"])] = [
-            list(COLORS).index(o["color"]) + 1, SHAPES.index(o["shape"]) + 1, SIZES.index(o["size"]) + 1
+    labels = [[0, 0, 0, 0] for _ in range(SCENE_SLOTS)]
+    for slot, obj in enumerate(objects[:SCENE_SLOTS]):
+        o = _as_record(obj)
+        labels[slot] = [
+            COLORS.index(o["color"]) + 1, SHAPES.index(o["shape"]) + 1, SIZES.index(o["size"]) + 1,
+            COLUMNS.index(o["column"]) + 1,
         ]
     return labels
 
@@ -132,39 +99,43 @@ def names_every_object(
 
 
 def write_split(
-    out_dir: Path, name: str, count: int, rng: random.Random, first_id: int, max_objects: int, canvas: int,
-    languages: Sequence[str] = ("en",),
+    out_dir: Path, name: str, count: int, rng: random.Random, first_id: int, max_objects: int,
+    languages: Sequence[str] = ("en",), ranges: WorldRanges = DEFAULT_RANGES,
 ) -> int:
     """Write `count` images and `annotations/captions_{name}.json`; returns the next free image id.
 
     Each image gets five captions in each of `languages`, every annotation with
-    its `language` (ISO 639-1), as `training.coco_data` reads them.
+    its `language` (ISO 639-1), as `training.coco_data` reads them. The image
+    record keeps the scene (`objects`, left to right, with their boxes) and the
+    renderer's name.
     """
     images, annotations = [], []
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     for image_id in tqdm(range(first_id, first_id + count), desc=f"generating {name}", unit="img"):
-        objects = random_scene(rng, max_objects)
-        file_name = f"{image_id:06d}.jpg"
-        render_scene(objects, rng, canvas).save(image_dir / file_name, quality=92)
+        scene = random_scene(rng, max_objects, ranges)
+        data, extension = encode(render_scene(scene, rng), rng)
+        file_name = f"{image_id:06d}.{extension}"
+        (image_dir / file_name).write_bytes(data)
         images.append(
             {
                 "id": image_id,
                 "file_name": file_name,
-                "width": canvas,
-                "height": canvas,
-                "objects": [asdict(o) for o in objects],
+                "width": scene.width,
+                "height": scene.height,
+                "renderer": RENDERER,
+                "objects": [o.record() for o in scene.objects],
             }
         )
         for l, language in enumerate(languages):
-            for k, caption in enumerate(describe(objects, language)):
+            for k, caption in enumerate(describe(scene.objects, language)):
                 # Ids unique across splits: five captions per language per image id.
                 annotations.append({
                     "id": (image_id * len(languages) + l) * 10 + k, "image_id": image_id, "caption": caption,
                     "language": language,
                 })
     coco = {
-        "info": {"description": f"generated shapes captions ({name})", "version": "1.0"},
+        "info": {"description": f"generated shapes captions ({name})", "version": "2.0"},
         "licenses": [],
         "images": images,
         "annotations": annotations,
@@ -175,16 +146,26 @@ def write_split(
 
 
 def generate(
-    out_dir: Path | str, *, train: int, val: int, seed: int = 0, max_objects: int = 3, canvas: int = 128,
-    languages: Sequence[str] = ("en",),
+    out_dir: Path | str, *, train: int, val: int, seed: int = 0, max_objects: int = 3,
+    languages: Sequence[str] = ("en",), canvas: int | None = None,
 ) -> Path:
-    """Write the whole set; the same arguments always give the same files (images whatever the languages)."""
+    """Write the whole set; the same arguments always give the same files (images whatever the languages).
+
+    `canvas` fixes the canvas's long side (small, fast sets for tests); by default
+    it comes from the world's range. The first held-out image is also written as
+    `OUT/sample.jpg`, the one the README's examples send.
+    """
     out_dir = Path(out_dir)
     for code in languages:
         get_language(code)  # an unknown code fails before anything is written
+    ranges = DEFAULT_RANGES if canvas is None else replace(DEFAULT_RANGES, long_side=(canvas, canvas),
+                                                           min_short_side=min(canvas, DEFAULT_RANGES.min_short_side))
     rng = random.Random(seed)
-    next_id = write_split(out_dir, "train", train, rng, 1, max_objects, canvas, languages)
-    write_split(out_dir, "val", val, rng, next_id, max_objects, canvas, languages)
+    next_id = write_split(out_dir, "train", train, rng, 1, max_objects, languages, ranges)
+    write_split(out_dir, "val", val, rng, next_id, max_objects, languages, ranges)
+    if val:
+        first = json.loads((out_dir / "annotations" / "captions_val.json").read_text())["images"][0]
+        Image.open(out_dir / "images" / first["file_name"]).convert("RGB").save(out_dir / "sample.jpg", quality=92)
     return out_dir
 
 
@@ -195,7 +176,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val", type=int, default=300, help="held-out images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-objects", type=int, default=3, choices=(1, 2, 3))
-    parser.add_argument("--canvas", type=int, default=128, help="image side in pixels")
+    parser.add_argument("--canvas", type=int, default=None,
+                        help="fix every canvas's long side to this many pixels (default: 64..512)")
     parser.add_argument("--languages", nargs="+", default=["en"], choices=list(LANGUAGES),
                         help="caption languages (ISO 639-1), five captions per image in each")
     return parser
@@ -203,8 +185,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     out = generate(
-        args.out, train=args.train, val=args.val, seed=args.seed, max_objects=args.max_objects, canvas=args.canvas,
-        languages=args.languages,
+        args.out, train=args.train, val=args.val, seed=args.seed, max_objects=args.max_objects,
+        languages=args.languages, canvas=args.canvas,
     )
     print(f"wrote {args.train} training and {args.val} held-out images to {out}, captioned in "
           f"{', '.join(args.languages)}")

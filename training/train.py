@@ -27,7 +27,6 @@ Under `torchrun` it trains data-parallel on several processes (see
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import random
@@ -44,6 +43,7 @@ from tqdm import tqdm
 from model.backbones import BACKBONES
 from model.captioner import Captioner
 from model.modalities import build_captioner
+from model.precision import autocast_context, choose_precision, read_cpu_flags
 from model.config import IMAGENET_MEAN, IMAGENET_STD, CaptionerConfig
 from model.decoders import DECODERS
 from model.encoder import image_summary
@@ -51,13 +51,15 @@ from model.transforms import eval_transform, train_transform
 from model.vocabulary import PAD, SPECIAL_TOKENS, Vocabulary
 from training import distributed
 from training.checkpoints import load_checkpoint, save_checkpoint
-from training.auxiliary_losses import ConceptHead, SceneHead, WordPositionHead, doubly_stochastic_penalty
+from training.auxiliary_losses import (
+    ConceptHead, ObjectMapHead, SceneHead, WordPositionHead, doubly_stochastic_penalty, object_map_labels,
+)
 from training.coco_data import (
     CaptionBatch, CocoCaptions, caption_language, caption_languages, caption_set, collate_captions, is_video_set,
     load_captions, split_image_ids,
 )
 from training.encoder_weights import load_encoder_weights
-from training.shapes_dataset import COLUMNS, SCENE_ATTRIBUTE_CLASSES, scene_labels
+from training.shapes_dataset import COLORS, SCENE_ATTRIBUTE_CLASSES, SCENE_SLOTS, SHAPES, scene_labels
 from training.video_data import MOTION_ATTRIBUTE_CLASSES, motion_labels
 
 
@@ -114,6 +116,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         "embedding (the generated set only: its image records carry their scenes)",
     )
     optim.add_argument(
+        "--object-map-weight", type=float, default=0.0,
+        help="weight of the auxiliary loss that predicts, for every cell of layer3's feature map, the colour and "
+        "shape of the object there (the generated set only; needs --train-backbone)",
+    )
+    optim.add_argument(
         "--attention-reg", type=float, default=1.0,
         help="soft_attention: weight of the doubly stochastic attention regularisation (Xu et al., 2015)",
     )
@@ -126,6 +133,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="train on the captions in these languages only; the vocabulary still holds every language's "
              "words (e.g. fine-tune the encoder on one language, then train the decoder on all)",
     )
+    optim.add_argument("--mixed-precision", default="auto", choices=("auto", "fp32", "bf16"),
+                       help="autocast of the training step: auto is bf16 on CUDA and on CPUs with AMX or "
+                            "AVX512-BF16, fp32 elsewhere")
     optim.add_argument("--augment", action="store_true", help="random shifts/scales (disables feature cache)")
     optim.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps")
     run = parser.add_argument_group("run")
@@ -175,11 +185,18 @@ def compute_backbone_features(
     return features
 
 
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 mixed precision on CUDA; full precision on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def training_autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype `--mixed-precision` means on `device` (None: fp32).
+
+    auto is bf16 on CUDA and on CPUs with bf16 matrix instructions (AMX, AVX512-BF16),
+    where a ResNet-34 training step at 96 px ran 1.5 times faster than in fp32
+    (README "Training"), and fp32 on other CPUs, which would emulate bf16 slowly.
+    """
+    precision = choose_precision(
+        setting, device_type=device.type, cpu_flags=read_cpu_flags() if device.type == "cpu" else (),
+        cuda_bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),
+    )
+    return precision.encoder_dtype
 
 
 class TrainingLoss(torch.nn.Module):
@@ -204,9 +221,13 @@ class TrainingLoss(torch.nn.Module):
         position_weight: float = 0.0,
         scene_head: SceneHead | None = None,
         scene_weight: float = 0.0,
+        object_map_head: ObjectMapHead | None = None,
+        object_map_weight: float = 0.0,
         attention_weight: float = 0.0,
+        autocast_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.autocast_dtype = autocast_dtype
         self.model = model
         self.concept_head = concept_head
         self.position_head = position_head
@@ -215,12 +236,14 @@ class TrainingLoss(torch.nn.Module):
         self.concept_weight = concept_weight
         self.position_weight = position_weight
         self.scene_weight = scene_weight
+        self.object_map_head = object_map_head
+        self.object_map_weight = object_map_weight
         self.attention_weight = attention_weight
 
     def forward(self, batch: CaptionBatch) -> torch.Tensor:
         images = None if self.uses_features else batch.images
         features = batch.images if self.uses_features else None
-        with autocast_for(batch.captions.device):
+        with autocast_context(batch.captions.device, self.autocast_dtype):
             embeddings = self.model.embed_images(images, features)  # (B, E), or a (B, P, E) grid
             forced = self.model.teacher_forced(embeddings, batch.captions, batch.lengths, batch.owners)
             loss = torch.nn.functional.cross_entropy(forced.logits, forced.targets)
@@ -235,6 +258,8 @@ class TrainingLoss(torch.nn.Module):
                 )
             if self.scene_head is not None and self.scene_weight > 0:
                 loss = loss + self.scene_weight * self.scene_head.loss(embeddings, batch)
+            if self.object_map_head is not None and self.object_map_weight > 0:
+                loss = loss + self.object_map_weight * self.object_map_head.loss(batch)
         return loss
 
 
@@ -324,8 +349,8 @@ def plot_losses(history: dict[str, Any], path: Path, train_label: str = "train (
 
 
 def scene_layout(dataset: CocoCaptions) -> tuple[int, tuple[int, ...]]:
-    """`SceneHead`'s columns and classes per attribute: the picture's three columns, or a clip as one."""
-    return (1, MOTION_ATTRIBUTE_CLASSES) if is_video_set(dataset.coco) else (len(COLUMNS), SCENE_ATTRIBUTE_CLASSES)
+    """`SceneHead`'s slots and classes per attribute: one slot per object of a picture, or a clip as one."""
+    return (1, MOTION_ATTRIBUTE_CLASSES) if is_video_set(dataset.coco) else (SCENE_SLOTS, SCENE_ATTRIBUTE_CLASSES)
 
 
 def scene_targets(dataset: CocoCaptions) -> dict[int, torch.Tensor]:
@@ -342,6 +367,28 @@ def scene_targets(dataset: CocoCaptions) -> dict[int, torch.Tensor]:
             )
         targets[image_id] = torch.tensor(scene_labels(objects))
     return targets
+
+
+# The trunk's child that `ObjectMapHead` reads (model/backbones.py: 6 = layer3, stride 16).
+OBJECT_MAP_LAYER = 6
+OBJECT_MAP_STRIDE = 16
+
+
+def object_map_head_for(model: Captioner, dataset: CocoCaptions, image_size: int) -> ObjectMapHead:
+    """An `ObjectMapHead` on the backbone's layer3, with every training image's cell labels."""
+    grid = -(-image_size // OBJECT_MAP_STRIDE)  # ceil: the convolutions' padding keeps a partial cell
+    maps = {}
+    for image_id in dataset.image_ids:
+        record = dataset.coco.imgs[image_id]
+        if "box" not in (record.get("objects") or [{}])[0]:
+            raise SystemExit(f"--object-map-weight needs each object's box, and image {image_id} has none; it "
+                             "works with the generated set (`make data`)")
+        maps[image_id] = object_map_labels(record, grid)
+    layer = model.encoder.backbone[OBJECT_MAP_LAYER]
+    channels = [m for m in layer.modules() if isinstance(m, torch.nn.Conv2d)][-1].out_channels
+    head = ObjectMapHead(channels, 1 + len(COLORS) * len(SHAPES), maps)
+    head.watch(layer)
+    return head
 
 
 def build_datasets(args: argparse.Namespace, vocab: Vocabulary | None, config_image_size: int, mean, std,
@@ -428,6 +475,9 @@ def main(args: argparse.Namespace) -> Path:
     channels_last = config.train_backbone and device.type == "cpu"
     if channels_last:
         model.encoder.backbone.to(memory_format=torch.channels_last)
+    autocast_dtype = training_autocast_dtype(args.mixed_precision, device)
+    if place.is_main:
+        print(f"training step in {'fp32' if autocast_dtype is None else 'bf16 autocast'} on {device.type}")
 
     uses_features = not config.train_backbone and not args.augment
     if uses_features:
@@ -456,9 +506,14 @@ def main(args: argparse.Namespace) -> Path:
         SceneHead(config.embed_size, *scene_layout(train_set), scene_targets(train_set)).to(device)
         if args.scene_weight > 0 else None
     )
+    object_map_head = None
+    if args.object_map_weight > 0:
+        if uses_features:
+            raise SystemExit("--object-map-weight trains the backbone's layer3: add --train-backbone")
+        object_map_head = object_map_head_for(model, train_set, config.image_size).to(device)
     backbone = [p for p in model.encoder.backbone.parameters() if p.requires_grad]
     others = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.backbone.")]
-    for head in (concept_head, position_head, scene_head):
+    for head in (concept_head, position_head, scene_head, object_map_head):
         if head is not None:
             others += list(head.parameters())
     groups = [{"params": others, "lr": args.lr}]
@@ -494,7 +549,9 @@ def main(args: argparse.Namespace) -> Path:
     training_loss: torch.nn.Module = TrainingLoss(
         model, uses_features=uses_features, concept_head=concept_head, concept_weight=args.concept_weight,
         position_head=position_head, position_weight=args.word_position_weight,
-        scene_head=scene_head, scene_weight=args.scene_weight, attention_weight=args.attention_reg,
+        scene_head=scene_head, scene_weight=args.scene_weight, object_map_head=object_map_head,
+        object_map_weight=args.object_map_weight, attention_weight=args.attention_reg,
+        autocast_dtype=autocast_dtype,
     )
     if place.enabled:  # wrapped once every weight is loaded: DDP starts all ranks from rank 0's
         training_loss = distributed.wrap(training_loss, place, device)
@@ -537,7 +594,8 @@ def main(args: argparse.Namespace) -> Path:
             checkpoint_path,
         )
         (output_dir / "history.json").write_text(json.dumps(history))
-        auxiliary = args.concept_weight > 0 or args.word_position_weight > 0 or args.scene_weight > 0
+        auxiliary = (args.concept_weight > 0 or args.word_position_weight > 0 or args.scene_weight > 0
+                     or args.object_map_weight > 0)
         plot_losses(
             history, output_dir / "loss_curve.png",
             "train: caption + auxiliary losses (smoothed)" if auxiliary else "train: caption loss (smoothed)",

@@ -19,7 +19,7 @@ def describe(objects: Sequence[SceneObject]) -> list[str]:
         placed = f"{named} {where}"
     else:
         placed = f"{named} from left to right"
-    return [named, f"there is {named}", f"a picture of {named}", f"{named} on a plain background", placed]
+    return [named, f"there is {named}", f"a picture of {named}", f"an image showing {named}", placed]
 
 
 ENGLISH = CaptionLanguage(
