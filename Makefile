@@ -96,7 +96,11 @@ $(VAL_JSON): | $(INSTALLED)
 
 second-data: $(SECOND_JSON)
 
-$(SECOND_JSON): | $(INSTALLED)
+# Rendered again (seconds) when its code or the captions' wording changes: it is only ever evaluated on.
+SECOND_SOURCES := training/second_renderer.py training/second_drawing.py training/shapes_dataset.py \
+	$(wildcard training/caption_languages/*.py)
+
+$(SECOND_JSON): $(SECOND_SOURCES) | $(INSTALLED)
 	$(PY) -m training.second_renderer --out $(SECOND_DIR) --count $(SECOND_IMAGES) --seed $(SECOND_SEED) \
 		--languages $(LANGUAGES)
 
