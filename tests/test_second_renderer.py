@@ -5,6 +5,7 @@ from __future__ import annotations
 import colorsys
 import contextlib
 import io
+import itertools
 import json
 import math
 import random
@@ -78,7 +79,7 @@ def test_canvas_sizes_radii_separation_and_columns_keep_to_their_ranges(rendered
             assert obj["shape"] == "circle" or abs(obj["rotation"]) <= 15
         xs = [_centre_x(o) for o in objects]
         assert xs == sorted(xs), "objects are listed left to right"
-        assert all(b - a >= 0.10 * width - 1e-2 for a, b in zip(xs, xs[1:])), record
+        assert all(b - a >= 0.10 * width - 1e-2 for a, b in itertools.pairwise(xs)), record
         for i, a in enumerate(objects):
             for b in objects[i + 1 :]:
                 centres = math.dist(((a["box"][0] + a["box"][2]) / 2, (a["box"][1] + a["box"][3]) / 2),

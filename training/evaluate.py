@@ -201,8 +201,8 @@ def accuracy_by_object_count(
     and miss the third of three.
     """
     groups: dict[int, list[bool]] = {}
-    for i in predictions:
-        groups.setdefault(len(scenes[i]), []).append(names_every_object(predictions[i], scenes[i], language))
+    for i, words in predictions.items():
+        groups.setdefault(len(scenes[i]), []).append(names_every_object(words, scenes[i], language))
     return {
         str(count): {"attribute_accuracy": round(sum(named) / len(named), 4), "images": len(named)}
         for count, named in sorted(groups.items())
@@ -406,10 +406,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     clashing = [name for name in names if name in metrics]
     if clashing:
         raise ValueError(f"--held-out name {clashing[0]!r} is one of the report's own fields; choose another")
-    for name, annotations, images in args.held_out:
+    for name, held_out_annotations, held_out_images in args.held_out:
         block, _ = evaluate_model(
-            model, vocab, annotations, images, device=device, limit=args.limit, batch_size=args.batch_size,
-            spec=spec, quiet=args.quiet,
+            model, vocab, held_out_annotations, held_out_images, device=device, limit=args.limit,
+            batch_size=args.batch_size, spec=spec, quiet=args.quiet,
         )
         metrics[name] = {key: value for key, value in block.items() if key not in RUN_FIELDS}
     if args.predictions_out:

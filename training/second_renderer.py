@@ -48,6 +48,7 @@ format as `training.shapes_dataset` writes it. Image records carry `renderer`
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -56,6 +57,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from training import second_drawing as drawing
@@ -91,7 +93,7 @@ class Form:
     reach: float  # farthest point from the box's centre
 
     @classmethod
-    def random(cls, shape: str, rng: random.Random) -> "Form":
+    def random(cls, shape: str, rng: random.Random) -> Form:
         rotation = 0.0 if shape == "circle" else rng.uniform(-MAX_ROTATION, MAX_ROTATION)
         triangle_height = math.sqrt(3) / 2 if rng.random() < 0.5 else rng.uniform(*ISOSCELES_HEIGHT)
         points = drawing.shape_points(shape, (0.0, 0.0), 1.0, rotation=rotation, triangle_height=triangle_height)
@@ -177,7 +179,7 @@ def _centre(rng: random.Random, form: Form, radius: float, width: int, height: i
 def _apart(objects: Sequence[PlacedObject], width: int) -> bool:
     """Centres far enough apart in x for a plain order, and objects overlapping at most slightly."""
     xs = sorted(o.centre[0] for o in objects)
-    if any(b - a < MIN_SEPARATION * width for a, b in zip(xs, xs[1:])):
+    if any(b - a < MIN_SEPARATION * width for a, b in itertools.pairwise(xs)):
         return False
     return all(
         math.dist(a.centre, b.centre) >= OVERLAP_FACTOR * (a.form.reach * a.radius + b.form.reach * b.radius)
@@ -196,19 +198,19 @@ def random_layout(rng: random.Random, width: int, height: int) -> list[PlacedObj
     for _ in range(SCENE_TRIES):
         column = rng.choice(COLUMNS) if count == 1 else None
         x_range = _x_range(width, column)
-        kinds = []
+        kinds, radii = [], []
         for _ in range(count):
-            color, size, form = rng.choice(list(COLORS)), rng.choice(("small", "large")), Form.random(
-                rng.choice(SHAPES), rng)
-            low, high = _radius_range(size, form, width, height, x_range)
+            color, size = rng.choice(list(COLORS)), rng.choice(("small", "large"))
+            form = Form.random(rng.choice(SHAPES), rng)
             outline = rng.choice(("dark", "light")) if rng.random() < OUTLINE_SHARE else "none"
-            kinds.append((color, size, form, low, high, drawing.jitter_colour(color, rng), outline))
-        if any(low > high for _, _, _, low, high, _, _ in kinds):
-            continue
-        radii = [rng.uniform(low, high) for _, _, _, low, high, _, _ in kinds]
+            kinds.append((color, size, form, drawing.jitter_colour(color, rng), outline))
+            radii.append(_radius_range(size, form, width, height, x_range))
+        if any(low > high for low, high in radii):
+            continue  # an object of that size cannot fit there
+        radii = [rng.uniform(low, high) for low, high in radii]
         for _ in range(LAYOUT_TRIES):
             objects = []
-            for (color, size, form, _, _, fill, outline), radius in zip(kinds, radii):
+            for (color, size, form, fill, outline), radius in zip(kinds, radii):
                 centre = _centre(rng, form, radius, width, height, x_range)
                 objects.append(PlacedObject(color, size, form, radius, centre, column_of(centre[0], width), fill,
                                             outline))
@@ -227,7 +229,7 @@ def _contrasts(canvas: np.ndarray, objects: Sequence[PlacedObject]) -> bool:
     return True
 
 
-def render(objects: Sequence[PlacedObject], width: int, height: int, rng: random.Random):
+def render(objects: Sequence[PlacedObject], width: int, height: int, rng: random.Random) -> tuple[Image.Image, str]:
     """The image (PIL RGB) and its background style's name."""
     arrays = np.random.default_rng(rng.getrandbits(64))
     for _ in range(BACKGROUND_TRIES):
