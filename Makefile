@@ -13,6 +13,11 @@ STUBS := build/grpc/inference_pb2.py
 DATA := data/shapes
 TRAIN_JSON := $(DATA)/annotations/captions_train.json
 VAL_JSON := $(DATA)/annotations/captions_val.json
+# A second held-out set, drawn by another renderer (training/second_renderer.py), for evaluation only.
+SECOND_DIR := data/second
+SECOND_JSON := $(SECOND_DIR)/annotations/captions_val.json
+SECOND_IMAGES ?= 300
+SECOND_SEED ?= 7
 TRAIN_DIR := build/train
 EXPORT := build/export
 STORE := build/model_store
@@ -43,16 +48,20 @@ FINETUNE_ARGS ?= --encoder-weights none --train-backbone --image-size $(IMAGE_SI
 	$(AUX_LOSSES)
 DECODER_ARGS ?= --epochs $(DECODER_EPOCHS) --batch-size 32 --lr 3e-3 --captions-per-image 5 $(AUX_LOSSES)
 DATA_ARGS = --annotations $(TRAIN_JSON) --val-annotations $(VAL_JSON) --images $(DATA)/images
+# What `make eval` and `make model` score: the generated set's held-out split, and the second renderer's set.
+EVAL_ARGS = --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images \
+	--held-out second_renderer $(SECOND_JSON) $(SECOND_DIR)/images
 
 CLIENT := $(PY) -m client --key-file $(SERVE_DIR)/key_file.json --model $(MODEL_NAME)
 
-.PHONY: help install test data model eval gallery mar serve stop register scale describe unregister clean
+.PHONY: help install test data second-data model eval gallery mar serve stop register scale describe unregister clean
 
 help:
 	@echo "make install      create .venv and install everything (idempotent)"
 	@echo "make test         run the test suite"
 	@echo "make model        generate data, train, export to $(EXPORT), evaluate, draw the gallery"
-	@echo "make eval         evaluate $(EXPORT) on the held-out generated images"
+	@echo "make eval         evaluate $(EXPORT) on the held-out generated images and the second renderer's"
+	@echo "make second-data  render the second held-out set into $(SECOND_DIR) (make data does too)"
 	@echo "make mar          pack $(STORE)/$(MODEL_NAME).mar"
 	@echo "make serve        start TorchServe on 127.0.0.1 and register the model"
 	@echo "make stop         stop TorchServe and wait until it has exited"
@@ -79,7 +88,7 @@ $(STUBS): $(INSTALLED)
 test: install
 	$(PY) -m pytest tests
 
-data: $(VAL_JSON)
+data: $(VAL_JSON) $(SECOND_JSON)
 
 # The generator's code is a prerequisite: a changed world is generated (and trained on) again.
 WORLD_CODE := $(wildcard training/shapes_dataset.py training/shapes_world.py training/shapes_render.py \
@@ -89,20 +98,30 @@ $(VAL_JSON): $(WORLD_CODE) | $(INSTALLED)
 	$(PY) -m training.shapes_dataset --out $(DATA) --train $(TRAIN_IMAGES) --val $(VAL_IMAGES) --seed 0 \
 		--languages $(LANGUAGES)
 
+second-data: $(SECOND_JSON)
+
+# Rendered again (seconds) when its code or the captions' wording changes: it is only ever evaluated on.
+SECOND_SOURCES := training/second_renderer.py training/second_drawing.py training/shapes_dataset.py \
+	$(wildcard training/caption_languages/*.py)
+
+$(SECOND_JSON): $(SECOND_SOURCES) | $(INSTALLED)
+	$(PY) -m training.second_renderer --out $(SECOND_DIR) --count $(SECOND_IMAGES) --seed $(SECOND_SEED) \
+		--languages $(LANGUAGES)
+
 model: $(EXPORT)/model.safetensors
 
-$(EXPORT)/model.safetensors: $(VAL_JSON) | $(INSTALLED)
+# The second set is order-only: its evaluation needs it, and regenerating it must not retrain the model.
+$(EXPORT)/model.safetensors: $(VAL_JSON) | $(INSTALLED) $(SECOND_JSON)
 	$(PY) -m training.train $(DATA_ARGS) --output-dir $(FINETUNE_DIR) $(FINETUNE_ARGS)
 	$(PY) -m training.train $(DATA_ARGS) --output-dir $(TRAIN_DIR) --init-from $(FINETUNE_DIR)/checkpoint.pt \
 		$(DECODER_ARGS)
 	$(PY) -m training.export --checkpoint $(TRAIN_DIR)/checkpoint.pt --out $(EXPORT)
-	$(PY) -m training.evaluate --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images \
-		| tee build/eval.json
+	$(PY) -m training.evaluate $(EVAL_ARGS) | tee build/eval.json
 	$(PY) -m training.gallery --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images \
 		--out build/gallery.png
 
-eval: | $(INSTALLED)
-	$(PY) -m training.evaluate --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images
+eval: | $(INSTALLED) $(SECOND_JSON)
+	$(PY) -m training.evaluate $(EVAL_ARGS)
 
 gallery: | $(INSTALLED)
 	$(PY) -m training.gallery --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images \

@@ -4,12 +4,15 @@
         --annotations data/shapes/annotations/captions_val.json --images data/shapes/images
     python -m training.evaluate ... --do-sample --top-p 0.9 --num-captions 5     # diversity too
     python -m training.evaluate ... --beam-size 6 --beam-groups 3 --diversity 0.5 --num-captions 6
+    python -m training.evaluate ... --held-out second_renderer \
+        data/second/annotations/captions_val.json data/second/images    # a second held-out set too
 
 Prints one JSON line of metrics. BLEU and CIDEr-D are pycocoevalcap's
 corpus-level scorers (pure Python); captions are tokenised with the model's own
 tokenizer instead of the Java PTB tokenizer. Attribute accuracy is the share of
 images whose caption names exactly the scene's (colour, shape) pairs; it is
-reported only when the annotation file carries scenes (the generated set does).
+reported only when the annotation file carries scenes (the generated sets do),
+with `by_objects`, the same share among the images of 1, 2 and 3 objects.
 
 With `--num-captions` N > 1 those figures score each image's best caption, and
 `diversity_metrics` scores all N: distinct-1/2, mBLEU-4, oracle BLEU-4 and
@@ -18,7 +21,21 @@ oracle and all-captions attribute accuracy (see its docstring).
 A multilingual model is scored in each of its languages that the file has
 references in: the top-level figures are its default language's (the first),
 and `languages` holds every language's own, each caption read back by that
-language's parser (`training/caption_languages/`).
+language's parser (`training/caption_languages/`). Each batch of images is
+encoded once and decoded in every language from the same embeddings.
+
+Each `--held-out NAME ANNOTATIONS IMAGES` adds a block under NAME with the same
+figures for that set (the top-level ones stay the first set's), decoded the same
+way: the generated set's own held-out split at the top and the second renderer's
+images (`training/second_renderer.py`) under `second_renderer`, as `make eval` runs it:
+
+    {"bleu1": ..., "bleu4": 0.99, "cider": 3.1, "attribute_accuracy": 0.96,
+     "by_objects": {"1": {"attribute_accuracy": 0.99, "images": 98}, "2": {...}, "3": {...}},
+     "images": 300, "language": "en", "languages": {"en": {...}, "fr": {...}, ...},
+     "decoding": "greedy", "num_captions": 1, "seconds": 30.1,
+     "second_renderer": {"bleu1": ..., "bleu4": ..., "cider": ..., "attribute_accuracy": ...,
+                         "by_objects": {...}, "images": 300, "language": "en", "languages": {...},
+                         "seconds": 41.0}}
 """
 
 from __future__ import annotations
@@ -27,6 +44,7 @@ import argparse
 import contextlib
 import io
 import json
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -57,6 +75,41 @@ def _for_image(spec: DecodeSpec, image_id: int) -> DecodeSpec:
 
 
 @torch.inference_mode()
+def caption_every_language(
+    model: Captioner,
+    vocab: Vocabulary,
+    dataset: CocoCaptions,
+    *,
+    device: torch.device,
+    spec: DecodeSpec,
+    languages: Sequence[str | None],
+    batch_size: int = 64,
+    quiet: bool = False,
+) -> dict[str | None, dict[int, list[list[str]]]]:
+    """Per language, every caption `spec` asks for (best first, as words) of every image of `dataset`.
+
+    Each batch is read and encoded once and decoded from the same embeddings in every
+    language (None: the model's default), each language as its own batch of the same
+    rows, so the captions are those of one language at a time, for the encoder's cost
+    of one.
+    """
+    model.eval()
+    predictions: dict[str | None, dict[int, list[list[str]]]] = {language: {} for language in languages}
+    ids = dataset.image_ids
+    for start in tqdm(range(0, len(ids), batch_size), desc="captioning", unit="batch", disable=quiet):
+        chunk = ids[start : start + batch_size]
+        images = torch.stack([dataset.transform(dataset.load_image(i)) for i in chunk]).to(device)
+        embeddings = model.encode(images)
+        specs = [_for_image(spec, image_id) for image_id in chunk]
+        for language, captioned in predictions.items():
+            captions, _ = decode_mixed(
+                model.decoder, embeddings, specs, start_id=vocab.start_id_for(language), end_id=vocab.end_id
+            )  # the same dispatch (greedy, beam, sampling) the handler uses
+            for image_id, caption in zip(chunk, captions):
+                captioned[image_id] = [vocab.decode(c.tokens) for c in [caption, *caption.alternatives]]
+    return predictions
+
+
 def caption_every_image(
     model: Captioner,
     vocab: Vocabulary,
@@ -72,20 +125,9 @@ def caption_every_image(
 
     `language`: the captions' language, for a multilingual model (None: its default).
     """
-    model.eval()
-    predictions: dict[int, list[list[str]]] = {}
-    ids = dataset.image_ids
-    for start in tqdm(range(0, len(ids), batch_size), desc="captioning", unit="batch", disable=quiet):
-        chunk = ids[start : start + batch_size]
-        images = torch.stack([dataset.transform(dataset.load_image(i)) for i in chunk]).to(device)
-        embeddings = model.encode(images)
-        specs = [_for_image(spec, image_id) for image_id in chunk]
-        captions, _ = decode_mixed(
-            model.decoder, embeddings, specs, start_id=vocab.start_id_for(language), end_id=vocab.end_id
-        )  # the same dispatch (greedy, beam, sampling) the handler uses
-        for image_id, caption in zip(chunk, captions):
-            predictions[image_id] = [vocab.decode(c.tokens) for c in [caption, *caption.alternatives]]
-    return predictions
+    return caption_every_language(
+        model, vocab, dataset, device=device, spec=spec, languages=[language], batch_size=batch_size, quiet=quiet
+    )[language]
 
 
 def caption_dataset(
@@ -141,11 +183,30 @@ def score_captions(
     if scenes:
         correct = sum(names_every_object(predictions[i], scenes[i], language) for i in predictions)
         metrics["attribute_accuracy"] = round(correct / len(predictions), 4)
+        metrics["by_objects"] = accuracy_by_object_count(predictions, scenes, language)
     if clips:
         correct = sum(names_clip(predictions[i], clips[i]) for i in predictions)
         metrics["motion_accuracy"] = round(correct / len(predictions), 4)
     metrics["images"] = len(predictions)
     return metrics
+
+
+def accuracy_by_object_count(
+    predictions: dict[int, list[str]], scenes: dict[int, list[dict]], language: str = DEFAULT_LANGUAGE
+) -> dict[str, dict[str, Any]]:
+    """Attribute accuracy of the images with 1, 2, 3... objects: {"2": {"attribute_accuracy": 0.8, "images": 97}}.
+
+    One figure over all images hides where a model fails; scenes with more objects
+    are harder (every pair must be named), and a model can name lone objects well
+    and miss the third of three.
+    """
+    groups: dict[int, list[bool]] = {}
+    for i, words in predictions.items():
+        groups.setdefault(len(scenes[i]), []).append(names_every_object(words, scenes[i], language))
+    return {
+        str(count): {"attribute_accuracy": round(sum(named) / len(named), 4), "images": len(named)}
+        for count, named in sorted(groups.items())
+    }
 
 
 def distinct_n(captions: Sequence[Sequence[str]], n: int) -> float:
@@ -250,23 +311,24 @@ def evaluate_model(
     scenes = scenes_of(dataset)
     clips = clips_of(dataset)
     started = time.perf_counter()
-    per_language: dict[str, dict[str, Any]] = {}
-    default_predictions: dict[int, list[str]] = {}
-    for language in config.languages if languages is None else languages:
-        references = dataset.references(language)
-        if not all(references.values()):
-            continue  # the file has no captions in this language to score against
-        every = caption_every_image(
-            model, vocab, dataset, device=device, spec=spec, batch_size=batch_size, quiet=quiet, language=language
-        )
-        predictions = {image_id: captions[0] for image_id, captions in every.items()}
-        metrics = score_captions(predictions, references, scenes, language, clips)
-        if spec.n_best > 1:
-            metrics.update(diversity_metrics(every, references, scenes, language))
-        per_language[language] = metrics
-        default_predictions = default_predictions or predictions
-    if not per_language:
+    references = {language: dataset.references(language) for language in
+                  (config.languages if languages is None else languages)}
+    # Only the languages the file has captions in can be scored.
+    references = {language: refs for language, refs in references.items() if all(refs.values())}
+    if not references:
         raise ValueError(f"{annotations} has no captions in the model's languages {list(config.languages)}")
+    captioned = caption_every_language(
+        model, vocab, dataset, device=device, spec=spec, languages=list(references), batch_size=batch_size,
+        quiet=quiet,
+    )
+    per_language: dict[str, dict[str, Any]] = {}
+    for language, every in captioned.items():
+        predictions = {image_id: captions[0] for image_id, captions in every.items()}
+        metrics = score_captions(predictions, references[language], scenes, language, clips)
+        if spec.n_best > 1:
+            metrics.update(diversity_metrics(every, references[language], scenes, language))
+        per_language[language] = metrics
+    default_predictions = {image_id: captions[0] for image_id, captions in next(iter(captioned.values())).items()}
     first = next(iter(per_language))
     metrics = {**per_language[first], "language": first}
     if len(per_language) > 1:
@@ -284,6 +346,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="held-out COCO caption file: PATH, or LANG=PATH for a file in one language without "
                              "`language` fields")
     parser.add_argument("--images", required=True, help="image folder")
+    parser.add_argument("--held-out", nargs=3, action="append", default=[], metavar=("NAME", "ANNOTATIONS", "IMAGES"),
+                        help="another held-out set (a COCO caption file and its image folder), scored like the first "
+                             "and reported under NAME, e.g. `--held-out second_renderer "
+                             "data/second/annotations/captions_val.json data/second/images`; may be repeated")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--batch-size", type=int, default=64)
     decoding = parser.add_argument_group("decoding (as the service's request options)")
@@ -298,7 +364,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     decoding.add_argument("--top-p", type=float, default=1.0)
     decoding.add_argument("--seed", type=int, default=0, help="sampling seed (image i uses seed + its id)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--predictions-out", default=None, help="also write predictions as JSON here")
+    parser.add_argument("--predictions-out", default=None,
+                        help="also write the first set's predictions as JSON here")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -312,13 +379,39 @@ def decode_spec_from_args(args: argparse.Namespace, max_length: int) -> DecodeSp
     )
 
 
+# Fields of the whole run, given once at the top level and left out of each held-out set's block.
+RUN_FIELDS = ("decoding", "num_captions")
+
+
+def check_held_out_names(names: Sequence[str]) -> None:
+    """Each `--held-out` NAME becomes a JSON key: a plain word, each used once."""
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
+            raise ValueError(f"--held-out NAME must be a word of letters, digits, _ or -, got {name!r}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"--held-out names must differ; {', '.join(repeated)} given more than once")
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    names = [name for name, _, _ in args.held_out]
+    check_held_out_names(names)
     device = torch.device(args.device)
     model, vocab = load_exported_captioner(args.export_dir, device)
+    spec = decode_spec_from_args(args, model.config.max_length)
     metrics, predictions = evaluate_model(
         model, vocab, args.annotations, args.images, device=device, limit=args.limit, batch_size=args.batch_size,
-        spec=decode_spec_from_args(args, model.config.max_length), quiet=args.quiet,
+        spec=spec, quiet=args.quiet,
     )
+    clashing = [name for name in names if name in metrics]
+    if clashing:
+        raise ValueError(f"--held-out name {clashing[0]!r} is one of the report's own fields; choose another")
+    for name, held_out_annotations, held_out_images in args.held_out:
+        block, _ = evaluate_model(
+            model, vocab, held_out_annotations, held_out_images, device=device, limit=args.limit,
+            batch_size=args.batch_size, spec=spec, quiet=args.quiet,
+        )
+        metrics[name] = {key: value for key, value in block.items() if key not in RUN_FIELDS}
     if args.predictions_out:
         Path(args.predictions_out).write_text(json.dumps({str(k): " ".join(v) for k, v in predictions.items()}))
     print(json.dumps(metrics), flush=True)
