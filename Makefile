@@ -30,23 +30,27 @@ SAMPLE ?= $(DATA)/sample.jpg
 
 # The default recipe: ResNet-34 trained from scratch on the generated shapes set
 # (no ImageNet weights can be downloaded here), in two stages. See README "Training".
-# 1. Fine-tune the backbone with the caption loss and two auxiliary losses.
-# 2. Freeze it and train the projection and decoder on its features, computed once.
-TRAIN_IMAGES ?= 3000
+# 1. Fine-tune the backbone (and a show-and-tell decoder) with the caption loss and three auxiliary losses.
+# 2. Freeze it and train the projection and a new soft-attention decoder on its features, computed once.
+TRAIN_IMAGES ?= 6000
 VAL_IMAGES ?= 300
 # Caption languages of the generated set: five captions per image in each, one multilingual model.
 # The first stage, which teaches the encoder to see, learns from the first language's captions only.
 LANGUAGES ?= en fr de es
 ENCODER_LANGUAGES ?= $(firstword $(LANGUAGES))
-IMAGE_SIZE ?= 96
+IMAGE_SIZE ?= 128
 FINETUNE_EPOCHS ?= 3
-DECODER_EPOCHS ?= 14
+DECODER_EPOCHS ?= 5
+# Stage 2's decoder, trained on stage 1's frozen encoder: soft attention over the 4 x 4 feature grid.
+DECODER ?= soft_attention
 FINETUNE_DIR := $(TRAIN_DIR)/finetune
 AUX_LOSSES ?= --concept-weight 4.0 --scene-weight 1.0
+# Stage 1 only: per-cell colour and shape of layer3's map (it trains the backbone).
+OBJECT_MAP_WEIGHT ?= 3.0
 FINETUNE_ARGS ?= --encoder-weights none --train-backbone --image-size $(IMAGE_SIZE) --epochs $(FINETUNE_EPOCHS) \
 	--batch-size 16 --lr 5e-3 --backbone-lr 1.5e-3 --captions-per-image 2 --train-languages $(ENCODER_LANGUAGES) \
-	$(AUX_LOSSES)
-DECODER_ARGS ?= --epochs $(DECODER_EPOCHS) --batch-size 32 --lr 3e-3 --captions-per-image 5 $(AUX_LOSSES)
+	$(AUX_LOSSES) --object-map-weight $(OBJECT_MAP_WEIGHT)
+DECODER_ARGS ?= --decoder $(DECODER) --epochs $(DECODER_EPOCHS) --batch-size 32 --lr 3e-3 --captions-per-image 5 $(AUX_LOSSES)
 DATA_ARGS = --annotations $(TRAIN_JSON) --val-annotations $(VAL_JSON) --images $(DATA)/images
 # What `make eval` and `make model` score: the generated set's held-out split, and the second renderer's set.
 EVAL_ARGS = --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images \

@@ -74,7 +74,8 @@ def train_variant(variant: Variant, args: argparse.Namespace, out: Path) -> dict
                                   *shlex.split(args.finetune_args), "--quiet"], log)
     finetuned = time.perf_counter()
     run_module("training.train", [*data, "--output-dir", str(decoder_dir), "--init-from",
-                                  str(finetune_dir / "checkpoint.pt"), *shlex.split(args.decoder_args), "--quiet"], log)
+                                  str(finetune_dir / "checkpoint.pt"), *shlex.split(args.decoder_args),
+                                  "--decoder", variant.decoder, "--quiet"], log)
     ended = time.perf_counter()
     run_module("training.export", ["--checkpoint", str(decoder_dir / "checkpoint.pt"), "--out", str(out / "export")], log)
     return {"finetune_s": round(finetuned - started, 1), "decoder_s": round(ended - finetuned, 1),

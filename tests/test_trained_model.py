@@ -13,7 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from ops.archive import build_archive
-from tests.trained_recipe import BAR, HELD_OUT, held_out_images, named_right, train_export
+from tests.trained_recipe import (
+    BAR, HELD_OUT, SECOND_BAR, held_out_images, named_right, second_renderer_images, train_export,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +29,23 @@ def trained_client(tmp_path_factory, torchserve, client):
     shapes.unregister()
 
 
+def _caption_all(client, images):
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(lambda image: client.caption(image)["caption"], images))
+
+
 def test_served_model_names_colour_and_shape_of_held_out_images(trained_client):
     scenes, images = held_out_images()
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        captions = list(pool.map(lambda image: trained_client.caption(image)["caption"], images))
+    captions = _caption_all(trained_client, images)
     correct = named_right(captions, scenes)
     print(f"{correct}/{HELD_OUT} held-out images named right; e.g. {captions[:3]}")
     assert correct >= BAR * HELD_OUT, list(zip(captions, scenes))[:10]
+
+
+def test_served_model_names_objects_drawn_by_the_second_renderer(trained_client):
+    """Other drawing code, backgrounds and sizes than training's: the model learnt the objects, not one renderer."""
+    scenes, images = second_renderer_images()
+    captions = _caption_all(trained_client, images)
+    correct = named_right(captions, scenes)
+    print(f"{correct}/{HELD_OUT} second-renderer images named right; e.g. {captions[:3]}")
+    assert correct >= SECOND_BAR * HELD_OUT, list(zip(captions, scenes))[:10]

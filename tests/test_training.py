@@ -204,6 +204,19 @@ def test_fewer_captions_per_image_train_and_the_word_position_loss_refuses_them(
                               "--word-position-weight", "1.0"))
 
 
+def test_init_from_with_another_decoder_trains_a_new_one_on_the_checkpoints_encoder(dataset, tmp_path):
+    first = train.main(train_args(dataset, tmp_path / "first", "--epochs", "1", "--train-backbone",
+                                  "--object-map-weight", "1.0"))
+    source = load_checkpoint(first)
+    second = train.main(train_args(dataset, tmp_path / "second", "--epochs", "1", "--decoder", "soft_attention",
+                                   "--init-from", str(first)))
+    result = load_checkpoint(second)
+    assert source["config"]["decoder"] == "show_tell" and result["config"]["decoder"] == "soft_attention"
+    encoder = [k for k in source["model"] if k.startswith("encoder.backbone.")]
+    assert encoder and all(torch.equal(result["model"][k], source["model"][k]) for k in encoder)
+    assert "decoder.cell_attention.weight" in result["model"] and "decoder.cell_attention.weight" not in source["model"]
+
+
 def test_init_from_starts_a_new_run_on_a_checkpoints_weights_with_the_backbone_frozen(dataset, tmp_path):
     first = train.main(train_args(dataset, tmp_path / "first", "--epochs", "2", "--train-backbone", "--scene-weight", "1.0"))
     source = load_checkpoint(first)

@@ -103,7 +103,7 @@ def _outline(obj: ShapeObject) -> list[tuple[float, float]] | None:
     if obj.shape == "circle":
         return None
     if obj.shape == "square":
-        half = 0.82 * r  # a square about as heavy as the circle of its radius
+        half = r  # the circle of the same radius fits inside it: corners are what tell them apart
         corners = [(-half, -half), (half, -half), (half, half), (-half, half)]
     else:
         corners = [(r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]

@@ -11,7 +11,8 @@ decides what is in it and keeps every caption true:
 - the canvas is 64..512 pixels on its long side, aspect 1:2 to 2:1; the one
   preprocessing (`model/transforms.py`) brings every canvas to the model's square
   input, so sizes are measured against the canvas's short side;
-- an object's size is its radius (half its extent) as a share of the short side:
+- an object's size is its radius (half its width: a circle's radius, half a
+  square's side, a triangle's circumradius) as a share of the short side:
   small 5.5..11%, large 15..25%; the gap between them keeps "small" and "large"
   true of every drawing;
 - objects stand anywhere, with small gaps or slight overlaps; their centres are
@@ -52,7 +53,7 @@ class WorldRanges:
 
 DEFAULT_RANGES = WorldRanges()
 # How far a drawn shape reaches from its centre, in radii: a turned, stretched square's corner.
-REACH = 1.2
+REACH = 1.5
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class ShapeObject:
 
     @property
     def box(self) -> list[float]:
-        """[x0, y0, x1, y1] in pixels: the disc the shape is drawn inside."""
+        """[x0, y0, x1, y1] in pixels: the square around the circle of its radius (a square, unturned, fills it)."""
         x, y = self.center
         return [round(x - self.radius, 2), round(y - self.radius, 2), round(x + self.radius, 2),
                 round(y + self.radius, 2)]

@@ -78,8 +78,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", default="resnet34", choices=sorted(BACKBONES), help="torchvision ResNet")
     model.add_argument(
-        "--decoder", default="show_tell", choices=sorted(DECODERS),
-        help="show_tell: the pooled image is the LSTM's first input; soft_attention: attends over a feature grid",
+        "--decoder", default=None, choices=sorted(DECODERS),
+        help="show_tell (default): the pooled image is the LSTM's first input; soft_attention: attends over a "
+        "feature grid. With --init-from, another decoder than the checkpoint's starts afresh on its encoder",
     )
     model.add_argument(
         "--grid-size", type=int, default=None,
@@ -440,8 +441,12 @@ def main(args: argparse.Namespace) -> Path:
     weights = load_encoder_weights(args.encoder_weights, args.backbone) if source is None else None
     if source is not None:
         config = CaptionerConfig.from_dict(source["config"])
-        if checkpoint is None:  # --init-from: this run says whether the backbone trains
+        if checkpoint is None:  # --init-from: this run says whether the backbone trains, and which decoder
             config = dataclasses.replace(config, train_backbone=args.train_backbone)
+            if args.decoder and args.decoder != config.decoder:
+                config = dataclasses.replace(config, decoder=args.decoder,
+                                             grid_size=args.grid_size or max(1, config.image_size // 32))
+                source = {**source, "model": {k: v for k, v in source["model"].items() if k.startswith("encoder.")}}
         vocab = Vocabulary.from_dict(source["vocab"])
         train_set, val_set, _ = build_datasets(args, vocab, config.image_size, config.mean, config.std,
                                                config.num_frames)
@@ -461,7 +466,7 @@ def main(args: argparse.Namespace) -> Path:
             # A multilingual vocabulary lists its languages; one language is the captions' own.
             languages=tuple(vocab.languages or caption_languages(train_set.coco, train_set.image_ids)[:1]),
             backbone=args.backbone,
-            decoder=args.decoder,
+            decoder=args.decoder or "show_tell",
             grid_size=args.grid_size or max(1, args.image_size // 32),
             **({"modality": "video", "num_frames": num_frames, "temporal": args.temporal} if video else {}),
         )
@@ -469,7 +474,12 @@ def main(args: argparse.Namespace) -> Path:
     if weights is not None:
         model.encoder.load_backbone_state_dict(weights)
     if source is not None:
-        model.load_state_dict(source["model"])
+        missing, unexpected = model.load_state_dict(source["model"], strict=False)
+        fresh_decoder = all(k.startswith("decoder.") for k in missing) and checkpoint is None
+        if unexpected or (missing and not fresh_decoder):
+            raise SystemExit(f"checkpoint does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        if missing and place.is_main:
+            print(f"a new {config.decoder} decoder on the checkpoint's encoder")
     model.to(device)
     # oneDNN's CPU convolutions run faster on NHWC tensors when the backbone trains (~15% a step here).
     channels_last = config.train_backbone and device.type == "cpu"
