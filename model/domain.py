@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 
@@ -243,7 +243,3 @@ def domain_scorer(statistics: DomainStatistics | None) -> DomainScorer | NoDomai
     """The scorer for an export's statistics, or the one that answers unknown when it has none."""
     return NoDomainScorer() if statistics is None else DomainScorer(statistics)
 
-
-def verdicts_in_domain(verdicts: Sequence[DomainVerdict]) -> float:
-    """The share of `verdicts` that are in domain (for reports)."""
-    return sum(bool(v.in_domain) for v in verdicts) / max(1, len(verdicts))
