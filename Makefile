@@ -43,16 +43,24 @@ FINETUNE_ARGS ?= --encoder-weights none --train-backbone --image-size $(IMAGE_SI
 	$(AUX_LOSSES)
 DECODER_ARGS ?= --epochs $(DECODER_EPOCHS) --batch-size 32 --lr 3e-3 --captions-per-image 5 $(AUX_LOSSES)
 DATA_ARGS = --annotations $(TRAIN_JSON) --val-annotations $(VAL_JSON) --images $(DATA)/images
+# The domain score's statistics (README "Domain score"): fitted on the training images, the threshold
+# calibrated on held-out ones. Another held-out set is one more `--held-out ANNOTATIONS [IMAGES]` in
+# HELD_OUT_ARGS (IMAGES defaults to $(DATA)/images).
+HELD_OUT_ARGS ?= --held-out $(VAL_JSON)
+DOMAIN_ARGS ?= --fit-annotations $(TRAIN_JSON) $(HELD_OUT_ARGS) --images $(DATA)/images
 
 CLIENT := $(PY) -m client --key-file $(SERVE_DIR)/key_file.json --model $(MODEL_NAME)
 
-.PHONY: help install test data model eval gallery mar serve stop register scale describe unregister clean
+.PHONY: help install test data model eval gallery mar serve stop register scale describe unregister clean domain \
+	domain-report
 
 help:
 	@echo "make install      create .venv and install everything (idempotent)"
 	@echo "make test         run the test suite"
 	@echo "make model        generate data, train, export to $(EXPORT), evaluate, draw the gallery"
 	@echo "make eval         evaluate $(EXPORT) on the held-out generated images"
+	@echo "make domain       (re)fit $(EXPORT)'s domain statistics (domain.safetensors) without retraining"
+	@echo "make domain-report  AUROC of the domain score: held-out scenes vs photos, noise, text (build/domain_report.json)"
 	@echo "make mar          pack $(STORE)/$(MODEL_NAME).mar"
 	@echo "make serve        start TorchServe on 127.0.0.1 and register the model"
 	@echo "make stop         stop TorchServe and wait until it has exited"
@@ -91,7 +99,7 @@ $(EXPORT)/model.safetensors: $(VAL_JSON) | $(INSTALLED)
 	$(PY) -m training.train $(DATA_ARGS) --output-dir $(FINETUNE_DIR) $(FINETUNE_ARGS)
 	$(PY) -m training.train $(DATA_ARGS) --output-dir $(TRAIN_DIR) --init-from $(FINETUNE_DIR)/checkpoint.pt \
 		$(DECODER_ARGS)
-	$(PY) -m training.export --checkpoint $(TRAIN_DIR)/checkpoint.pt --out $(EXPORT)
+	$(PY) -m training.export --checkpoint $(TRAIN_DIR)/checkpoint.pt --out $(EXPORT) $(DOMAIN_ARGS)
 	$(PY) -m training.evaluate --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images \
 		| tee build/eval.json
 	$(PY) -m training.gallery --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images \
@@ -99,6 +107,13 @@ $(EXPORT)/model.safetensors: $(VAL_JSON) | $(INSTALLED)
 
 eval: | $(INSTALLED)
 	$(PY) -m training.evaluate --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images
+
+domain: | $(INSTALLED)
+	$(PY) -m training.domain_calibration --export-dir $(EXPORT) $(DOMAIN_ARGS)
+
+domain-report: | $(INSTALLED)
+	$(PY) -m training.domain_report --export-dir $(EXPORT) $(HELD_OUT_ARGS) --images $(DATA)/images \
+		--out build/domain_report.json
 
 gallery: | $(INSTALLED)
 	$(PY) -m training.gallery --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images \
