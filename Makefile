@@ -240,6 +240,8 @@ VIDEO_FINETUNE_ARGS ?= --encoder-weights none --train-backbone --image-size $(VI
 	--captions-per-image 2 --concept-weight 4.0 --scene-weight 1.0
 VIDEO_DECODER_ARGS ?= --epochs $(VIDEO_DECODER_EPOCHS) --batch-size 32 --lr 3e-3 --concept-weight 4.0 --scene-weight 1.0
 VIDEO_CLIENT := $(PY) -m client --key-file $(SERVE_DIR)/key_file.json --model $(VIDEO_MODEL_NAME)
+# The domain score's statistics of the clips' pooled features (the mean over their sampled frames).
+VIDEO_DOMAIN_ARGS ?= --fit-annotations $(VIDEO_TRAIN_JSON) --held-out $(VIDEO_VAL_JSON) --images $(VIDEO_DATA)/clips
 
 .PHONY: video-data video-model video-eval video-mar
 video-data: $(VIDEO_VAL_JSON)
@@ -254,7 +256,7 @@ $(VIDEO_EXPORT)/model.safetensors: $(VIDEO_VAL_JSON) | $(INSTALLED)
 	$(PY) -m training.train $(VIDEO_DATA_ARGS) --output-dir $(VIDEO_TRAIN_DIR)/finetune $(VIDEO_FINETUNE_ARGS)
 	$(PY) -m training.train $(VIDEO_DATA_ARGS) --output-dir $(VIDEO_TRAIN_DIR) \
 		--init-from $(VIDEO_TRAIN_DIR)/finetune/checkpoint.pt $(VIDEO_DECODER_ARGS)
-	$(PY) -m training.export --checkpoint $(VIDEO_TRAIN_DIR)/checkpoint.pt --out $(VIDEO_EXPORT)
+	$(PY) -m training.export --checkpoint $(VIDEO_TRAIN_DIR)/checkpoint.pt --out $(VIDEO_EXPORT) $(VIDEO_DOMAIN_ARGS)
 	$(PY) -m training.evaluate --export-dir $(VIDEO_EXPORT) --annotations $(VIDEO_VAL_JSON) \
 		--images $(VIDEO_DATA)/clips | tee build/video-eval.json
 	$(PY) -m training.video_gallery --export-dir $(VIDEO_EXPORT) --annotations $(VIDEO_VAL_JSON) \

@@ -235,3 +235,23 @@ def test_several_held_out_sets_each_calibrate_and_clear_errors_name_what_to_give
     with pytest.raises(ValueError, match="24 held-out images of .* are also fitting images"):
         domain_calibration.main(["--export-dir", str(export_dir), "--quiet", "--fit-annotations", str(val),
                                  "--held-out", str(val), "--images", str(images)])
+
+
+def test_a_video_export_is_fitted_on_its_clips_and_its_replies_are_scored(tmp_path):
+    """The clips' pooled features are the mean over their sampled frames; fitted and served like images'."""
+    from handler.caption_handler import CaptionHandler
+    from tests.helpers import TINY_VIDEO, torchserve_context
+    from training import domain_calibration, video_data
+
+    train, val = video_data.generate(tmp_path / "videos", train=6, val=3, seed=5, frame_size=32)
+    export = write_tiny_export(tmp_path / "export", seed=1, **TINY_VIDEO)
+    statistics = domain_calibration.main(["--export-dir", str(export), "--quiet", "--fit-annotations", str(train),
+                                          "--held-out", str(val), "--images", str(tmp_path / "videos" / "clips")])
+    assert statistics.fitted_on == 6 and statistics.calibration["held_out"][0]["images"] == 3
+    context, _ = torchserve_context(export, 1, {"captioner": {"precision": "fp32"}})
+    handler = CaptionHandler()
+    handler.initialize(context)
+    clip = (tmp_path / "videos" / "clips" / json.loads(val.read_text())["videos"][0]["file_name"]).read_bytes()
+    reply = json.loads(handler.handle([{"body": bytearray(clip)}], context)[0])
+    assert reply["frames_sampled"] and isinstance(reply["domain_score"], float)
+    assert reply["in_domain"] is True, "a held-out clip the threshold was calibrated on"
