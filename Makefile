@@ -55,10 +55,16 @@ DATA_ARGS = --annotations $(TRAIN_JSON) --val-annotations $(VAL_JSON) --images $
 # What `make eval` and `make model` score: the generated set's held-out split, and the second renderer's set.
 EVAL_ARGS = --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images \
 	--held-out second_renderer $(SECOND_JSON) $(SECOND_DIR)/images
+# The domain score's statistics (README "Domain score"): fitted on the training images, the threshold
+# calibrated on both held-out sets. Another held-out set is one more `--held-out ANNOTATIONS [IMAGES]` in
+# HELD_OUT_ARGS (IMAGES defaults to $(DATA)/images).
+HELD_OUT_ARGS ?= --held-out $(VAL_JSON) --held-out $(SECOND_JSON) $(SECOND_DIR)/images
+DOMAIN_ARGS ?= --fit-annotations $(TRAIN_JSON) $(HELD_OUT_ARGS) --images $(DATA)/images
 
 CLIENT := $(PY) -m client --key-file $(SERVE_DIR)/key_file.json --model $(MODEL_NAME)
 
-.PHONY: help install test data second-data model eval gallery mar serve stop register scale describe unregister clean
+.PHONY: help install test data second-data model eval gallery mar serve stop register scale describe unregister \
+	clean domain domain-report
 
 help:
 	@echo "make install      create .venv and install everything (idempotent)"
@@ -66,6 +72,8 @@ help:
 	@echo "make model        generate data, train, export to $(EXPORT), evaluate, draw the gallery"
 	@echo "make eval         evaluate $(EXPORT) on the held-out generated images and the second renderer's"
 	@echo "make second-data  render the second held-out set into $(SECOND_DIR) (make data does too)"
+	@echo "make domain       (re)fit $(EXPORT)'s domain statistics (domain.safetensors) without retraining"
+	@echo "make domain-report  AUROC of the domain score: held-out scenes vs photos, noise, text (build/domain_report.json)"
 	@echo "make mar          pack $(STORE)/$(MODEL_NAME).mar"
 	@echo "make serve        start TorchServe on 127.0.0.1 and register the model"
 	@echo "make stop         stop TorchServe and wait until it has exited"
@@ -119,13 +127,20 @@ $(EXPORT)/model.safetensors: $(VAL_JSON) | $(INSTALLED) $(SECOND_JSON)
 	$(PY) -m training.train $(DATA_ARGS) --output-dir $(FINETUNE_DIR) $(FINETUNE_ARGS)
 	$(PY) -m training.train $(DATA_ARGS) --output-dir $(TRAIN_DIR) --init-from $(FINETUNE_DIR)/checkpoint.pt \
 		$(DECODER_ARGS)
-	$(PY) -m training.export --checkpoint $(TRAIN_DIR)/checkpoint.pt --out $(EXPORT)
+	$(PY) -m training.export --checkpoint $(TRAIN_DIR)/checkpoint.pt --out $(EXPORT) $(DOMAIN_ARGS)
 	$(PY) -m training.evaluate $(EVAL_ARGS) | tee build/eval.json
 	$(PY) -m training.gallery --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images \
 		--out build/gallery.png
 
 eval: | $(INSTALLED) $(SECOND_JSON)
 	$(PY) -m training.evaluate $(EVAL_ARGS)
+
+domain: | $(INSTALLED)
+	$(PY) -m training.domain_calibration --export-dir $(EXPORT) $(DOMAIN_ARGS)
+
+domain-report: | $(INSTALLED)
+	$(PY) -m training.domain_report --export-dir $(EXPORT) $(HELD_OUT_ARGS) --images $(DATA)/images \
+		--out build/domain_report.json
 
 gallery: | $(INSTALLED)
 	$(PY) -m training.gallery --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images \
@@ -252,6 +267,8 @@ VIDEO_FINETUNE_ARGS ?= --encoder-weights none --train-backbone --image-size $(VI
 	--captions-per-image 2 --concept-weight 4.0 --scene-weight 1.0
 VIDEO_DECODER_ARGS ?= --epochs $(VIDEO_DECODER_EPOCHS) --batch-size 32 --lr 3e-3 --concept-weight 4.0 --scene-weight 1.0
 VIDEO_CLIENT := $(PY) -m client --key-file $(SERVE_DIR)/key_file.json --model $(VIDEO_MODEL_NAME)
+# The domain score's statistics of the clips' pooled features (the mean over their sampled frames).
+VIDEO_DOMAIN_ARGS ?= --fit-annotations $(VIDEO_TRAIN_JSON) --held-out $(VIDEO_VAL_JSON) --images $(VIDEO_DATA)/clips
 
 .PHONY: video-data video-model video-eval video-mar
 video-data: $(VIDEO_VAL_JSON)
@@ -266,7 +283,7 @@ $(VIDEO_EXPORT)/model.safetensors: $(VIDEO_VAL_JSON) | $(INSTALLED)
 	$(PY) -m training.train $(VIDEO_DATA_ARGS) --output-dir $(VIDEO_TRAIN_DIR)/finetune $(VIDEO_FINETUNE_ARGS)
 	$(PY) -m training.train $(VIDEO_DATA_ARGS) --output-dir $(VIDEO_TRAIN_DIR) \
 		--init-from $(VIDEO_TRAIN_DIR)/finetune/checkpoint.pt $(VIDEO_DECODER_ARGS)
-	$(PY) -m training.export --checkpoint $(VIDEO_TRAIN_DIR)/checkpoint.pt --out $(VIDEO_EXPORT)
+	$(PY) -m training.export --checkpoint $(VIDEO_TRAIN_DIR)/checkpoint.pt --out $(VIDEO_EXPORT) $(VIDEO_DOMAIN_ARGS)
 	$(PY) -m training.evaluate --export-dir $(VIDEO_EXPORT) --annotations $(VIDEO_VAL_JSON) \
 		--images $(VIDEO_DATA)/clips | tee build/video-eval.json
 	$(PY) -m training.video_gallery --export-dir $(VIDEO_EXPORT) --annotations $(VIDEO_VAL_JSON) \

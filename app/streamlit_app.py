@@ -29,6 +29,7 @@ from app.captioning import (  # noqa: E402
     LANGUAGE_NAMES, DecodingOptions, ServerSettings, attention_png, explain_failure, request_caption,
     sampled_frames,
 )
+from client.domain import out_of_domain_message  # noqa: E402
 
 # The handler's limits (handler/model-config.yaml: max_length, max_beam_size).
 MOST_WORDS = 20
@@ -125,6 +126,7 @@ def caption(settings: ServerSettings, options: DecodingOptions, stream: bool, na
     return {"caption": outcome.caption, "timing": timing, "decoding": options.describe(),
             "ended": outcome.result.get("ended", True), "maps": attention_png(image, outcome.result),
             "no_maps": refused if asked_for_maps else None, "frames_sampled": outcome.result.get("frames_sampled"),
+            "out_of_domain": out_of_domain_message(outcome.result),
             "strip": sampled_frames(image, outcome.result) if video else []}
 
 
@@ -133,6 +135,8 @@ def show(answer: dict) -> None:
         if "error" in answer:
             st.error(answer["error"])
             return
+        if answer.get("out_of_domain"):  # above the caption, so it is read first
+            st.warning(answer["out_of_domain"], icon="⚠️")
         st.subheader(answer["caption"])
         cut = "" if answer["ended"] else " · cut at the word limit"
         st.caption(f"{answer['timing']} · {answer['decoding']}{cut}")

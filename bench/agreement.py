@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 
 from bench.in_process import InProcessPipeline
-from model.export_format import EXPORT_FILES
+from model.export_format import export_file_names
 from training.shapes_dataset import names_every_object
 
 DEFAULT_AGREEMENT_EXPORT = "build/export"
@@ -44,7 +44,7 @@ def staged_export(export_dir: Path, data_dir: Path, work_dir: Path) -> Path:
     if staged.exists():
         shutil.rmtree(staged)
     (staged / "calibration").mkdir(parents=True)
-    for name in EXPORT_FILES:
+    for name in export_file_names(export_dir):
         shutil.copy2(export_dir / name, staged / name)
     for image in _split(data_dir, "train")[:CALIBRATION_IMAGES]:
         shutil.copy2(data_dir / "images" / image["file_name"], staged / "calibration" / image["file_name"])

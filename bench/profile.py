@@ -38,7 +38,7 @@ def stage_times_ms(pipeline: InProcessPipeline, jpegs: Sequence[bytes], batch_si
             if handler.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             t2 = time.perf_counter()
-            embeddings = handler.encode(images)
+            embeddings, _ = handler.encode(images)  # and the pooled features the domain score reads
             _sync(handler.device)
             t3 = time.perf_counter()
             specs = [r.options.decoding for r in requests]

@@ -11,6 +11,10 @@ A request the server refuses for overload (503) or fails while restarting a work
 is sent again with exponential backoff (following Retry-After when given), up to
 --retries retries or --give-up-after seconds; then the error says what was tried.
 
+Every reply says how much the image looks like the model's training images
+(`domain_score`, `in_domain`); an image the service flags as out of domain gets
+a warning line on stderr under its caption.
+
 Tokens are read from the server's key file (default build/serve/key_file.json,
 override with --key-file or CAPTION_KEY_FILE).
 """
@@ -24,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from client.auth import TokenStore, key_file_from_env
+from client.domain import out_of_domain_message
 from client.rest import CaptionClient, ServiceError
 
 
@@ -104,15 +109,22 @@ def _options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _warn_if_out_of_domain(path: Path, result: dict) -> None:
+    message = out_of_domain_message(result)
+    if message:
+        print(f"warning: {path}: {message}", file=sys.stderr, flush=True)
+
+
 def _print_result(path: Path, result: dict, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({"file": str(path), **result}))
+        print(json.dumps({"file": str(path), **result}), flush=True)
     elif "captions" in result:
         print(f"{path}:")
         for entry in result["captions"]:
-            print(f"  {entry['score']:8.3f}  {entry['caption']}")
+            print(f"  {entry['score']:8.3f}  {entry['caption']}", flush=True)
     else:
-        print(f"{path}: {result['caption']}")
+        print(f"{path}: {result['caption']}", flush=True)
+    _warn_if_out_of_domain(path, result)
 
 
 def _caption(args: argparse.Namespace, tokens: TokenStore) -> int:
@@ -132,12 +144,16 @@ def _caption(args: argparse.Namespace, tokens: TokenStore) -> int:
     if args.stream:
         for path in args.images:
             print(f"{path}: ", end="", flush=True)
+            final = {}
             for chunk in client.caption_stream(path.read_bytes(), field=_field(args, path), **options):
                 if "token" in chunk:
                     print(chunk["token"], end=" ", flush=True)
-                elif args.json:
-                    print("\n" + json.dumps(chunk), end="")
-            print()
+                else:
+                    final = chunk  # the last line: the whole reply
+                    if args.json:
+                        print("\n" + json.dumps(chunk), end="")
+            print(flush=True)
+            _warn_if_out_of_domain(path, final)
         return 0
 
     def one(path: Path):

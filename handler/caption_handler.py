@@ -5,7 +5,10 @@ step together (one greedy run, one sampling run, a beam search per set of beam
 settings; `model/batch_captioning.py`). A bad request is answered on
 its own with a 4xx and a JSON error; the rest of its batch is captioned as
 usual, and the worker keeps running. A KServe v2 request (`/v2/models/<name>/infer`)
-gets its answer in v2 form, also one per request of the batch.
+gets its answer in v2 form, also one per request of the batch. Every caption
+reply carries `domain_score` and `in_domain` (`model/domain.py`): how much its
+image looks like the training images, from the same encoder pass; both null
+when the export has no domain statistics.
 
 Request and response formats are in README.md ("Calling the service").
 """
@@ -28,7 +31,8 @@ from handler.streaming import WordStreamer, to_json
 from model.batch_captioning import decode_mixed
 from model.decoding import Caption
 from model.detokenize import detokenize
-from model.export_format import load_exported_captioner
+from model.domain import DomainVerdict, domain_scorer
+from model.export_format import load_exported_captioner, read_domain_statistics
 from model.precision import PrecisionError, choose_precision, prepare_inference, projection_dtype, read_cpu_flags
 from model.transforms import eval_transform, to_rgb
 from model.word_attention import word_maps
@@ -50,6 +54,8 @@ class CaptionHandler(BaseHandler):
             torch.set_num_threads(int(threads))
         self.model, self.vocab = load_exported_captioner(properties["model_dir"], self.device)
         config = self.model.config
+        # An export without domain.safetensors loads too: its replies say domain_score null.
+        self.domain = domain_scorer(read_domain_statistics(properties["model_dir"], self.model.encoder.feature_size))
         # The request reader and transform of the model's modality: an image, or a clip of frames.
         self.media, self.transform = model_input(config, settings)
         self._set_up_precision(settings, properties)  # and the CPU kernels
@@ -64,9 +70,9 @@ class CaptionHandler(BaseHandler):
         self.context = context
         self.initialized = True
         logger.info(
-            "captioner %s %s loaded on %s (%s, %s + %s, vocab %d, image %d px, languages %s)",
+            "captioner %s %s loaded on %s (%s, %s + %s, vocab %d, image %d px, languages %s), %s",
             self.model_name, self.model_version, self.device, config.modality, config.backbone, config.decoder,
-            len(self.vocab), config.image_size, ", ".join(config.languages),
+            len(self.vocab), config.image_size, ", ".join(config.languages), self.domain.describe(),
         )
 
     def _set_up_precision(self, settings: dict[str, Any], properties: dict[str, Any]) -> None:
@@ -155,7 +161,10 @@ class CaptionHandler(BaseHandler):
         if self.channels_last and images.dim() == 4:  # a clip's frames meet the channels-last weights as they are
             images = images.contiguous(memory_format=torch.channels_last)
         started = time.perf_counter()
-        embeddings = self.encode(images)  # (B, E), or (B, G*G, E) for an attending decoder; fp32, under the precision
+        # (B, E), or (B, G*G, E) for an attending decoder, and (B, C) pooled features; fp32, under the precision
+        embeddings, pooled = self.encode(images)
+        for row, verdict in zip(rows, self.domain(pooled)):  # each row scored on its own
+            requests[row].domain = verdict
         specs = [requests[i].options.decoding for i in rows]
         # Each caption starts from its request's language token (`<start>` for a one-language model).
         start_ids = torch.tensor([self.vocab.start_id_for(requests[i].options.language) for i in rows])
@@ -227,6 +236,7 @@ class CaptionHandler(BaseHandler):
             **options.in_reply(),
             "language": options.language,
             **request.in_reply,
+            **domain_fields(request.domain),
             "model": self.model_name,
             "version": self.model_version,
         }
@@ -266,6 +276,12 @@ class CaptionHandler(BaseHandler):
         metrics = getattr(self.context, "metrics", None)
         if metrics is not None:
             metrics.add_counter(name, value, None, [])
+
+
+def domain_fields(verdict: DomainVerdict) -> dict[str, Any]:
+    """The reply's `domain_score` (0..1, 4 decimals; 0.5 at the threshold) and `in_domain`; null without statistics."""
+    score = verdict.score
+    return {"domain_score": None if score is None else round(score, 4), "in_domain": verdict.in_domain}
 
 
 def worker_device(system_properties: dict[str, Any]) -> torch.device:

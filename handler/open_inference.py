@@ -7,7 +7,9 @@ per request of the batch. Plain Python (no TorchServe import), unit tested direc
     {"model_name": "captioner", "model_version": "1.0", "id": "...",
      "parameters": {"method": "greedy", "beam_size": 1, "max_length": 20},
      "outputs": [{"name": "caption", "datatype": "BYTES", "shape": [1], "data": ["a red circle ..."]},
-                 {"name": "score", "datatype": "FP32", "shape": [1], "data": [-0.02]}, ...]}
+                 {"name": "score", "datatype": "FP32", "shape": [1], "data": [-0.02]}, ...,
+                 {"name": "domain_score", "datatype": "FP32", "shape": [1], "data": [0.93]},
+                 {"name": "in_domain", "datatype": "BOOL", "shape": [1], "data": [true]}]}
 """
 
 from __future__ import annotations
@@ -21,11 +23,18 @@ def _tensor(name: str, datatype: str, data: list[Any]) -> dict[str, Any]:
     return {"name": name, "datatype": datatype, "shape": [len(data)], "data": data}
 
 
+def _known(value: Any) -> list[Any]:
+    """A one-element tensor's data, or none (shape [0]) for a value the reply leaves null."""
+    return [] if value is None else [value]
+
+
 def caption_tensors(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Every output of one caption, from the handler's JSON result (`CaptionHandler.describe`).
 
     The runner-up beams (`n_best > 1`) are `alternatives` and `alternative_scores`,
-    empty (shape [0]) otherwise, so every answer has the same outputs.
+    empty (shape [0]) otherwise, so every answer has the same outputs. `domain_score`
+    and `in_domain` are empty too (shape [0]) where the JSON reply says null: an
+    export without domain statistics (v2 tensors have no null element).
     """
     alternatives = result.get("alternatives", [])
     return [
@@ -36,6 +45,8 @@ def caption_tensors(result: dict[str, Any]) -> list[dict[str, Any]]:
         _tensor("ended", "BOOL", [result["ended"]]),
         _tensor("alternatives", "BYTES", [a["caption"] for a in alternatives]),
         _tensor("alternative_scores", "FP32", [a["score"] for a in alternatives]),
+        _tensor("domain_score", "FP32", _known(result["domain_score"])),
+        _tensor("in_domain", "BOOL", _known(result["in_domain"])),
     ]
 
 

@@ -33,6 +33,7 @@ from typing import Any, Mapping, Sequence
 from PIL import Image, UnidentifiedImageError
 
 from model.batch_captioning import DecodeSpec
+from model.domain import UNKNOWN, DomainVerdict
 from model.transforms import to_rgb
 
 IMAGE_FIELDS = ("data", "image", "file", "body")
@@ -52,7 +53,8 @@ IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 V2_IMAGE_INPUT = "image"
 V2_OPTIONS = ("max_length", "beam_size", "n_best")
 V2_INTEGER_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
-V2_OUTPUTS = ("caption", "score", "tokens", "scores", "ended", "alternatives", "alternative_scores")
+V2_OUTPUTS = ("caption", "score", "tokens", "scores", "ended", "alternatives", "alternative_scores", "domain_score",
+              "in_domain")
 # model_name and model_version: TorchServe's OIP gRPC service (ModelInfer) adds them to the body.
 V2_BODY_FIELDS = ("id", "inputs", "outputs", "parameters", "model_name", "model_version")
 Image.init()  # register every plugin now: `Image.open(formats=...)` looks the names up
@@ -165,6 +167,7 @@ class CaptionRequest:
     pixels: Any = None  # the model input (3, S, S), made by the handler's preprocess
     in_reply: dict[str, Any] = dataclass_field(default_factory=dict)  # added to the reply (a clip: its frames)
     v2: OpenInferenceCall | None = None  # set for a KServe v2 body: answer in v2 form
+    domain: DomainVerdict = UNKNOWN  # how much the image looks like the training images, set by the handler
 
 
 @dataclass

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from model.config import CaptionerConfig
 from model.decoders import get_decoder_spec
-from model.encoder import EncoderCNN
+from model.encoder import EncoderCNN, pool_backbone_features
 from model.step_decoder import TeacherForced
 
 
@@ -76,3 +76,13 @@ class Captioner(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, E) image embeddings (grid: (B, G*G, E)) for decoding."""
         return self.encoder(images)
+
+    def encode_with_pooled(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode`'s embeddings and the (B, C) fp32 pooled backbone features, from one backbone pass.
+
+        The one place serving and the domain statistics get pooled features from:
+        the backbone's output (whatever its layout: image, grid or clip frames) is
+        embedded as `embed_images` does and pooled by `pool_backbone_features`.
+        """
+        features = self.encoder.backbone_features(images)  # (B, C), (B, G*G, C) or a clip's (B, N, C)
+        return self.embed_images(None, features), pool_backbone_features(features)

@@ -75,6 +75,17 @@ class EncoderCNN(nn.Module):
         return self.project(self.backbone_features(images))
 
 
+def pool_backbone_features(features: torch.Tensor) -> torch.Tensor:
+    """Backbone features of any layout -> (B, C) fp32: one pooled vector per picture, for the domain score.
+
+    (B, C) is already the globally average-pooled map (show-and-tell); a grid
+    (B, G*G, C) is averaged over its cells, and a clip's (B, N, C) over its
+    frames, so every modality and decoder is scored on the same kind of vector.
+    Cast to fp32 before averaging, whatever precision the encoder ran in.
+    """
+    return features.float().reshape(features.shape[0], -1, features.shape[-1]).mean(dim=1)  # (B, C)
+
+
 def image_summary(embeddings: torch.Tensor) -> torch.Tensor:
     """One (B, E) vector per image: the embedding itself, or the mean over the grid's cells (B, P, E)."""
     return embeddings.mean(dim=1) if embeddings.dim() == 3 else embeddings

@@ -1,11 +1,14 @@
 """The export folder: the contract between training, which writes it, and serving, which reads it.
 
-An export is three files and nothing else, so it can be inspected, diffed and
+An export is three files, and one optional, so it can be inspected, diffed and
 loaded without unpickling:
 
-    config.json        CaptionerConfig.to_dict() (backbone, decoder and grid included)
-    vocab.json         Vocabulary.to_dict()
-    model.safetensors  the state_dict
+    config.json         CaptionerConfig.to_dict() (backbone, decoder and grid included)
+    vocab.json          Vocabulary.to_dict()
+    model.safetensors   the state_dict
+    domain.safetensors  optional: the training images' feature statistics and threshold
+                        for the domain score (`model/domain.py`); an export without it
+                        loads, and its replies carry `domain_score: null`
 
 Training (`training/export.py`), the handler, evaluation, the gallery and the
 tools all write and read it through this module, so neither side imports the
@@ -18,11 +21,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from model.captioner import Captioner
 from model.config import CaptionerConfig
+from model.domain import DomainStatistics
 from model.modalities import build_captioner
 from model.vocabulary import Vocabulary
 
@@ -30,6 +34,8 @@ CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
 WEIGHTS_FILE = "model.safetensors"
 EXPORT_FILES = (CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE)
+DOMAIN_FILE = "domain.safetensors"
+OPTIONAL_FILES = (DOMAIN_FILE,)  # copied with the export (archive, staging) when present
 FORMAT = "captioner-v1"  # safetensors metadata; config.json's keys say which network it is
 
 
@@ -84,3 +90,41 @@ def load_exported_captioner(export_dir: Path | str, device: torch.device | str =
             f"decoder {config.decoder}): {str(error)[:400]}"
         ) from error
     return model.to(device).eval(), vocab
+
+
+def export_file_names(export_dir: Path | str) -> list[str]:
+    """The export's files to copy: the three it must have, and the optional ones it has."""
+    export_dir = Path(export_dir)
+    return [*EXPORT_FILES, *(name for name in OPTIONAL_FILES if (export_dir / name).is_file())]
+
+
+def write_domain_statistics(statistics: DomainStatistics, export_dir: Path | str) -> Path:
+    """Write `domain.safetensors` into the export folder (tensors and string metadata; nothing pickled)."""
+    path = Path(export_dir) / DOMAIN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors, metadata = statistics.to_tensors()
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def read_domain_statistics(export_dir: Path | str, feature_size: int | None = None) -> DomainStatistics | None:
+    """The export's domain statistics, or None when it has no `domain.safetensors` (an older export).
+
+    `feature_size`: the model's pooled feature size (`encoder.feature_size`); statistics
+    of another size (fitted on another backbone) are an `ExportError`, as is a damaged file.
+    """
+    path = Path(export_dir) / DOMAIN_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata()
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        statistics = DomainStatistics.from_tensors(tensors, metadata)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ExportError(f"{path} is not valid domain statistics: {error}; export again with --fit-annotations "
+                          "and --held-out, or delete it to serve without domain scores") from error
+    if feature_size is not None and statistics.feature_size != feature_size:
+        raise ExportError(f"{path} holds statistics of {statistics.feature_size} features, but the model's backbone "
+                          f"pools {feature_size}; fit them again on this model (python -m training.domain_calibration)")
+    return statistics

@@ -6,6 +6,7 @@
 packages are staged under their own names first:
 
     stage/handler/...  stage/model/...  stage/config.json  stage/vocab.json  stage/model.safetensors
+    (and stage/domain.safetensors when the export has domain statistics)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from model.export_format import EXPORT_FILES
+from model.export_format import EXPORT_FILES, export_file_names
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER_FILE = ROOT / "handler" / "caption_handler.py"
@@ -39,7 +40,7 @@ def stage(export_dir: Path, stage_dir: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.yaml")
     for package in PACKAGES:
         shutil.copytree(ROOT / package, stage_dir / package, ignore=ignore)
-    for name in EXPORT_FILES:
+    for name in export_file_names(export_dir):  # the optional domain statistics too, when present
         shutil.copy2(export_dir / name, stage_dir / name)
     calibration = export_dir / CALIBRATION_FOLDER  # int8's calibration images, when the export has them
     if calibration.is_dir():

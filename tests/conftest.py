@@ -10,14 +10,17 @@ from client.grpc_client import GrpcCaptionClient
 from client.rest import CaptionClient
 from ops.archive import build_archive
 from ops.server import TorchServe, free_port_overrides
-from tests.helpers import write_tiny_export
+from tests.helpers import write_domain_export
 
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> Path:
-    """A model store holding `captioner.mar`, a tiny random model packed like `make mar` does."""
+    """A model store holding `captioner.mar`, a tiny random model packed like `make mar` does.
+
+    Its export has domain statistics, fitted on a small generated shapes set, so replies carry a domain score.
+    """
     root = tmp_path_factory.mktemp("store")
-    export = write_tiny_export(root / "export", seed=1)
+    export, _ = write_domain_export(root / "export", seed=1)
     build_archive(export, root / "model_store", model_name="captioner", version="1.0", stage_root=root / "stage")
     return root / "model_store"
 

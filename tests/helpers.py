@@ -12,7 +12,7 @@ from bench.worker_context import worker_context
 from ops.tiny_model import (  # noqa: F401
     SHAPE_WORDS, TINY_VIDEO, tiny_captioner, tiny_config, tiny_video_captioner, write_tiny_export,
 )
-from training.shapes_dataset import describe, random_scene, render_scene
+from training.shapes_dataset import describe, generate, random_scene, render_scene
 
 
 def shape_image_bytes(seed: int = 0, fmt: str = "JPEG", size: int | None = None) -> tuple[bytes, list[str]]:
@@ -37,3 +37,21 @@ def torchserve_context(model_dir: Path, batch_size: int, yaml_config: dict | Non
     context.cl_socket = writer
     reader.settimeout(2)
     return context, reader
+
+
+def write_domain_export(directory: Path, seed: int = 1, *, fit: int = 48, held_out: int = 24, **tiny):
+    """A tiny random export with domain statistics fitted on a small generated shapes set (written beside it).
+
+    Goes through `training.domain_calibration.main`, the command line that adds statistics to an
+    export. Returns (export folder, the statistics as fitted in memory).
+    """
+    from training.domain_calibration import main as calibrate
+
+    export = write_tiny_export(directory, seed, **tiny)
+    data = generate(directory.parent / f"{directory.name}-shapes", train=fit, val=held_out, seed=3)
+    statistics = calibrate([
+        "--export-dir", str(export), "--quiet",
+        "--fit-annotations", str(data / "annotations" / "captions_train.json"),
+        "--held-out", str(data / "annotations" / "captions_val.json"), "--images", str(data / "images"),
+    ])
+    return export, statistics

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from handler.caption_handler import CaptionHandler
-from model.export_format import EXPORT_FILES
+from model.export_format import EXPORT_FILES, OPTIONAL_FILES
 from ops.request_corpus import bad_input_corpus, encode, exif_rotated, scene, scene_images
 from tests.helpers import torchserve_context
 
@@ -38,7 +38,8 @@ def offline_handler(model_store, tmp_path_factory):
     """The handler on the very files inside the served archive, driven without TorchServe."""
     export_dir = tmp_path_factory.mktemp("served-export")
     with zipfile.ZipFile(model_store / "captioner.mar") as archive:
-        for name in EXPORT_FILES:
+        packed = set(archive.namelist())
+        for name in [*EXPORT_FILES, *(n for n in OPTIONAL_FILES if n in packed)]:
             (export_dir / name).write_bytes(archive.read(name))
         model_config = yaml.safe_load(archive.read("model-config.yaml"))
     context, _ = torchserve_context(export_dir, 1, model_config)

@@ -82,11 +82,13 @@ def test_v2_infer_answers_the_caption_predictions_gives(torchserve, registered):
     data = outputs(body)
     datatypes = {tensor["name"]: tensor["datatype"] for tensor in body["outputs"]}
     assert datatypes == {"caption": "BYTES", "score": "FP32", "tokens": "BYTES", "scores": "FP32",
-                         "ended": "BOOL", "alternatives": "BYTES", "alternative_scores": "FP32"}
+                         "ended": "BOOL", "alternatives": "BYTES", "alternative_scores": "FP32",
+                         "domain_score": "FP32", "in_domain": "BOOL"}
     expected = registered.caption(JPEG, max_length=6, beam_size=2, n_best=2)
     assert data["caption"] == [expected["caption"]] and data["tokens"] == expected["tokens"]
     assert data["score"] == [expected["score"]] and data["ended"] == [expected["ended"]]
     assert data["alternatives"] == [a["caption"] for a in expected["alternatives"]]
+    assert data["domain_score"] == [expected["domain_score"]] and data["in_domain"] == [expected["in_domain"]]
 
 
 def test_v2_outputs_pick_what_comes_back_and_parameters_carry_options(torchserve, registered):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from model.vocabulary import tokenize
 from training import train
+from training.domain_calibration import DomainSources, ImageSet
 from training.export import export_checkpoint
 from training import second_renderer
 from training.shapes_dataset import Scene, generate, names_every_object, random_scene, render_scene
@@ -51,7 +52,11 @@ TRAIN_ARGS = [
 
 
 def train_export(root: Path, *, seed: int = 0, data_seed: int = DATA_SEED, extra: list[str] = ()) -> Path:
-    """Generate the single-object set, train the recipe (`extra` overrides its flags), export."""
+    """Generate the single-object set, train the recipe (`extra` overrides its flags), export.
+
+    The export holds domain statistics as `make model`'s does: fitted on the training
+    images, the threshold calibrated on the 50 validation images.
+    """
     data = generate(root / "data", train=TRAIN_IMAGES, val=50, seed=data_seed, max_objects=1)
     args = train.get_args_parser().parse_args(
         [
@@ -64,7 +69,10 @@ def train_export(root: Path, *, seed: int = 0, data_seed: int = DATA_SEED, extra
             *extra,
         ]
     )
-    return export_checkpoint(train.main(args), root / "export")
+    annotations = data / "annotations"
+    domain = DomainSources(ImageSet(annotations / "captions_train.json", data / "images"),
+                           (ImageSet(annotations / "captions_val.json", data / "images"),), quiet=True)
+    return export_checkpoint(train.main(args), root / "export", domain)
 
 
 def held_out_images() -> tuple[list[Scene], list[bytes]]:
