@@ -59,6 +59,8 @@ EVAL_ARGS = --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/im
 # calibrated on both held-out sets. Another held-out set is one more `--held-out ANNOTATIONS [IMAGES]` in
 # HELD_OUT_ARGS (IMAGES defaults to $(DATA)/images).
 HELD_OUT_ARGS ?= --held-out $(VAL_JSON) --held-out $(SECOND_JSON) $(SECOND_DIR)/images
+GALLERY_ARGS = --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images --count 8 \
+	--held-out "second renderer" $(SECOND_JSON) $(SECOND_DIR)/images --photos 1 --out build/gallery.png
 DOMAIN_ARGS ?= --fit-annotations $(TRAIN_JSON) $(HELD_OUT_ARGS) --images $(DATA)/images
 
 CLIENT := $(PY) -m client --key-file $(SERVE_DIR)/key_file.json --model $(MODEL_NAME)
@@ -129,8 +131,7 @@ $(EXPORT)/model.safetensors: $(VAL_JSON) | $(INSTALLED) $(SECOND_JSON)
 		$(DECODER_ARGS)
 	$(PY) -m training.export --checkpoint $(TRAIN_DIR)/checkpoint.pt --out $(EXPORT) $(DOMAIN_ARGS)
 	$(PY) -m training.evaluate $(EVAL_ARGS) | tee build/eval.json
-	$(PY) -m training.gallery --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images \
-		--out build/gallery.png
+	$(PY) -m training.gallery $(GALLERY_ARGS)
 
 eval: | $(INSTALLED) $(SECOND_JSON)
 	$(PY) -m training.evaluate $(EVAL_ARGS)
@@ -143,8 +144,7 @@ domain-report: | $(INSTALLED)
 		--out build/domain_report.json
 
 gallery: | $(INSTALLED)
-	$(PY) -m training.gallery --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images \
-		--out build/gallery.png
+	$(PY) -m training.gallery $(GALLERY_ARGS)
 
 mar: $(STORE)/$(MODEL_NAME).mar
 

@@ -308,6 +308,25 @@ def test_the_gallery_draws_per_word_maps_for_an_attention_model_only(exports, tm
         assert sheet.height > 3 * 100, "one row of panels per image, three images"
 
 
+def test_the_gallery_adds_rows_of_another_held_out_set_and_photos(exports, tmp_path):
+    from PIL import Image
+
+    from training import gallery, second_renderer
+    from training.shapes_dataset import generate
+
+    data = generate(tmp_path / "shapes", train=1, val=3, seed=3, canvas=64)
+    second = second_renderer.generate(tmp_path / "second", count=4, seed=7, quiet=True)
+    args = ["--export-dir", str(exports["show_tell"]), "--annotations", str(data / "annotations" / "captions_val.json"),
+            "--images", str(data / "images"), "--count", "3", "--attention-out", ""]
+    gallery.main(gallery.get_args_parser().parse_args([*args, "--out", str(tmp_path / "plain.png")]))
+    gallery.main(gallery.get_args_parser().parse_args([
+        *args, "--held-out", "second renderer", str(second / "annotations" / "captions_val.json"),
+        str(second / "images"), "--photos", "1", "--out", str(tmp_path / "more.png"),
+    ]))
+    with Image.open(tmp_path / "plain.png") as plain, Image.open(tmp_path / "more.png") as more:
+        assert more.height > plain.height + 200, "two more rows: the second renderer's images, then a photo"
+
+
 # --- training -----------------------------------------------------------------------------------
 
 

@@ -3,6 +3,11 @@
     python -m training.gallery --export-dir build/export \
         --annotations data/shapes/annotations/captions_val.json --images data/shapes/images --out build/gallery.png
 
+With `--held-out NAME ANNOTATIONS IMAGES` (make model: the second renderer's set) a
+row of that set's images follows, and `--photos N` adds N photos shipped inside
+installed packages with the domain score's verdict (`model/domain.py`), so the
+picture shows what the model says, and what the service flags, outside its world.
+
 For a model whose decoder attends (soft_attention) it also draws `--attention-out`:
 for the first `--attention-count` held-out images, one panel per word with its
 attention map over the image (`client.attention_maps`, as the demo page draws them).
@@ -26,13 +31,18 @@ from model.export_format import load_exported_captioner
 from model.transforms import eval_transform
 from model.vocabulary import Vocabulary
 from model.word_attention import word_maps
+from model.domain import domain_scorer
+from model.export_format import read_domain_statistics
 from training.coco_data import load_coco
+from training.domain_calibration import pooled_features
+from training.domain_report import picture_inputs
+from training.out_of_domain import package_photos
 from training.evaluate import evaluate_model
 from training.shapes_dataset import names_every_object
 
 
-def draw_gallery(entries: list[tuple[Path, str, bool | None]], out: Path, columns: int = 4) -> Path:
-    """entries: (image path, caption, correct or None when unknown)."""
+def draw_gallery(entries: list[tuple[Path | Image.Image, str, bool | None]], out: Path, columns: int = 4) -> Path:
+    """entries: (image path or picture, caption, correct or None when unknown)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,11 +54,15 @@ def draw_gallery(entries: list[tuple[Path, str, bool | None]], out: Path, column
     for ax in axes.flat:
         ax.axis("off")
     for ax, (path, caption, correct) in zip(axes.flat, entries):
-        with Image.open(path) as image:
-            ax.imshow(image.convert("RGB"))
+        if isinstance(path, Image.Image):
+            ax.imshow(path.convert("RGB"))
+        else:
+            with Image.open(path) as image:
+                ax.imshow(image.convert("RGB"))
         color = "black" if correct is None else ("darkgreen" if correct else "firebrick")
         ax.set_title("\n".join(textwrap.wrap(caption, 30)), fontsize=9, color=color)
-    return save_figure(fig, "held-out images and predicted captions (green: every colour and shape right)", out)
+    return save_figure(fig, "held-out images and predicted captions (green: every colour and shape right; "
+                            "last rows: the second renderer, and photos with the domain flag)", out)
 
 
 def save_figure(fig, title: str, out: Path, fontsize: int = 11) -> Path:
@@ -78,7 +92,7 @@ def draw_attention_gallery(
             image = image.convert("RGB")
         pixels = transform(image).unsqueeze(0).to(device)  # (1, 3, S, S)
         caption = greedy_decode(
-            model.decoder, model.encode(pixels), start_id=vocab.start_id, end_id=vocab.end_id,
+            model.decoder, model.encode(pixels), start_id=vocab.start_id_for(config.languages[0]), end_id=vocab.end_id,
             max_length=config.max_length,
         ).captions[0]
         words, maps = word_maps(caption, vocab, config.grid_size)
@@ -97,18 +111,50 @@ def draw_attention_gallery(
     return out
 
 
-def main(args: argparse.Namespace) -> Path:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, vocab = load_exported_captioner(args.export_dir, device)
-    _, predictions = evaluate_model(
-        model, vocab, args.annotations, args.images, device=device, limit=args.count, quiet=True
-    )
-    coco = load_coco(args.annotations)
+def captioned_entries(model: Captioner, vocab: Vocabulary, annotations: str, images: str, count: int,
+                      device: torch.device, label: str = "") -> list[tuple[Path, str, bool | None]]:
+    """The first `count` images of a held-out set with their greedy captions and whether each is right."""
+    _, predictions = evaluate_model(model, vocab, annotations, images, device=device, limit=count, quiet=True)
+    coco = load_coco(annotations)
     entries = []
     for image_id, words in sorted(predictions.items()):
         info = coco.imgs[image_id]
         correct = names_every_object(words, info["objects"]) if "objects" in info else None
-        entries.append((Path(args.images) / info["file_name"], detokenize(words), correct))
+        entries.append((Path(images) / info["file_name"], label + detokenize(words), correct))
+    return entries
+
+
+def photo_entries(model: Captioner, vocab: Vocabulary, export_dir: str, count: int,
+                  device: torch.device) -> list[tuple[Image.Image, str, bool | None]]:
+    """Package-shipped photos, each with its caption and the domain score's verdict."""
+    statistics = read_domain_statistics(export_dir)
+    pictures = list(package_photos().items())[:count]
+    inputs = picture_inputs(model, [picture for _, picture in pictures])
+    pooled = pooled_features(model, inputs, device=device, quiet=True)
+    verdicts = domain_scorer(statistics)(pooled)
+    entries = []
+    for (name, picture), tensor, verdict in zip(pictures, inputs, verdicts):
+        with torch.no_grad():
+            caption = greedy_decode(
+                model.decoder, model.encode(tensor[None].to(device)),
+                start_id=vocab.start_id_for(model.config.languages[0]), end_id=vocab.end_id,
+                max_length=model.config.max_length,
+            ).captions[0]
+        words = vocab.decode(caption.tokens)
+        flag = "no domain statistics" if verdict.in_domain is None else (
+            f"in domain ({verdict.score:.2f})" if verdict.in_domain else f"OUT OF DOMAIN ({verdict.score:.2f})")
+        entries.append((picture, f"photo {name}: {flag}: {detokenize(words)}", None))
+    return entries
+
+
+def main(args: argparse.Namespace) -> Path:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, vocab = load_exported_captioner(args.export_dir, device)
+    entries = captioned_entries(model, vocab, args.annotations, args.images, args.count, device)
+    for name, annotations, images in args.held_out or ():
+        entries += captioned_entries(model, vocab, annotations, images, args.held_out_count, device, f"{name}: ")
+    if args.photos:
+        entries += photo_entries(model, vocab, args.export_dir, args.photos, device)
     path = draw_gallery(entries, Path(args.out))
     print(f"wrote {path}")
     if model.config.attention_grid and args.attention_out:
@@ -122,7 +168,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export-dir", default="build/export")
     parser.add_argument("--annotations", required=True)
     parser.add_argument("--images", required=True)
-    parser.add_argument("--count", type=int, default=12)
+    parser.add_argument("--count", type=int, default=12, help="images of the first held-out set")
+    parser.add_argument("--held-out", nargs=3, action="append", metavar=("NAME", "ANNOTATIONS", "IMAGES"),
+                        help="a row of another held-out set's images, labelled NAME; may be repeated")
+    parser.add_argument("--held-out-count", type=int, default=4, help="images of each --held-out set")
+    parser.add_argument("--photos", type=int, default=0,
+                        help="add this many package-shipped photos with the domain flag (at most 3)")
     parser.add_argument("--out", default="build/gallery.png")
     parser.add_argument("--attention-out", default="build/attention.png",
                         help="attention models: per-word attention maps of held-out images ('' for none)")
