@@ -40,7 +40,7 @@ LANGUAGES ?= en fr de es
 ENCODER_LANGUAGES ?= $(firstword $(LANGUAGES))
 IMAGE_SIZE ?= 128
 FINETUNE_EPOCHS ?= 3
-DECODER_EPOCHS ?= 5
+DECODER_EPOCHS ?= 7
 # Stage 2's decoder, trained on stage 1's frozen encoder: soft attention over the 4 x 4 feature grid.
 DECODER ?= soft_attention
 FINETUNE_DIR := $(TRAIN_DIR)/finetune
