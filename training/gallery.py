@@ -151,8 +151,9 @@ def main(args: argparse.Namespace) -> Path:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, vocab = load_exported_captioner(args.export_dir, device)
     entries = captioned_entries(model, vocab, args.annotations, args.images, args.count, device)
-    for name, annotations, images in args.held_out or ():
-        entries += captioned_entries(model, vocab, annotations, images, args.held_out_count, device, f"{name}: ")
+    for name, set_annotations, set_images in args.held_out or ():
+        entries += captioned_entries(model, vocab, set_annotations, set_images, args.held_out_count, device,
+                                     f"{name}: ")
     if args.photos:
         entries += photo_entries(model, vocab, args.export_dir, args.photos, device)
     path = draw_gallery(entries, Path(args.out))
