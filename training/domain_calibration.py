@@ -11,8 +11,8 @@ existing export. Several held-out sets are several `--held-out ANNOTATIONS
 
 The features are the ones serving scores: `Captioner.encode_with_pooled`, the
 exported model in eval mode, fp32. The mean and precision come from the fitting
-images (`model.domain.fit_domain_statistics`); the threshold is the largest
-held-out set's 99th percentile of distances times a safety factor
+images (`model.domain.fit_domain_statistics`); the threshold is the largest of
+the held-out sets' 99th percentiles of distances times a safety factor
 (`model.domain.calibrate_threshold`), computed with the statistics as stored
 (fp32), so the held-out shares reported here are what the server would say.
 Held-out images must not be fitting images: a fitted image lies closer to the
