@@ -120,7 +120,7 @@ def doubly_stochastic_penalty(attention: torch.Tensor) -> torch.Tensor:
     return ((1.0 - attention.sum(dim=1)) ** 2).mean()
 
 
-def object_map_labels(record: dict, grid: int, classes_per_object: int = 15) -> torch.Tensor:
+def object_map_labels(record: dict, grid: int) -> torch.Tensor:
     """(grid, grid) class ids of a generated image's cells: 0 background, 1 + colour*3 + shape inside an object.
 
     The image is squashed to a square input, so a cell's centre maps back to the

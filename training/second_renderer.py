@@ -63,6 +63,7 @@ from tqdm import tqdm
 from training import second_drawing as drawing
 from training.caption_languages import LANGUAGES, get_language
 from training.shapes_dataset import COLORS, COLUMNS, SHAPES, ShapeObject, describe
+from training.shapes_world import column_of
 
 RENDERER = "second_renderer"
 MIN_SIDE, MAX_SIDE, MAX_ASPECT = 48, 640, 2.5
@@ -144,10 +145,6 @@ def random_canvas(rng: random.Random) -> tuple[int, int]:
     short = round(math.exp(rng.uniform(math.log(MIN_SIDE), math.log(MAX_SIDE / aspect))))
     long = min(MAX_SIDE, round(short * aspect))
     return (long, short) if rng.random() < 0.5 else (short, long)
-
-
-def column_of(x: float, width: int) -> str:
-    return COLUMNS[min(len(COLUMNS) - 1, int(3 * x / width))]
 
 
 def _x_range(width: int, column: str | None) -> tuple[float, float]:
