@@ -6,11 +6,15 @@
 Each variant (a backbone and a decoder, `VARIANTS`) is trained by `training.train`
 in the default recipe's two stages with the stage arguments given (the Makefile
 passes its own FINETUNE_ARGS and DECODER_ARGS, so the recipe is written once),
-exported, evaluated by `training.evaluate` on every held-out set given, and
-timed: training seconds (both stages), images/s through the handler in process
-(`bench.in_process`, batches of 8) and served by TorchServe over REST (one worker,
-batch 8, 8 clients), both measured by `bench.variant_speed` in a process of its own. Writes `results.json` and `results.md` (a markdown table)
-into `--out-dir`, and for an attention model its gallery and per-word maps.
+exported, evaluated by `training.evaluate` on the training set's held-out split
+and every `--held-out` set, and timed: training seconds (both stages), images/s
+through the handler in process (`bench.in_process`, batches of 8) and served by
+TorchServe over REST (one worker, batch 8, 8 clients), both measured by
+`bench.variant_speed` in a process of its own. Writes `results.json` and
+`results.md` (a markdown table) into `--out-dir` after each variant, and for an
+attention model its gallery and per-word maps. `--reuse` keeps the exports of an
+earlier run and measures them again (a quiet machine's speed figures without
+retraining).
 """
 
 from __future__ import annotations
@@ -36,8 +40,13 @@ class Variant:
     backbone: str
     decoder: str
 
-    def train_args(self) -> list[str]:
-        return ["--backbone", self.backbone, "--decoder", self.decoder]
+    def finetune_args(self) -> list[str]:
+        """Stage 1 trains the variant's backbone; its decoder is the recipe's (FINETUNE_ARGS)."""
+        return ["--backbone", self.backbone]
+
+    def decoder_args(self) -> list[str]:
+        """Stage 2 trains the variant's decoder on stage 1's frozen backbone."""
+        return ["--decoder", self.decoder]
 
 
 VARIANTS = {
@@ -51,7 +60,7 @@ VARIANTS = {
         Variant("resnet50-soft_attention", "resnet50", "soft_attention"),
     )
 }
-DEFAULT_VARIANTS = ("resnet34-show_tell", "resnet34-soft_attention", "resnet18-show_tell", "resnet50-show_tell")
+DEFAULT_VARIANTS = ("resnet18-soft_attention", "resnet18-show_tell", "resnet34-soft_attention", "resnet50-soft_attention")
 
 
 def run_module(module: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> str:
@@ -66,16 +75,16 @@ def run_module(module: str, args: list[str], log: Path, env: dict[str, str] | No
 
 def train_variant(variant: Variant, args: argparse.Namespace, out: Path) -> dict[str, float]:
     """The two stages of the recipe; seconds each."""
-    data = ["--annotations", args.annotations, "--val-annotations", args.val_annotations[0], "--images", args.images]
+    data = ["--annotations", args.annotations, "--val-annotations", args.val_annotations, "--images", args.images]
     log = out / "train.log"
     finetune_dir, decoder_dir = out / "finetune", out / "train"
     started = time.perf_counter()
-    run_module("training.train", [*data, "--output-dir", str(finetune_dir), *variant.train_args(),
-                                  *shlex.split(args.finetune_args), "--quiet"], log)
+    run_module("training.train", [*data, "--output-dir", str(finetune_dir),
+                                  *shlex.split(args.finetune_args), *variant.finetune_args(), "--quiet"], log)
     finetuned = time.perf_counter()
     run_module("training.train", [*data, "--output-dir", str(decoder_dir), "--init-from",
                                   str(finetune_dir / "checkpoint.pt"), *shlex.split(args.decoder_args),
-                                  "--decoder", variant.decoder, "--quiet"], log)
+                                  *variant.decoder_args(), "--quiet"], log)
     ended = time.perf_counter()
     run_module("training.export", ["--checkpoint", str(decoder_dir / "checkpoint.pt"), "--out", str(out / "export")], log)
     return {"finetune_s": round(finetuned - started, 1), "decoder_s": round(ended - finetuned, 1),
@@ -83,45 +92,53 @@ def train_variant(variant: Variant, args: argparse.Namespace, out: Path) -> dict
 
 
 def evaluate_variant(export_dir: Path, args: argparse.Namespace, log: Path) -> dict[str, dict[str, Any]]:
-    """`training.evaluate`'s metrics on each held-out set, keyed by the annotation file's stem."""
-    results = {}
-    for annotations in args.val_annotations:
-        line = run_module("training.evaluate", ["--export-dir", str(export_dir), "--annotations", annotations,
-                                                "--images", args.images, "--quiet"], log)
-        results[Path(annotations).stem] = json.loads(line.strip().splitlines()[-1])
-    return results
+    """`training.evaluate`'s metrics: "own" (the training set's held-out split) and each `--held-out` set."""
+    held_out = [part for name, annotations, images in args.held_out for part in ("--held-out", name, annotations, images)]
+    line = run_module("training.evaluate", ["--export-dir", str(export_dir), "--annotations", args.val_annotations,
+                                            "--images", args.images, *held_out, "--quiet"], log)
+    metrics = json.loads(line.strip().splitlines()[-1])
+    blocks = {"own": {key: value for key, value in metrics.items() if key not in {n for n, _, _ in args.held_out}}}
+    blocks.update({name: metrics[name] for name, _, _ in args.held_out})
+    return blocks
 
 
 def speed_of(export_dir: Path, args: argparse.Namespace, out: Path) -> dict[str, float]:
     """`bench.variant_speed` in a child whose torch threads wait as the served workers' do (PASSIVE)."""
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", WORKER_ENV["OMP_WAIT_POLICY"])}
     line = run_module("bench.variant_speed", [
-        "--export-dir", str(export_dir), "--annotations", args.val_annotations[0], "--images", args.images,
+        "--export-dir", str(export_dir), "--annotations", args.val_annotations, "--images", args.images,
         "--work-dir", str(out / "served"), "--threads", str(args.threads), "--batches", str(args.batches),
         "--requests", str(args.requests)], out / "speed.log", env=env)
     return json.loads(line.strip().splitlines()[-1])
 
 
 def attention_pictures(variant: Variant, export_dir: Path, args: argparse.Namespace, out: Path) -> None:
-    run_module("training.gallery", ["--export-dir", str(export_dir), "--annotations", args.val_annotations[0],
+    run_module("training.gallery", ["--export-dir", str(export_dir), "--annotations", args.val_annotations,
                                     "--images", args.images, "--out", str(out / "gallery.png"),
                                     "--attention-out", str(out / "attention.png")], out / "train.log")
+
+
+def by_objects(metrics: dict[str, Any]) -> str:
+    """"0.97 / 0.89 / 0.68": attribute accuracy on images of 1, 2, 3... objects."""
+    groups = metrics.get("by_objects") or {}
+    return " / ".join(f"{groups[count]['attribute_accuracy']:.2f}" for count in sorted(groups, key=int)) or "-"
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     sets = list(results[0]["eval"]) if results else []
     header = ["variant", "backbone", "decoder"]
     for name in sets:
-        header += [f"{name} attribute acc.", f"{name} BLEU-4", f"{name} CIDEr-D"]
+        header += [f"{name} attribute acc. (1 / 2 / 3 objects)", f"{name} BLEU-4", f"{name} CIDEr-D"]
     header += ["train s", "in-process img/s", "served img/s"]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     for entry in results:
         cells = [entry["variant"], entry["backbone"], entry["decoder"]]
         for name in sets:
             metrics = entry["eval"][name]
-            cells += [str(metrics.get("attribute_accuracy", "-")), str(metrics.get("bleu4", "-")),
+            cells += [f"{metrics.get('attribute_accuracy', '-')} ({by_objects(metrics)})", str(metrics.get("bleu4", "-")),
                       str(metrics.get("cider", "-"))]
-        cells += [str(entry["train_s"]), str(entry["in_process_images_per_s"]), str(entry["served_images_per_s"])]
+        cells += [str(entry.get(key) if entry.get(key) is not None else "-")
+                  for key in ("train_s", "in_process_images_per_s", "served_images_per_s")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -129,13 +146,17 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train, evaluate and time every backbone x decoder variant.")
     parser.add_argument("--annotations", required=True, help="training caption file")
-    parser.add_argument("--val-annotations", required=True, nargs="+",
-                        help="held-out caption files: the first is training's val set; each is evaluated")
+    parser.add_argument("--val-annotations", required=True, help="the training set's held-out caption file")
+    parser.add_argument("--held-out", nargs=3, action="append", default=[], metavar=("NAME", "ANNOTATIONS", "IMAGES"),
+                        help="another held-out set to evaluate each variant on (training.evaluate's --held-out)")
     parser.add_argument("--images", required=True)
     parser.add_argument("--finetune-args", required=True, help="stage 1 arguments (the Makefile's FINETUNE_ARGS)")
     parser.add_argument("--decoder-args", required=True, help="stage 2 arguments (the Makefile's DECODER_ARGS)")
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=sorted(VARIANTS))
     parser.add_argument("--out-dir", default="build/compare")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep a variant's export and training seconds from an earlier run into --out-dir "
+                             "(its train.json) and only evaluate and time it again")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in process and per served worker")
     parser.add_argument("--batches", type=int, default=10, help="in-process batches of 8 measured")
     parser.add_argument("--requests", type=int, default=160, help="served requests measured")
@@ -150,11 +171,14 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
         variant = VARIANTS[name]
         out = out_dir / name
         out.mkdir(parents=True, exist_ok=True)
-        print(f"{name}: training", flush=True)
+        print(f"{name}: training" + (" (or reusing its export)" if args.reuse else ""), flush=True)
         entry: dict[str, Any] = {"variant": name, **asdict(variant)}
         entry.pop("name")
-        entry.update(train_variant(variant, args, out))
         export_dir = out / "export"
+        trained = out / "train.json"
+        if not (args.reuse and trained.exists() and (export_dir / "config.json").exists()):
+            trained.write_text(json.dumps(train_variant(variant, args, out)) + "\n")
+        entry.update(json.loads(trained.read_text()))
         entry["eval"] = evaluate_variant(export_dir, args, out / "train.log")
         entry.update(speed_of(export_dir, args, out))
         if variant.decoder == "soft_attention":
