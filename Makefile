@@ -238,9 +238,9 @@ fuzz: install
 	$(PY) -m ops.fuzz $(FUZZ_ARGS)
 
 # Backbones and decoders side by side (bench/compare.py): each variant trained with the default
-# recipe's two stages (FINETUNE_ARGS, DECODER_ARGS), evaluated on the held-out set, timed in process
+# recipe's two stages (FINETUNE_ARGS, DECODER_ARGS), evaluated on both held-out sets, timed in process
 # and served. Writes build/compare/results.md and results.json; COMPARE_ARGS adds options
-# (e.g. --variants resnet34-show_tell resnet34-soft_attention).
+# (e.g. --variants resnet18-show_tell resnet50-soft_attention, or --reuse to time earlier exports again).
 COMPARE_ARGS ?=
 .PHONY: compare
 compare: install data $(SECOND_JSON)
