@@ -97,9 +97,9 @@ def evaluate_variant(export_dir: Path, args: argparse.Namespace, log: Path) -> d
     line = run_module("training.evaluate", ["--export-dir", str(export_dir), "--annotations", args.val_annotations,
                                             "--images", args.images, *held_out, "--quiet"], log)
     metrics = json.loads(line.strip().splitlines()[-1])
-    blocks = {"own": {key: value for key, value in metrics.items() if key not in {n for n, _, _ in args.held_out}}}
-    blocks.update({name: metrics[name] for name, _, _ in args.held_out})
-    return blocks
+    names = [name for name, _, _ in args.held_out]
+    own = {key: value for key, value in metrics.items() if key not in names}
+    return {"own": own, **{name: metrics[name] for name in names}}
 
 
 def speed_of(export_dir: Path, args: argparse.Namespace, out: Path) -> dict[str, float]:
