@@ -56,8 +56,9 @@ FINETUNE_ARGS ?= --backbone $(BACKBONE) --encoder-weights none --train-backbone 
 DECODER_ARGS ?= --decoder $(DECODER) --epochs $(DECODER_EPOCHS) --batch-size 32 --lr 3e-3 --captions-per-image 5 $(AUX_LOSSES)
 DATA_ARGS = --annotations $(TRAIN_JSON) --val-annotations $(VAL_JSON) --images $(DATA)/images
 # What `make eval` and `make model` score: the generated set's held-out split, and the second renderer's set.
-EVAL_ARGS = --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images \
-	--held-out second_renderer $(SECOND_JSON) $(SECOND_DIR)/images
+# The second renderer as `training.evaluate --held-out NAME ANNOTATIONS IMAGES` (and `make compare`) take it.
+SECOND_HELD_OUT := second_renderer $(SECOND_JSON) $(SECOND_DIR)/images
+EVAL_ARGS = --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images --held-out $(SECOND_HELD_OUT)
 # The domain score's statistics (README "Domain score"): fitted on the training images, the threshold
 # calibrated on both held-out sets. Another held-out set is one more `--held-out ANNOTATIONS [IMAGES]` in
 # HELD_OUT_ARGS (IMAGES defaults to $(DATA)/images).
@@ -243,9 +244,9 @@ fuzz: install
 # (e.g. --variants resnet18-show_tell resnet50-soft_attention, or --reuse to time earlier exports again).
 COMPARE_ARGS ?=
 .PHONY: compare
-compare: install data $(SECOND_JSON)
+compare: install data
 	$(PY) -m bench.compare --annotations $(TRAIN_JSON) --val-annotations $(VAL_JSON) --images $(DATA)/images \
-		--held-out second_renderer $(SECOND_JSON) $(SECOND_DIR)/images --finetune-args "$(FINETUNE_ARGS)" --decoder-args "$(DECODER_ARGS)" $(COMPARE_ARGS)
+		--held-out $(SECOND_HELD_OUT) --finetune-args "$(FINETUNE_ARGS)" --decoder-args "$(DECODER_ARGS)" $(COMPARE_ARGS)
 
 # Video captioning (README "Video"): generated clips of moving shapes, the image encoder on
 # VIDEO_FRAMES sampled frames, frames concatenated in order, the same decoder. Two stages as
