@@ -263,14 +263,18 @@ VIDEO_VAL_CLIPS ?= 100
 VIDEO_FRAMES ?= 4
 VIDEO_FRAME_SIZE ?= 64
 VIDEO_SIZE ?= 48
+VIDEO_BACKBONE ?= resnet18
 VIDEO_TEMPORAL ?= concat
+# Stage 1 only: per-cell colour and shape of each sampled frame's layer3 map (the image recipe's loss).
+VIDEO_OBJECT_MAP_WEIGHT ?= 3.0
 VIDEO_FINETUNE_EPOCHS ?= 10
 VIDEO_DECODER_EPOCHS ?= 10
 VIDEO_SAMPLE = $(VIDEO_DATA)/clips/video$(VIDEO_CLIPS).mp4
 VIDEO_DATA_ARGS = --annotations $(VIDEO_TRAIN_JSON) --val-annotations $(VIDEO_VAL_JSON) --images $(VIDEO_DATA)/clips
-VIDEO_FINETUNE_ARGS ?= --encoder-weights none --train-backbone --image-size $(VIDEO_SIZE) --num-frames $(VIDEO_FRAMES) \
-	--temporal $(VIDEO_TEMPORAL) --epochs $(VIDEO_FINETUNE_EPOCHS) --batch-size 16 --lr 5e-3 --backbone-lr 1.5e-3 \
-	--captions-per-image 2 --concept-weight 4.0 --scene-weight 1.0
+VIDEO_FINETUNE_ARGS ?= --backbone $(VIDEO_BACKBONE) --encoder-weights none --train-backbone --image-size $(VIDEO_SIZE) \
+	--num-frames $(VIDEO_FRAMES) --temporal $(VIDEO_TEMPORAL) --epochs $(VIDEO_FINETUNE_EPOCHS) --batch-size 16 --lr 5e-3 \
+	--backbone-lr 1.5e-3 --captions-per-image 2 --concept-weight 4.0 --scene-weight 1.0 \
+	--object-map-weight $(VIDEO_OBJECT_MAP_WEIGHT)
 VIDEO_DECODER_ARGS ?= --epochs $(VIDEO_DECODER_EPOCHS) --batch-size 32 --lr 3e-3 --concept-weight 4.0 --scene-weight 1.0
 VIDEO_CLIENT := $(PY) -m client --key-file $(SERVE_DIR)/key_file.json --model $(VIDEO_MODEL_NAME)
 # The domain score's statistics of the clips' pooled features (the mean over their sampled frames).

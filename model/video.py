@@ -1,7 +1,7 @@
 """The video captioner: the image encoder on N sampled frames, a temporal step, the same decoder.
 
 A clip is N frames sampled uniformly (`sample_frame_indices`). Each frame goes
-through the image model's ResNet-34 + projection (`FrameEncoder`), giving
+through the image model's ResNet (`backbone` in the config) + projection (`FrameEncoder`), giving
 (B, N, E) frame embeddings; a temporal module turns them into one (B, E) clip
 embedding, which the unchanged LSTM decoder reads as the image model reads its
 image embedding. So `encode()` keeps its contract and greedy, beam, sampling and
@@ -66,13 +66,13 @@ class FrameEncoder(EncoderCNN):
     """
 
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(..., 3, H, W) -> (..., 512)."""
+        """(..., 3, H, W) -> (..., C), C the backbone's channels."""
         lead = images.shape[:-3]
-        features = super().backbone_features(images.reshape(-1, *images.shape[-3:]))  # (B*N, 512)
+        features = super().backbone_features(images.reshape(-1, *images.shape[-3:]))  # (B*N, C)
         return features.view(*lead, -1)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
-        """(..., 512) -> (..., E)."""
+        """(..., C) -> (..., E)."""
         lead = features.shape[:-1]
         return super().project(features.reshape(-1, features.shape[-1])).view(*lead, -1)
 
@@ -126,11 +126,11 @@ class VideoCaptioner(Captioner):
 
     def __init__(self, config: CaptionerConfig) -> None:
         super().__init__(config)
-        self.encoder = FrameEncoder(config.embed_size, train_backbone=config.train_backbone)
+        self.encoder = FrameEncoder(config.embed_size, backbone=config.backbone, train_backbone=config.train_backbone)
         self.temporal = build_temporal(config.temporal, config.num_frames, config.embed_size)
 
     def embed_images(self, images: torch.Tensor | None, features: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, N, E) frame embeddings (from frames or cached (B, N, 512) features) -> (B, E) clip embeddings."""
+        """(B, N, E) frame embeddings (from frames or cached (B, N, C) features) -> (B, E) clip embeddings."""
         return self.temporal(super().embed_images(images, features))
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

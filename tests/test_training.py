@@ -232,3 +232,21 @@ def test_init_from_starts_a_new_run_on_a_checkpoints_weights_with_the_backbone_f
     assert not torch.equal(result["scene_head"]["linear.weight"], source["scene_head"]["linear.weight"])
     with pytest.raises(SystemExit, match="give one"):
         train.main(train_args(dataset, tmp_path / "both", "--resume", str(first), "--init-from", str(first)))
+
+
+def test_a_video_set_trains_its_backbone_with_every_sampled_frames_object_map(tmp_path):
+    """The video recipe's stage 1: clips of 4 frames, a ResNet-18 read frame by frame, the per-frame object map."""
+    from training import video_data
+
+    train_json, val_json = video_data.generate(tmp_path / "videos", train=8, val=2, seed=3, frame_size=32)
+    args = train.get_args_parser().parse_args([
+        "--annotations", str(train_json), "--val-annotations", str(val_json),
+        "--images", str(tmp_path / "videos" / "clips"), "--output-dir", str(tmp_path / "run"),
+        "--encoder-weights", "none", "--backbone", "resnet18", "--train-backbone", "--num-frames", "4",
+        "--embed-size", "16", "--hidden-size", "32", "--image-size", "32", "--batch-size", "4",
+        "--min-word-count", "1", "--quiet", "--epochs", "1", "--object-map-weight", "1.0",
+    ])
+    checkpoint = load_checkpoint(train.main(args))
+    config = checkpoint["config"]
+    assert (config["modality"], config["backbone"], config["num_frames"]) == ("video", "resnet18", 4)
+    assert checkpoint["model"]["encoder.linear.weight"].shape == (16, 512)

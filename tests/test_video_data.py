@@ -11,7 +11,9 @@ from PIL import Image
 from model.video import sample_frame_indices
 from model.video_frames import VideoLimits, VideoReadError, read_clip
 from model.vocabulary import tokenize
+from training.auxiliary_losses import clip_object_map_labels
 from training.coco_data import is_video_set, load_coco
+from training.shapes_world import COLORS, SHAPES
 from training.video_data import (
     COLOURS, MOTIONS, caption_motion, clip_frames, describe, generate, names_clip, random_clip, write_video,
 )
@@ -91,6 +93,32 @@ def test_the_written_clip_shows_what_its_captions_say(tmp_path, motion):
             "stays_still": abs(x1 - x0) < 1 and abs(y1 - y0) < 1 and abs(len(end) - len(start)) < 5,
         }
         assert expected[motion], (motion, (x0, y0, len(start)), (x1, y1, len(end)))
+
+
+@pytest.mark.parametrize("motion", ["moves_right", "appears", "changes_colour"])
+def test_object_map_labels_follow_the_sampled_frames(motion):
+    """Each sampled frame's cells: the object's colour x shape class where the drawn frame shows it."""
+    record = _record(motion, seed=2)
+    grid, num_frames = 4, 4
+    labels = clip_object_map_labels(record, num_frames, grid)
+    assert labels.shape == (num_frames, grid, grid)
+    frames = clip_frames(record)
+    for index, frame_labels in zip(sample_frame_indices(record["frame_count"], num_frames), labels):
+        pixels = np.concatenate([_object_pixels(frames[index], c) for c in COLOURS])
+        classes = set(frame_labels.flatten().tolist()) - {0, -100}
+        if len(pixels) == 0:  # not there yet
+            assert classes == set()
+            continue
+        ((label,),) = [classes]
+        colour, shape = COLORS[(label - 1) // len(SHAPES)], SHAPES[(label - 1) % len(SHAPES)]
+        assert shape == record["shape"] and len(_object_pixels(frames[index], colour)) == len(pixels)
+        row, column = (pixels.mean(axis=0) / record["width"] * grid).astype(int)  # the drawn object's centre cell
+        assert frame_labels[row, column] == label
+    if motion == "moves_right":  # the labelled cells travel left to right
+        columns = [(frame == frame.max()).nonzero()[:, 1].float().mean() for frame in labels]
+        assert columns[0] < columns[-1]
+    if motion == "appears":
+        assert (labels[0] == 0).all() and (labels[-1] > 0).any()
 
 
 def _numbered_frames(count: int, size: int = 32) -> list[Image.Image]:

@@ -53,6 +53,16 @@ def test_cached_features_give_the_embeddings_frames_give():
         assert torch.allclose(model.embed_images(None, features), model.encode(clips), atol=1e-5)
 
 
+@pytest.mark.parametrize("backbone,channels", [("resnet18", 512), ("resnet50", 2048)])
+def test_the_frame_encoder_is_the_backbone_the_config_names(backbone, channels, tmp_path):
+    model, vocab = tiny_video_captioner(backbone=backbone)
+    assert model.encoder.feature_size == channels
+    assert model.encoder.backbone_features(_clips(model, batch=2)).shape == (2, model.config.num_frames, channels)
+    export_captioner(model, vocab, tmp_path)
+    rebuilt, _ = load_exported_captioner(tmp_path)  # strict loading: weights of another trunk would not fit
+    assert rebuilt.config.backbone == backbone
+
+
 def test_export_rebuild_gives_identical_captions(tmp_path):
     model, vocab = tiny_video_captioner(seed=3, temporal="lstm")
     export_captioner(model, vocab, tmp_path)

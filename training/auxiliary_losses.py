@@ -146,6 +146,24 @@ def object_map_labels(record: dict, grid: int) -> torch.Tensor:
     return labels
 
 
+def clip_object_map_labels(record: dict, num_frames: int, grid: int) -> torch.Tensor:
+    """(num_frames, grid, grid) class ids of a generated clip's sampled frames, each read as `object_map_labels`.
+
+    The frames are the ones the model is shown (`model.video.sample_frame_indices`),
+    so a frame where the shape has not yet appeared, or has turned another colour,
+    is labelled as it looks.
+    """
+    from model.video import sample_frame_indices
+    from training.video_data import frame_objects
+
+    frames = sample_frame_indices(record["frame_count"], num_frames)
+    return torch.stack([
+        object_map_labels({"width": record["width"], "height": record["height"], "objects": frame_objects(record, i)},
+                          grid)
+        for i in frames
+    ])
+
+
 class ObjectMapHead(nn.Module):
     """Predicts, for every cell of an intermediate feature map, the colour and shape of the object there (or none).
 
@@ -161,7 +179,8 @@ class ObjectMapHead(nn.Module):
     Args:
         channels: channels of the hooked feature map.
         classes: background + colour x shape classes.
-        maps: image id -> (G, G) labels; G must match the hooked map's size.
+        maps: image id -> (G, G) labels, or (N, G, G) for a clip whose N frames the backbone reads
+            one after another; G must match the hooked map's size.
     """
 
     def __init__(self, channels: int, classes: int, maps: Mapping[int, torch.Tensor]) -> None:
@@ -177,8 +196,9 @@ class ObjectMapHead(nn.Module):
     def loss(self, batch: CaptionBatch) -> torch.Tensor:
         if self.feature_map is None:
             raise RuntimeError("ObjectMapHead.loss before a forward pass of the watched layer")
-        logits = self.conv(self.feature_map.float())  # (B, K, G, G)
+        logits = self.conv(self.feature_map.float())  # (B, K, G, G); clips: (B*N, K, G, G)
         targets = torch.stack([self.maps[int(i)] for i in batch.image_ids]).to(logits.device)
+        targets = targets.reshape(-1, *targets.shape[-2:])  # a clip's frames in the backbone's order
         if targets.shape[-2:] != logits.shape[-2:]:
             raise ValueError(f"object map labels are {tuple(targets.shape[-2:])}, the feature map "
                              f"{tuple(logits.shape[-2:])}: build them for this image size")

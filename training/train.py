@@ -52,7 +52,8 @@ from model.vocabulary import PAD, SPECIAL_TOKENS, Vocabulary
 from training import distributed
 from training.checkpoints import load_checkpoint, save_checkpoint
 from training.auxiliary_losses import (
-    ConceptHead, ObjectMapHead, SceneHead, WordPositionHead, doubly_stochastic_penalty, object_map_labels,
+    ConceptHead, ObjectMapHead, SceneHead, WordPositionHead, clip_object_map_labels, doubly_stochastic_penalty,
+    object_map_labels,
 )
 from training.coco_data import (
     CaptionBatch, CocoCaptions, caption_language, caption_languages, caption_set, collate_captions, is_video_set,
@@ -376,11 +377,14 @@ OBJECT_MAP_STRIDE = 16
 
 
 def object_map_head_for(model: Captioner, dataset: CocoCaptions, image_size: int) -> ObjectMapHead:
-    """An `ObjectMapHead` on the backbone's layer3, with every training image's cell labels."""
+    """An `ObjectMapHead` on the backbone's layer3, with every training image's (or clip frame's) cell labels."""
     grid = -(-image_size // OBJECT_MAP_STRIDE)  # ceil: the convolutions' padding keeps a partial cell
     maps = {}
     for image_id in dataset.image_ids:
         record = dataset.coco.imgs[image_id]
+        if is_video_set(dataset.coco):  # every sampled frame's cells
+            maps[image_id] = clip_object_map_labels(record, dataset.num_frames, grid)
+            continue
         if "box" not in (record.get("objects") or [{}])[0]:
             raise SystemExit(f"--object-map-weight needs each object's box, and image {image_id} has none; it "
                              "works with the generated set (`make data`)")

@@ -141,9 +141,27 @@ def render_frame(record: dict, t: float) -> Image.Image:
     return image
 
 
+def frame_time(record: dict, index: int) -> float:
+    """Frame `index`'s time in [0, 1]: the first frame is 0, the last 1."""
+    return index / max(record["frame_count"] - 1, 1)
+
+
 def clip_frames(record: dict) -> list[Image.Image]:
-    count = record["frame_count"]
-    return [render_frame(record, i / max(count - 1, 1)) for i in range(count)]
+    return [render_frame(record, frame_time(record, i)) for i in range(record["frame_count"])]
+
+
+def frame_objects(record: dict, index: int) -> list[dict]:
+    """What frame `index` shows, as the image set's object records (colour, shape, box in pixels): none or one.
+
+    The box is the shape's circumscribing square (centre +- radius), as the image
+    set's boxes are, so `training.auxiliary_losses.object_map_labels` reads a frame
+    as it reads a generated image.
+    """
+    x, y, radius, colour = frame_state(record, frame_time(record, index))
+    if colour is None:
+        return []
+    cx, cy, r = x * record["width"], y * record["height"], radius * min(record["width"], record["height"])
+    return [{"color": colour, "shape": record["shape"], "box": [cx - r, cy - r, cx + r, cy + r]}]
 
 
 def write_video(frames: list[Image.Image], path: Path, fps: int, codec: str = "libx264") -> Path:
