@@ -251,8 +251,8 @@ compare: install data
 # Video captioning (README "Video"): generated clips of moving shapes, the image encoder on
 # VIDEO_FRAMES sampled frames, frames concatenated in order, the same decoder. Two stages as
 # for images: fine-tune the backbone with the caption loss, two clip-level auxiliary losses and the
-# per-frame object-map loss, then train
-# the projection, temporal step and decoder on the frozen backbone's cached frame features.
+# per-frame object-map loss, then train the projection, temporal step and decoder on the frozen
+# backbone's cached frame features.
 VIDEO_DATA := data/videos
 VIDEO_TRAIN_JSON := $(VIDEO_DATA)/annotations/captions_train.json
 VIDEO_VAL_JSON := $(VIDEO_DATA)/annotations/captions_val.json
