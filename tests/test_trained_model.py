@@ -26,6 +26,10 @@ from tests.trained_recipe import (
 )
 from training.out_of_domain import package_photos
 
+# The first test's setup trains the model: 645 s on an AVX-512 EPYC, but over the suite's 1,200 s
+# (pyproject.toml) on a family-23 EPYC with AVX2 only. The bound stays, wider for this module alone.
+pytestmark = pytest.mark.timeout(2700)
+
 # Held-out scenes the statistics never saw must be in domain, but for a few: the threshold leaves
 # at least 99% of the 50 calibration images in domain, and these are new draws of the same generator.
 IN_DOMAIN_BAR = 0.95
