@@ -379,10 +379,10 @@ OBJECT_MAP_STRIDE = 16
 def object_map_head_for(model: Captioner, dataset: CocoCaptions, image_size: int) -> ObjectMapHead:
     """An `ObjectMapHead` on the backbone's layer3, with every training image's (or clip frame's) cell labels."""
     grid = -(-image_size // OBJECT_MAP_STRIDE)  # ceil: the convolutions' padding keeps a partial cell
-    maps = {}
+    maps, video = {}, is_video_set(dataset.coco)
     for image_id in dataset.image_ids:
         record = dataset.coco.imgs[image_id]
-        if is_video_set(dataset.coco):  # every sampled frame's cells
+        if video:  # every sampled frame's cells
             maps[image_id] = clip_object_map_labels(record, dataset.num_frames, grid)
             continue
         if "box" not in (record.get("objects") or [{}])[0]:
