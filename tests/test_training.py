@@ -125,6 +125,21 @@ def test_encoder_weights_from_a_path(tmp_path):
     assert "layer4.2.bn2.weight" in weights
 
 
+@pytest.mark.parametrize("total_steps", [1, 2, 3, 19, 20, 21, 40, 600])
+def test_the_learning_rate_schedule_runs_every_step_of_a_run_of_any_length(total_steps):
+    """A run of 20 steps (`--epochs 1 --max-steps 20`) once stopped at its first step: a one-step warm-up."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = train.one_cycle_schedule(optimizer, total_steps)
+    rates = [optimizer.param_groups[0]["lr"]]
+    for _ in range(total_steps - 1):
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert all(0 <= rate <= 0.1 + 1e-9 for rate in rates), rates
+    if total_steps >= 40:
+        assert max(rates) == pytest.approx(0.1) and rates[-1] < 0.01, "up to the peak, then down to near zero"
+
+
 def test_word_position_head_learns_each_images_first_caption_in_order():
     from training.coco_data import collate_captions
 

@@ -423,6 +423,20 @@ def build_datasets(args: argparse.Namespace, vocab: Vocabulary | None, config_im
     return train_set, val_set, vocab
 
 
+def one_cycle_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """One cycle over the whole run, up to each group's `lr` in the first 5% of the steps, then down.
+
+    OneCycleLR's warm-up ends at step `pct_start * total_steps - 1` and divides by that:
+    a warm-up of exactly one step (20 steps in all) would divide by zero, so it gets two.
+    """
+    pct_start = 0.05
+    if pct_start * total_steps == 1:
+        pct_start = 2 / total_steps
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps, pct_start=pct_start,
+    )
+
+
 def main(args: argparse.Namespace) -> Path:
     """Train and return the checkpoint path."""
     if args.word_position_weight > 0 and args.captions_per_image is not None:
@@ -538,10 +552,7 @@ def main(args: argparse.Namespace) -> Path:
     # run trained with it learnt far more slowly.
     optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
     steps_per_epoch = len(train_loader) if args.max_steps is None else min(len(train_loader), args.max_steps)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(1, args.epochs * steps_per_epoch),
-        pct_start=0.05,
-    )
+    scheduler = one_cycle_schedule(optimizer, max(1, args.epochs * steps_per_epoch))
     history: dict[str, Any] = {"train_loss": [], "val_loss": [], "epoch_seconds": [], "val_metrics": []}
     start_epoch = 0
     for name, head in (("concept_head", concept_head), ("position_head", position_head), ("scene_head", scene_head)):
