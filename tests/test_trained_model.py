@@ -13,7 +13,6 @@ tell a photo from a scene reliably.
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -22,24 +21,13 @@ from ops.archive import build_archive
 from tests.test_client_cli import _cli
 from tests.test_demo_app import open_page, shown_caption, upload
 from tests.trained_recipe import (
-    BAR, HELD_OUT, SECOND_BAR, held_out_images, named_right, second_renderer_images, train_export,
+    BAR, HELD_OUT, SECOND_BAR, held_out_images, jpeg, named_right, second_renderer_images, train_export,
 )
 from training.out_of_domain import package_photos
-
-# The first test's setup trains the model: 645 s on an AVX-512 EPYC, but over the suite's 1,200 s
-# (pyproject.toml) on a family-23 EPYC with AVX2 only. The bound stays, wider for this module alone.
-pytestmark = pytest.mark.timeout(2700)
 
 # Held-out scenes the statistics never saw must be in domain, but for a few: the threshold leaves
 # at least 99% of the 50 calibration images in domain, and these are new draws of the same generator.
 IN_DOMAIN_BAR = 0.95
-
-
-def jpeg(picture) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
 
 PHOTOS = {name: jpeg(photo) for name, photo in package_photos().items()}  # china.jpg, flower.jpg, grace_hopper.jpg
 
