@@ -18,10 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from ops.archive import build_archive
+from ops.request_corpus import encode
 from tests.test_client_cli import _cli
 from tests.test_demo_app import open_page, shown_caption, upload
 from tests.trained_recipe import (
-    BAR, HELD_OUT, SECOND_BAR, held_out_images, jpeg, named_right, second_renderer_images, train_export,
+    BAR, HELD_OUT, SECOND_BAR, held_out_images, named_right, second_renderer_images, train_export,
 )
 from training.out_of_domain import package_photos
 
@@ -29,7 +30,8 @@ from training.out_of_domain import package_photos
 # at least 99% of the 50 calibration images in domain, and these are new draws of the same generator.
 IN_DOMAIN_BAR = 0.95
 
-PHOTOS = {name: jpeg(photo) for name, photo in package_photos().items()}  # china.jpg, flower.jpg, grace_hopper.jpg
+# china.jpg, flower.jpg, grace_hopper.jpg
+PHOTOS = {name: encode(photo, "JPEG", quality=90) for name, photo in package_photos().items()}
 
 
 @pytest.fixture(scope="module")

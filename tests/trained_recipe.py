@@ -16,7 +16,6 @@ A recipe that clears the bar on every seed has room for another CPU's rounding.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import random
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 from model.vocabulary import tokenize
+from ops.request_corpus import encode
 from training import train
 from training.domain_calibration import DomainSources, ImageSet
 from training.export import export_checkpoint
@@ -81,11 +81,7 @@ def held_out_images() -> tuple[list[Scene], list[bytes]]:
     """The held-out scenes and their JPEG bytes (seeds no training image came from)."""
     rng = random.Random(HELD_OUT_SEED)
     scenes = [random_scene(rng, max_objects=1) for _ in range(HELD_OUT)]
-    images = []
-    for scene in scenes:
-        buffer = io.BytesIO()
-        render_scene(scene, rng).save(buffer, format="JPEG", quality=90)
-        images.append(buffer.getvalue())
+    images = [encode(render_scene(scene, rng), "JPEG", quality=90) for scene in scenes]
     return scenes, images
 
 
@@ -107,33 +103,25 @@ def named_right(captions: list[str], scenes: list[Scene]) -> int:
     return sum(names_every_object(tokenize(c), scene.objects) for c, scene in zip(captions, scenes))
 
 
-def replies_in_process(export_dir: Path, images: list[bytes]) -> list[dict]:
-    """Replies from the handler's own `handle()`, in batches of 8 as the server forms them."""
-    from bench.in_process import InProcessPipeline
-
-    pipeline = InProcessPipeline(export_dir)
+def replies_in_process(pipeline, images: list[bytes]) -> list[dict]:
+    """Replies from the handler's own `handle()` (an `InProcessPipeline`), in batches of 8 as the server
+    forms them."""
     replies = []
     for start in range(0, len(images), 8):
         replies += pipeline.handle(images[start : start + 8])
     return replies
 
 
-def domain_check(export_dir: Path, scene_replies: list[dict]) -> dict:
+def domain_check(pipeline, scene_replies: list[dict]) -> dict:
     """What the test's domain check asserts: the package photos out of domain, the held-out scenes in."""
     from training.out_of_domain import package_photos
 
-    photos = [jpeg(photo) for photo in package_photos().values()]
-    photo_scores = [reply["domain_score"] for reply in replies_in_process(export_dir, photos)]
+    photos = [encode(photo, "JPEG", quality=90) for photo in package_photos().values()]
+    photo_scores = [reply["domain_score"] for reply in replies_in_process(pipeline, photos)]
     scene_scores = [reply["domain_score"] for reply in scene_replies]
     return {"photos_out": sum(score < 0.5 for score in photo_scores), "photos": len(photos),
             "scenes_in": sum(reply["in_domain"] for reply in scene_replies),
             "photo_max": round(max(photo_scores), 3), "scene_min": round(min(scene_scores), 3)}
-
-
-def jpeg(picture) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def cpu_model() -> str:
@@ -145,6 +133,8 @@ def cpu_model() -> str:
 
 
 def main(args: argparse.Namespace) -> list[dict]:
+    from bench.in_process import InProcessPipeline
+
     scenes, images = held_out_images()
     second_scenes, second_images = second_renderer_images()
     results = []
@@ -154,10 +144,12 @@ def main(args: argparse.Namespace) -> list[dict]:
                 started = time.perf_counter()
                 export = train_export(Path(root), seed=seed, data_seed=data_seed, extra=args.extra)
                 seconds = time.perf_counter() - started
-                replies = replies_in_process(export, images)
+                pipeline = InProcessPipeline(export)
+                replies = replies_in_process(pipeline, images)
                 captions = [reply["caption"] for reply in replies]
-                second = named_right([r["caption"] for r in replies_in_process(export, second_images)], second_scenes)
-                domain = domain_check(export, replies)
+                second = named_right([r["caption"] for r in replies_in_process(pipeline, second_images)],
+                                     second_scenes)
+                domain = domain_check(pipeline, replies)
             correct = named_right(captions, scenes)
             misses = [(c, f"{s.objects[0].color} {s.objects[0].shape}") for c, s in zip(captions, scenes)
                       if not names_every_object(tokenize(c), s.objects)]
