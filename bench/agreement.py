@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import torch
 
 from bench.in_process import InProcessPipeline
+from bench.report import may_be_default
 from model.export_format import export_file_names
 from training.shapes_dataset import names_every_object
 
@@ -28,7 +29,6 @@ DEFAULT_AGREEMENT_EXPORT = "build/export"
 DEFAULT_AGREEMENT_DATA = "data/shapes"
 CALIBRATION_IMAGES = 64
 BATCH = 8
-MAX_ACCURACY_DROP = 0.005  # a variant losing more attribute accuracy than this is never the default
 
 
 def _split(data_dir: Path, split: str) -> list[dict]:
@@ -89,5 +89,5 @@ def caption_agreement(export_dir: Path | str, data_dir: Path | str, work_dir: Pa
     fp32_accuracy = rows[0]["attribute_accuracy"]
     for row in rows:
         row["accuracy_drop"] = round(fp32_accuracy - row["attribute_accuracy"], 4)
-        row["may_be_default"] = row["accuracy_drop"] <= MAX_ACCURACY_DROP
+        row["may_be_default"] = may_be_default(row)
     return {"export": str(export_dir), "data": str(data_dir), "decoding": "greedy", "rows": rows}

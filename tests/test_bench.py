@@ -142,3 +142,11 @@ def test_gpu_script_parts_run_on_the_cpu(tmp_path):
     decoded = gpu.jpeg_decoding(args, torch.device("cpu"), 32, sizes=(((160, 120), 2),))
     assert decoded[0]["size"] == "160x120" and decoded[0]["pil_ms_per_image"] > 0 and decoded[0]["nvjpeg_ms_per_image"] > 0
     assert "Handler in process" in gpu.markdown({"in_process": rows, "jpeg_decoding": decoded})
+
+
+def test_a_precision_may_be_the_default_only_if_it_keeps_captions_and_accuracy():
+    from bench.report import may_be_default
+
+    assert may_be_default({"identical_to_fp32": 0.997, "accuracy_drop": 0.0})
+    assert not may_be_default({"identical_to_fp32": 0.95, "accuracy_drop": -0.003}), "changes 5% of the captions"
+    assert not may_be_default({"identical_to_fp32": 0.99, "accuracy_drop": 0.0067}), "loses 0.67 point"
