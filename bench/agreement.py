@@ -76,8 +76,7 @@ def caption_agreement(export_dir: Path | str, data_dir: Path | str, work_dir: Pa
         pipeline = InProcessPipeline(staged, str(device), {"torch_threads": threads, **VARIANTS[name]},
                                      max_batch=BATCH)
         start_s[name] = round(pipeline.start_s, 1)
-        captions[name] = [body["tokens"] for i in range(0, len(jpegs), BATCH)
-                          for body in pipeline.handle(jpegs[i:i + BATCH])]
+        captions[name] = [body["tokens"] for body in pipeline.handle_in_batches(jpegs, BATCH)]
         log(f"agreement {name}: {len(captions[name])} held-out images captioned")
     reference = captions["fp32"]
     rows = []

@@ -56,6 +56,11 @@ class InProcessPipeline:
             raise RuntimeError(f"the handler refused benchmark images: statuses {statuses}, {responses[:1]}")
         return [json.loads(response) for response in responses]
 
+    def handle_in_batches(self, jpegs: Sequence[bytes], batch_size: int = 8) -> list[dict]:
+        """Every image's response, `batch_size` at a time as a TorchServe batch would carry them."""
+        return [body for start in range(0, len(jpegs), batch_size)
+                for body in self.handle(jpegs[start:start + batch_size])]
+
     def run(self, jpegs: Sequence[bytes], batch_size: int, batches: int) -> Run:
         """`batches` batches of `batch_size` back to back; one latency sample per batch."""
         latencies = []

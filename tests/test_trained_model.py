@@ -18,20 +18,17 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from ops.archive import build_archive
-from ops.request_corpus import encode
 from tests.test_client_cli import _cli
 from tests.test_demo_app import open_page, shown_caption, upload
 from tests.trained_recipe import (
-    BAR, HELD_OUT, SECOND_BAR, held_out_images, named_right, second_renderer_images, train_export,
+    BAR, HELD_OUT, SECOND_BAR, held_out_images, named_right, photo_jpegs, second_renderer_images, train_export,
 )
-from training.out_of_domain import package_photos
 
 # Held-out scenes the statistics never saw must be in domain, but for a few: the threshold leaves
 # at least 99% of the 50 calibration images in domain, and these are new draws of the same generator.
 IN_DOMAIN_BAR = 0.95
 
-# china.jpg, flower.jpg, grace_hopper.jpg
-PHOTOS = {name: encode(photo, "JPEG", quality=90) for name, photo in package_photos().items()}
+PHOTOS = photo_jpegs()  # china.jpg, flower.jpg, grace_hopper.jpg
 
 
 @pytest.fixture(scope="module")

@@ -103,21 +103,18 @@ def named_right(captions: list[str], scenes: list[Scene]) -> int:
     return sum(names_every_object(tokenize(c), scene.objects) for c, scene in zip(captions, scenes))
 
 
-def replies_in_process(pipeline, images: list[bytes]) -> list[dict]:
-    """Replies from the handler's own `handle()` (an `InProcessPipeline`), in batches of 8 as the server
-    forms them."""
-    replies = []
-    for start in range(0, len(images), 8):
-        replies += pipeline.handle(images[start : start + 8])
-    return replies
+def photo_jpegs() -> dict[str, bytes]:
+    """The package photos (china.jpg, flower.jpg, grace_hopper.jpg) as the JPEG bytes a client sends."""
+    from training.out_of_domain import package_photos
+
+    return {name: encode(photo, "JPEG", quality=90) for name, photo in package_photos().items()}
 
 
 def domain_check(pipeline, scene_replies: list[dict]) -> dict:
-    """What the test's domain check asserts: the package photos out of domain, the held-out scenes in."""
-    from training.out_of_domain import package_photos
-
-    photos = [encode(photo, "JPEG", quality=90) for photo in package_photos().values()]
-    photo_scores = [reply["domain_score"] for reply in replies_in_process(pipeline, photos)]
+    """What the test's domain check asserts: the package photos out of domain, the held-out scenes in,
+    through the handler's own `handle()` (an `InProcessPipeline`)."""
+    photos = list(photo_jpegs().values())
+    photo_scores = [reply["domain_score"] for reply in pipeline.handle_in_batches(photos)]
     scene_scores = [reply["domain_score"] for reply in scene_replies]
     return {"photos_out": sum(score < 0.5 for score in photo_scores), "photos": len(photos),
             "scenes_in": sum(reply["in_domain"] for reply in scene_replies),
@@ -145,9 +142,9 @@ def main(args: argparse.Namespace) -> list[dict]:
                 export = train_export(Path(root), seed=seed, data_seed=data_seed, extra=args.extra)
                 seconds = time.perf_counter() - started
                 pipeline = InProcessPipeline(export)
-                replies = replies_in_process(pipeline, images)
+                replies = pipeline.handle_in_batches(images)
                 captions = [reply["caption"] for reply in replies]
-                second = named_right([r["caption"] for r in replies_in_process(pipeline, second_images)],
+                second = named_right([r["caption"] for r in pipeline.handle_in_batches(second_images)],
                                      second_scenes)
                 domain = domain_check(pipeline, replies)
             correct = named_right(captions, scenes)
