@@ -42,7 +42,8 @@ class ServiceError(RuntimeError):
     """The service answered with an error; `status` is the HTTP code, `body` the parsed reply."""
 
     def __init__(self, status: int, body: Any) -> None:
-        message = body.get("error") or body.get("message") if isinstance(body, dict) else body
+        # TorchServe leaves "message" out when the exception behind a 500 has none; its "type" then says what broke.
+        message = (body.get("error") or body.get("message") or body.get("type")) if isinstance(body, dict) else body
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.body = body
@@ -100,6 +101,7 @@ class CaptionClient:
         if self.tokens is None:
             self.tokens = TokenStore(None)
         self.retried = 0  # attempts sent again, over this client's life
+        self.scales_retried = 0  # scale requests sent again after a 500 (see `scale`)
         self._retried_lock = threading.Lock()
         self._rng = random.Random()
 
@@ -235,11 +237,32 @@ class CaptionClient:
             batch_size=batch_size, max_batch_delay=max_batch_delay, synchronous="true",
         )
 
-    def scale(self, min_workers: int, max_workers: int | None = None, version: str | None = None) -> Any:
+    def scale(self, min_workers: int, max_workers: int | None = None, version: str | None = None, *,
+              attempts: int = 3) -> Any:
+        """Set the model's worker bounds and wait until TorchServe has started or stopped the workers.
+
+        Under load, TorchServe 0.12 can answer a synchronous scale-down with a bare 500
+        (`{"code": 500, "type": "ConcurrentModificationException"}`): while it stops a
+        worker, the management thread hands that worker's queued requests back to the
+        model and walks a map the worker's own thread is still changing. The workers
+        stopped before that one are gone, the others still run, and the new bounds are
+        already set. Setting the same bounds again is safe and stops the rest, so a 500
+        is sent again, `attempts` times in all, with the client's backoff in between.
+        """
+        if attempts < 1:
+            raise ValueError(f"attempts must be at least 1, not {attempts}")
         path = f"/models/{self.model}" + (f"/{version}" if version else "")
-        return self._manage(
-            "PUT", path, min_worker=min_workers, max_worker=max_workers or min_workers, synchronous="true"
-        )
+        bounds = {"min_worker": min_workers, "max_worker": max_workers or min_workers, "synchronous": "true"}
+        for attempt in range(attempts):
+            try:
+                return self._manage("PUT", path, **bounds)
+            except ServiceError as error:
+                if error.status != 500 or attempt == attempts - 1:
+                    raise
+            with self._retried_lock:
+                self.scales_retried += 1
+                wait = backoff_s(attempt, self.backoff, self.max_backoff, self._rng)
+            time.sleep(wait)
 
     def describe(self, version: str | None = None) -> list[dict[str, Any]]:
         return self._manage("GET", f"/models/{self.model}" + (f"/{version}" if version else ""))

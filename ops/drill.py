@@ -17,7 +17,9 @@ the caption is the same whichever answers); the client retries what the server
 refuses or fails while workers come and go, and those retries are counted.
 TorchServe 0.12 drops the requests a worker holds when a scale-down stops it,
 without an answer (pytorch/serve issue #1101), so the drill's clients give each
-attempt --attempt-timeout seconds and send it again after that. It
+attempt --attempt-timeout seconds and send it again after that. A scale-down
+under load can itself fail with a bare 500 (`CaptionClient.scale` says why); the
+client sends it again, and each operation's `sent_again` counts those. It
 prints one JSON line of figures per phase (requests, failed, retried, refused,
 p50/p99, the versions that answered) and exits 1 when any valid request failed.
 """
@@ -44,7 +46,7 @@ NEW_VERSION = "2.0"
 @dataclass
 class DrillReport:
     load: LoadReport
-    steps: list[dict[str, Any]] = field(default_factory=list)  # each operation: phase, call, seconds
+    steps: list[dict[str, Any]] = field(default_factory=list)  # each operation: phase, call, seconds, sent_again
 
     def phases(self) -> dict[str, dict[str, Any]]:
         phases = {}
@@ -121,9 +123,10 @@ def run_drill(client: CaptionClient, *, new_archive: str, concurrency: int = 8, 
     def operate(during: str, after: str, call: Callable[[], Any], description: str) -> None:
         phases.enter(during)
         log(f"{description} ...")
-        started = time.monotonic()
+        started, resent = time.monotonic(), client.scales_retried
         call()
-        steps.append({"phase": during, "operation": description, "seconds": round(time.monotonic() - started, 2)})
+        steps.append({"phase": during, "operation": description, "seconds": round(time.monotonic() - started, 2),
+                      "sent_again": client.scales_retried - resent})
         phases.enter(after)
         phases.dwell(dwell_requests, dwell_timeout_s)
 

@@ -4,6 +4,11 @@ TorchServe refuses an overload with 503 but never sends `Retry-After`; a proxy o
 rate limiter in front of it may. This server stands in for such a proxy: it
 answers the first N requests 503 (with or without `Retry-After`), then a caption.
 What the client decided to wait is read from its `Delivery`, not timed.
+
+The same server stands in for TorchServe's management API where a real one cannot
+be made to fail on demand: a synchronous scale-down that races a busy worker (see
+`CaptionClient.scale`) answers with exactly the bare 500 replayed here, and the
+drill (`tests/test_drill.py`) scales a real TorchServe under load.
 """
 
 from __future__ import annotations
@@ -15,35 +20,45 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from client.__main__ import main as cli
-from client.rest import CaptionClient, RetriesExhausted
+from client.rest import CaptionClient, RetriesExhausted, ServiceError
 from client.retry import retry_after_s
 
 CAPTION = {"caption": "a red circle", "version": "1.0"}
 REFUSAL = {"code": 503, "type": "ServiceUnavailableException", "message": "Model \"captioner\" has no worker"}
+# TorchServe's answer to a synchronous scale-down that raced a busy worker: the exception had no message.
+SCALE_RACE = {"code": 500, "type": "ConcurrentModificationException"}
+SCALED = {"status": "Workers scaled to 1 for model: captioner"}
+SCALE_TO_1 = "PUT /models/captioner?min_worker=1&max_worker=1&synchronous=true"
 
 
 class RefusingServer:
-    """Answers `refusals` POSTs with 503 (adding `Retry-After: retry_after` when set), then 200 with a caption."""
+    """Answers `refusals` requests with `status` and the body `refusal` (adding `Retry-After: retry_after`
+    when set), then 200 with `answer`; POST and PUT alike. `requests` lists each one's method and path."""
 
-    def __init__(self, refusals: int, retry_after: str | None = None) -> None:
+    def __init__(self, refusals: int, retry_after: str | None = None, *, status: int = 503,
+                 refusal: dict = REFUSAL, answer: dict = CAPTION) -> None:
         self.refusals = refusals
         self.retry_after = retry_after
         self.seen = 0
+        self.requests: list[str] = []
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 owner.seen += 1
+                owner.requests.append(f"{self.command} {self.path}")
                 refused = owner.seen <= owner.refusals
-                body = json.dumps(REFUSAL if refused else CAPTION).encode()
-                self.send_response(503 if refused else 200)
+                body = json.dumps(refusal if refused else answer).encode()
+                self.send_response(status if refused else 200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 if refused and owner.retry_after is not None:
                     self.send_header("Retry-After", owner.retry_after)
                 self.end_headers()
                 self.wfile.write(body)
+
+            do_PUT = do_POST  # the management API's scale is a PUT
 
             def log_message(self, *args) -> None:
                 pass
@@ -122,3 +137,26 @@ def test_the_cli_retries_and_reports_giving_up(tmp_path, capsys):
     assert code == 1
     err = capsys.readouterr().err
     assert "ERROR HTTP 503" in err and "gave up after 3 attempts" in err
+
+
+def test_a_scale_answered_with_a_bare_500_is_sent_again():
+    with RefusingServer(refusals=2, status=500, refusal=SCALE_RACE, answer=SCALED) as server:
+        assert server.client(backoff=0.01).scale(1) == SCALED
+    assert server.requests == [SCALE_TO_1] * 3, "the same bounds each time"
+
+
+def test_a_scale_that_keeps_failing_raises_and_names_what_broke():
+    with RefusingServer(refusals=100, status=500, refusal=SCALE_RACE, answer=SCALED) as server:
+        with pytest.raises(ServiceError) as error:
+            server.client(backoff=0.01).scale(1, attempts=2)
+    assert server.requests == [SCALE_TO_1] * 2
+    assert error.value.status == 500 and str(error.value) == "HTTP 500: ConcurrentModificationException"
+
+
+def test_a_scale_the_server_refuses_is_not_sent_again():
+    bad = {"code": 400, "type": "BadRequestException", "message": "max_worker cannot be less than min_worker."}
+    with RefusingServer(refusals=100, status=400, refusal=bad, answer=SCALED) as server:
+        with pytest.raises(ServiceError) as error:
+            server.client(backoff=0.01).scale(2, 1)
+    assert server.requests == ["PUT /models/captioner?min_worker=2&max_worker=1&synchronous=true"]
+    assert str(error.value) == "HTTP 400: max_worker cannot be less than min_worker."
