@@ -8,6 +8,7 @@ turns that into `ServiceError`, like the REST client does.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Iterator
 
 import grpc
@@ -15,6 +16,9 @@ import grpc
 from client.auth import TokenStore
 from client.grpc_stubs import import_stubs
 from client.rest import ServiceError
+
+
+SCALE_RETRY_CODES = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 
 
 def _option_bytes(value: Any) -> bytes:
@@ -122,14 +126,26 @@ class GrpcCaptionClient:
             self.mpb.RegisterModelRequest(url=archive, initial_workers=initial_workers, synchronous=True),
         )
 
-    def scale(self, min_workers: int, max_workers: int | None = None) -> Any:
-        return self._manage(
-            "ScaleWorker",
-            self.mpb.ScaleWorkerRequest(
-                model_name=self.model, model_version=self.version or "", min_worker=min_workers,
-                max_worker=max_workers or min_workers, synchronous=True,
-            ),
+    def scale(self, min_workers: int, max_workers: int | None = None, *, attempts: int = 3) -> Any:
+        """Set the worker bounds, sending them again when the server fails unexpectedly.
+
+        The race behind the REST client's retry (`CaptionClient.scale`) escapes TorchServe's
+        gRPC handler uncaught, so it arrives as UNKNOWN (or INTERNAL); the same bounds are
+        sent again, `attempts` times in all.
+        """
+        if attempts < 1:
+            raise ValueError(f"attempts must be at least 1, not {attempts}")
+        request = self.mpb.ScaleWorkerRequest(
+            model_name=self.model, model_version=self.version or "", min_worker=min_workers,
+            max_worker=max_workers or min_workers, synchronous=True,
         )
+        for attempt in range(attempts):
+            try:
+                return self._manage("ScaleWorker", request)
+            except grpc.RpcError as error:
+                if error.code() not in SCALE_RETRY_CODES or attempt == attempts - 1:
+                    raise
+            time.sleep(0.25 * 2**attempt)
 
     def describe(self) -> Any:
         return self._manage(

@@ -38,11 +38,12 @@ def test_inference_needs_the_inference_token(torchserve, registered):
     assert response.status_code in (400, 401, 403)
 
 
-def test_scale_up_and_down_shows_in_describe(registered):
+def test_scale_up_over_rest_and_down_over_grpc_shows_in_describe(registered, grpc_client):
     registered.scale(2)
     assert len(registered.describe()[0]["workers"]) == 2
-    registered.scale(1)
+    grpc_client.scale(1)
     assert len(registered.describe()[0]["workers"]) == 1
+    assert len(grpc_client.describe()[0]["workers"]) == 1
 
 
 def test_workers_get_the_passive_openmp_wait_policy(registered):
