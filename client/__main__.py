@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             result = client.register(args.archive, initial_workers=args.workers)
         elif args.command == "scale":
             result = client.scale(args.min_workers, args.max_workers, args.version)
+            if client.scales_retried:
+                print(f"warning: TorchServe failed the scale with a 500 and it was sent again "
+                      f"({client.scales_retried} time(s)); SECURITY.md, 'Known limits', says why", file=sys.stderr)
         elif args.command == "describe":
             result = client.describe(args.version)
         elif args.command == "models":

@@ -160,3 +160,12 @@ def test_a_scale_the_server_refuses_is_not_sent_again():
             server.client(backoff=0.01).scale(2, 1)
     assert server.requests == ["PUT /models/captioner?min_worker=2&max_worker=1&synchronous=true"]
     assert str(error.value) == "HTTP 400: max_worker cannot be less than min_worker."
+
+
+def test_the_cli_behind_make_scale_sends_a_failed_scale_again_and_says_so(capsys):
+    with RefusingServer(refusals=1, status=500, refusal=SCALE_RACE, answer=SCALED) as server:
+        assert cli(["--management-port", str(server.port), "--key-file", "", "scale", "1"]) == 0
+    assert server.requests == [SCALE_TO_1] * 2
+    out, err = capsys.readouterr()
+    assert json.loads(out) == SCALED
+    assert "sent again (1 time(s))" in err
