@@ -18,9 +18,6 @@ from client.grpc_stubs import import_stubs
 from client.rest import ServiceError
 
 
-SCALE_RETRY_CODES = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
-
-
 def _option_bytes(value: Any) -> bytes:
     if isinstance(value, bool):
         return b"true" if value else b"false"
@@ -127,11 +124,12 @@ class GrpcCaptionClient:
         )
 
     def scale(self, min_workers: int, max_workers: int | None = None, *, attempts: int = 3) -> Any:
-        """Set the worker bounds, sending them again when the server fails unexpectedly.
+        """Set the worker bounds, sending them again when the server failed unexpectedly.
 
         The race behind the REST client's retry (`CaptionClient.scale`) escapes TorchServe's
-        gRPC handler uncaught, so it arrives as UNKNOWN (or INTERNAL); the same bounds are
-        sent again, `attempts` times in all.
+        gRPC handler uncaught, so it arrives as UNKNOWN; the same bounds are sent again,
+        `attempts` times in all. TorchServe's own failures (INTERNAL for workers that did
+        not start, NOT_FOUND, INVALID_ARGUMENT) are raised at once.
         """
         if attempts < 1:
             raise ValueError(f"attempts must be at least 1, not {attempts}")
@@ -143,7 +141,7 @@ class GrpcCaptionClient:
             try:
                 return self._manage("ScaleWorker", request)
             except grpc.RpcError as error:
-                if error.code() not in SCALE_RETRY_CODES or attempt == attempts - 1:
+                if error.code() != grpc.StatusCode.UNKNOWN or attempt == attempts - 1:
                     raise
             time.sleep(0.25 * 2**attempt)
 

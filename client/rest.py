@@ -49,6 +49,14 @@ class ServiceError(RuntimeError):
         self.body = body
 
 
+# Runtime exceptions TorchServe 0.12 raises when a scale-down races a busy worker (`CaptionClient.scale`).
+SCALE_RACES = {"ConcurrentModificationException", "NullPointerException"}
+
+
+def _is_scale_race(error: ServiceError) -> bool:
+    return error.status == 500 and isinstance(error.body, dict) and error.body.get("type") in SCALE_RACES
+
+
 class RetriesExhausted(ServiceError):
     """The server kept refusing (503, 502, 504, "Worker died.") until the client's retry bounds were reached."""
 
@@ -101,7 +109,7 @@ class CaptionClient:
         if self.tokens is None:
             self.tokens = TokenStore(None)
         self.retried = 0  # attempts sent again, over this client's life
-        self.scales_retried = 0  # scale requests sent again after a 500 (see `scale`)
+        self.scales_retried = 0  # scale requests sent again after TorchServe's scale-down race (see `scale`)
         self._retried_lock = threading.Lock()
         self._rng = random.Random()
 
@@ -244,10 +252,13 @@ class CaptionClient:
         Under load, TorchServe 0.12 can answer a synchronous scale-down with a bare 500
         (`{"code": 500, "type": "ConcurrentModificationException"}`): while it stops a
         worker, the management thread hands that worker's queued requests back to the
-        model and walks a map the worker's own thread is still changing. The workers
-        stopped before that one are gone, the others still run, and the new bounds are
-        already set. Setting the same bounds again is safe and stops the rest, so a 500
-        is sent again, `attempts` times in all, with the client's backoff in between.
+        model and walks a map the worker's own thread is still changing (the same loop
+        can also meet a request that is already gone: a NullPointerException). The
+        workers stopped before that one are gone, the others still run, and the new
+        bounds are already set. Setting the same bounds again is safe and stops the
+        rest, so such an answer is sent again, `attempts` times in all, with the
+        client's backoff in between. Any other error, TorchServe's own 500 for workers
+        that failed to start included, is raised at once.
         """
         if attempts < 1:
             raise ValueError(f"attempts must be at least 1, not {attempts}")
@@ -257,7 +268,7 @@ class CaptionClient:
             try:
                 return self._manage("PUT", path, **bounds)
             except ServiceError as error:
-                if error.status != 500 or attempt == attempts - 1:
+                if not _is_scale_race(error) or attempt == attempts - 1:
                     raise
             with self._retried_lock:
                 self.scales_retried += 1

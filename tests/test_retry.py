@@ -153,6 +153,16 @@ def test_a_scale_that_keeps_failing_raises_and_names_what_broke():
     assert error.value.status == 500 and str(error.value) == "HTTP 500: ConcurrentModificationException"
 
 
+def test_torchserves_own_500_for_workers_that_did_not_start_is_not_sent_again():
+    failed = {"code": 500, "type": "InternalServerException",
+              "message": "Failed to start workers for model captioner version: null"}
+    with RefusingServer(refusals=100, status=500, refusal=failed, answer=SCALED) as server:
+        with pytest.raises(ServiceError) as error:
+            server.client(backoff=0.01).scale(1)
+    assert server.requests == [SCALE_TO_1]
+    assert str(error.value) == f"HTTP 500: {failed['message']}"
+
+
 def test_a_scale_the_server_refuses_is_not_sent_again():
     bad = {"code": 400, "type": "BadRequestException", "message": "max_worker cannot be less than min_worker."}
     with RefusingServer(refusals=100, status=400, refusal=bad, answer=SCALED) as server:
