@@ -19,9 +19,11 @@ TorchServe 0.12 drops the requests a worker holds when a scale-down stops it,
 without an answer (pytorch/serve issue #1101), so the drill's clients give each
 attempt --attempt-timeout seconds and send it again after that. A scale-down
 under load can itself fail with a bare 500 (`CaptionClient.scale` says why); the
-client sends it again, and each operation's `sent_again` counts those. It
-prints one JSON line of figures per phase (requests, failed, retried, refused,
-p50/p99, the versions that answered) and exits 1 when any valid request failed.
+client sends it again, and each operation's `sent_again` counts those; after each
+scale the drill reads the worker count back. It prints one JSON line of figures
+per phase (requests, failed, retried, refused, p50/p99, the versions that
+answered) and exits 1 when any valid request failed or a scale left another
+worker count than it asked for.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ NEW_VERSION = "2.0"
 @dataclass
 class DrillReport:
     load: LoadReport
-    steps: list[dict[str, Any]] = field(default_factory=list)  # each operation: phase, call, seconds, sent_again
+    # each operation: phase, call, seconds, sent_again; a scale also the workers it should leave and those it left
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
     def phases(self) -> dict[str, dict[str, Any]]:
         phases = {}
@@ -74,6 +77,9 @@ class DrillReport:
         missing = [label for label, phase in self.phases().items() if phase["requests"] == 0]
         if missing:
             failures.append(f"no request ran during {', '.join(missing)}")
+        for step in self.steps:
+            if "workers" in step and step["workers"] != step["expected_workers"]:
+                failures.append(f"{step['operation']} left {step['workers']} worker(s)")
         return failures
 
 
@@ -120,13 +126,18 @@ def run_drill(client: CaptionClient, *, new_archive: str, concurrency: int = 8, 
     phases = _Phases("1.0 on 2 workers")
     steps: list[dict[str, Any]] = []
 
-    def operate(during: str, after: str, call: Callable[[], Any], description: str) -> None:
+    def operate(during: str, after: str, call: Callable[[], Any], description: str,
+                workers: int | None = None) -> None:
+        """Run one operation; for a scale, `workers` is the count 1.0 must then have (read back with describe)."""
         phases.enter(during)
         log(f"{description} ...")
         started, resent = time.monotonic(), client.scales_retried
         call()
-        steps.append({"phase": during, "operation": description, "seconds": round(time.monotonic() - started, 2),
-                      "sent_again": client.scales_retried - resent})
+        step = {"phase": during, "operation": description, "seconds": round(time.monotonic() - started, 2),
+                "sent_again": client.scales_retried - resent}
+        if workers is not None:
+            step |= {"expected_workers": workers, "workers": len(client.describe("1.0")[0]["workers"])}
+        steps.append(step)
         phases.enter(after)
         phases.dwell(dwell_requests, dwell_timeout_s)
 
@@ -144,8 +155,8 @@ def run_drill(client: CaptionClient, *, new_archive: str, concurrency: int = 8, 
     runner.start()
     try:
         phases.dwell(dwell_requests, dwell_timeout_s)
-        operate("scaling 2 -> 4", "1.0 on 4 workers", lambda: client.scale(4), "scale to 4 workers")
-        operate("scaling 4 -> 1", "1.0 on 1 worker", lambda: client.scale(1), "scale to 1 worker")
+        operate("scaling 2 -> 4", "1.0 on 4 workers", lambda: client.scale(4), "scale to 4 workers", workers=4)
+        operate("scaling 4 -> 1", "1.0 on 1 worker", lambda: client.scale(1), "scale to 1 worker", workers=1)
         operate(f"registering {NEW_VERSION}", f"{NEW_VERSION} registered, 1.0 default",
                 lambda: client.register(new_archive, initial_workers=1), f"register {new_archive}")
         operate(f"setting {NEW_VERSION} default", f"{NEW_VERSION} default",

@@ -48,6 +48,8 @@ def test_no_valid_request_failed_in_any_phase(drill):
         assert phase["failed"] == 0 and phase["lost"] == 0, (name, phase)
     assert all(phases[name]["requests"] >= 8 for name in STEADY)
     assert report.figures()["retried"] == sum(phase["retried"] for phase in phases.values())
+    scales = [(step["expected_workers"], step["workers"]) for step in report.steps if "workers" in step]
+    assert scales == [(4, 4), (1, 1)], "each scale left the workers it asked for, read back with describe"
 
 
 def test_the_default_switched_to_2_0_and_back(drill):
