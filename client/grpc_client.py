@@ -8,7 +8,6 @@ turns that into `ServiceError`, like the REST client does.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any, Iterator
 
 import grpc
@@ -16,6 +15,12 @@ import grpc
 from client.auth import TokenStore
 from client.grpc_stubs import import_stubs
 from client.rest import ServiceError
+from client.retry import call_again
+
+
+def _is_uncaught(error: Exception) -> bool:
+    """An exception TorchServe's gRPC handler did not catch (grpc-java answers those UNKNOWN)."""
+    return isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.UNKNOWN
 
 
 def _option_bytes(value: Any) -> bytes:
@@ -131,19 +136,12 @@ class GrpcCaptionClient:
         `attempts` times in all. TorchServe's own failures (INTERNAL for workers that did
         not start, NOT_FOUND, INVALID_ARGUMENT) are raised at once.
         """
-        if attempts < 1:
-            raise ValueError(f"attempts must be at least 1, not {attempts}")
         request = self.mpb.ScaleWorkerRequest(
             model_name=self.model, model_version=self.version or "", min_worker=min_workers,
             max_worker=max_workers or min_workers, synchronous=True,
         )
-        for attempt in range(attempts):
-            try:
-                return self._manage("ScaleWorker", request)
-            except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNKNOWN or attempt == attempts - 1:
-                    raise
-            time.sleep(0.25 * 2**attempt)
+        return call_again(lambda: self._manage("ScaleWorker", request), _is_uncaught, attempts,
+                          lambda retry: 0.25 * 2**retry)
 
     def describe(self) -> Any:
         return self._manage(

@@ -31,6 +31,7 @@ from client.retry import (  # noqa: F401 - RETRY_STATUSES, WORKER_DIED and shoul
     WORKER_DIED,
     Delivery,
     backoff_s,
+    call_again,
     is_worker_died,
     parse_body as _parse,
     retry_after_s,
@@ -53,8 +54,9 @@ class ServiceError(RuntimeError):
 SCALE_RACES = {"ConcurrentModificationException", "NullPointerException"}
 
 
-def _is_scale_race(error: ServiceError) -> bool:
-    return error.status == 500 and isinstance(error.body, dict) and error.body.get("type") in SCALE_RACES
+def _is_scale_race(error: Exception) -> bool:
+    return (isinstance(error, ServiceError) and error.status == 500 and isinstance(error.body, dict)
+            and error.body.get("type") in SCALE_RACES)
 
 
 class RetriesExhausted(ServiceError):
@@ -260,20 +262,15 @@ class CaptionClient:
         client's backoff in between. Any other error, TorchServe's own 500 for workers
         that failed to start included, is raised at once.
         """
-        if attempts < 1:
-            raise ValueError(f"attempts must be at least 1, not {attempts}")
         path = f"/models/{self.model}" + (f"/{version}" if version else "")
         bounds = {"min_worker": min_workers, "max_worker": max_workers or min_workers, "synchronous": "true"}
-        for attempt in range(attempts):
-            try:
-                return self._manage("PUT", path, **bounds)
-            except ServiceError as error:
-                if not _is_scale_race(error) or attempt == attempts - 1:
-                    raise
+
+        def before_sending_again(retry: int) -> float:
             with self._retried_lock:
                 self.scales_retried += 1
-                wait = backoff_s(attempt, self.backoff, self.max_backoff, self._rng)
-            time.sleep(wait)
+                return backoff_s(retry, self.backoff, self.max_backoff, self._rng)
+
+        return call_again(lambda: self._manage("PUT", path, **bounds), _is_scale_race, attempts, before_sending_again)
 
     def describe(self, version: str | None = None) -> list[dict[str, Any]]:
         return self._manage("GET", f"/models/{self.model}" + (f"/{version}" if version else ""))

@@ -11,12 +11,15 @@ Attempts are bounded in number and in total time, so a client never retries fore
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import requests
+
+T = TypeVar("T")
 
 RETRY_STATUSES = {502, 503, 504, 507}
 WORKER_DIED = "Worker died."  # TorchServe's message for the requests of a worker that exited
@@ -64,6 +67,25 @@ def backoff_s(retry: int, first: float, most: float, rng: random.Random) -> floa
     """Wait before retry number `retry` (0-based): `first * 2**retry` capped at `most`, the upper half jittered."""
     delay = min(most, first * 2**retry)
     return delay / 2 + rng.uniform(0, delay / 2)
+
+
+def call_again(call: Callable[[], T], transient: Callable[[Exception], bool], attempts: int,
+               wait_s: Callable[[int], float]) -> T:
+    """`call()`, made again after `wait_s(retry)` seconds while it raises what `transient` accepts.
+
+    For management calls that are safe to repeat (setting worker bounds): at most
+    `attempts` calls; the last one's exception, or any other, is raised.
+    """
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, not {attempts}")
+    for retry in range(attempts - 1):
+        try:
+            return call()
+        except Exception as error:
+            if not transient(error):
+                raise
+        time.sleep(wait_s(retry))
+    return call()
 
 
 @dataclass
