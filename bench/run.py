@@ -6,7 +6,8 @@
 
 Every figure is the median of `--repeats` runs; the runs of the different
 pipelines are interleaved, so a burst of other work on the machine hurts all
-of them alike rather than one.
+of them alike rather than one. The served phase runs in `--repeats` rounds, each
+ending with the in-process runs the targets compare it with (bench/paired.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench import environment, report
+from bench import environment, paired, report
 from bench.baseline import SeedStylePipeline
 from bench.agreement import DEFAULT_AGREEMENT_DATA, DEFAULT_AGREEMENT_EXPORT, caption_agreement
 from bench.agreement import VARIANTS as AGREEMENT_VARIANTS
@@ -132,6 +133,7 @@ def settings(args: argparse.Namespace) -> dict:
         "distinct_images": 8 if quick else 32,
         "baseline_images": 6 if quick else 24,
         "in_process_images": 16 if quick else 64,  # per run and batch size (at least 2 batches)
+        "reference_images": 8 if quick else 32,  # per in-process reference run in each served round
         "request_rounds": 2 if quick else 4,  # served requests per run = rounds x concurrency (at least 8)
         "batch_sizes": batch_sizes,
         "concurrency": args.concurrency,
@@ -210,7 +212,8 @@ def main(args: argparse.Namespace) -> dict:
             variants=list(AGREEMENT_VARIANTS) if device.type == "cpu" else ["fp32", "bf16"],
             limit=plan["agreement_images"], log=log)
     if "served" in plan["parts"]:
-        results["served"] = measure_served(plan, args, export_dir, device, jpegs, work_dir, results)
+        results["served"] = measure_served(plan, args, export_dir, device, jpegs, work_dir, results,
+                                           baseline=baseline, in_process=in_process)
     if in_process:
         profile_batch = results.get("served", {}).get("config", {}).get("batch_size", 8)
         results["profile"] = {"batch_size": profile_batch, "by_precision": {
@@ -253,19 +256,25 @@ def measure_in_process(plan: dict, jpegs, baseline, in_process: dict[str, InProc
     return out
 
 
-def served_runs(served: ServedModel, plan: dict, jpegs, protocol: str, concurrency: int) -> dict:
-    """One protocol at one concurrency, `repeats` runs, for the configuration deployed now."""
-    runs = []
-    requests = max(8, plan["request_rounds"] * concurrency)
-    for _ in range(plan["repeats"]):
-        runs.append(served.measure(protocol, jpegs, concurrency=concurrency, requests=requests,
-                                   warmup=max(2, concurrency)))
-    return {"precision": served.config.precision, "concurrency": concurrency, "requests": requests,
-            **median_of_runs(runs)}
+def measure_references(plan: dict, jpegs, baseline, in_process: dict, served_batch: int) -> paired.Round:
+    """The in-process pipelines that the targets compare the served model with: the handler at the
+    served batch size and at batch 1 in each precision, and the seed-style pipeline, one run each."""
+    records = []
+    for name, pipeline in in_process.items():
+        for batch in dict.fromkeys([served_batch, 1]):
+            batches = max(2, math.ceil(plan["reference_images"] / batch))
+            records.append(paired.record("in_process", pipeline.run(jpegs, batch, batches), precision=name,
+                                         batch_size=batch))
+    if baseline:
+        records.append(paired.record("baseline", baseline.run(jpegs[:plan["baseline_images"]])))
+    return records
 
 
 def measure_served(plan: dict, args, export_dir: Path, device: torch.device, jpegs, work_dir: Path,
-                   results: dict) -> dict:
+                   results: dict, baseline=None, in_process: dict | None = None) -> dict:
+    """The served model in rounds (bench/paired.py): each round serves every precision at every protocol
+    and concurrency once, then measures the in-process references, so each target's two sides are
+    measured minutes apart at most. The served tables are the medians of the rounds' runs."""
     # Tuning serves the default (`auto`) precision; its lone-request latency is held to its own in-process one.
     reference = plan["auto_precision"] if plan["auto_precision"] in plan["precisions"] else plan["precisions"][0]
     in_process_b1 = next((r for r in results.get("in_process", [])
@@ -276,28 +285,51 @@ def measure_served(plan: dict, args, export_dir: Path, device: torch.device, jpe
             config = pick_config(tuning, in_process_b1)
         else:
             config = args.served_config or DEFAULT_SERVED
-        out = {"config": config.to_dict(), "label": config.label, "tuning": tuning}
+        out = {"config": config.to_dict(), "label": config.label, "tuning": tuning, "rounds": []}
+        runs = {(precision, protocol, concurrency): [] for precision in plan["precisions"]
+                for protocol in plan["protocols"] for concurrency in plan["concurrency"]}
+        failed: dict[str, str] = {}
+        for round_ in range(plan["repeats"]):
+            # Alternate the order, so the precision deployed last is measured first in the next round.
+            order = plan["precisions"] if round_ % 2 == 0 else plan["precisions"][::-1]
+            records: paired.Round = []
+            for precision in order:
+                if precision in failed:
+                    continue
+                if served.config is None or served.config.precision != precision:
+                    try:
+                        served.deploy(replace(config, precision=precision))
+                    except Exception as error:  # noqa: BLE001 - e.g. workers that outlast startupTimeout compiling
+                        failed[precision] = f"{type(error).__name__}: {error}"[:300]
+                        log(f"serving precision {precision}: could not deploy: {failed[precision]}")
+                        continue
+                    served.warm_up(jpegs)
+                    log(f"serving with {served.config.label}")
+                    out.setdefault("torchserve_description", _describe_summary(served.description))
+                for protocol in plan["protocols"]:
+                    for concurrency in plan["concurrency"]:
+                        run = served.measure(protocol, jpegs, concurrency=concurrency,
+                                             requests=_served_requests(plan, concurrency), warmup=max(2, concurrency))
+                        runs[precision, protocol, concurrency].append(run)
+                        records.append(paired.record("served", run, precision=precision, protocol=protocol,
+                                                     concurrency=concurrency))
+                        log(f"round {round_ + 1}: served {precision} {protocol} concurrency {concurrency}: "
+                            f"{run.images_per_s:.2f} images/s, p50 {run.summary()['latency_ms']['p50']} ms")
+            records += measure_references(plan, jpegs, baseline, in_process or {}, config.batch_size)
+            out["rounds"].append(records)
         for protocol in plan["protocols"]:
-            out[protocol] = []
-        # Each precision served with the chosen configuration, one after the other; within one,
-        # the protocols and concurrency levels as before.
-        for precision in plan["precisions"]:
-            try:
-                served.deploy(replace(config, precision=precision))
-            except Exception as error:  # noqa: BLE001 - e.g. workers that outlast startupTimeout compiling
-                out.setdefault("failed", {})[precision] = f"{type(error).__name__}: {error}"[:300]
-                log(f"serving precision {precision}: could not deploy: {out['failed'][precision]}")
-                continue
-            served.warm_up(jpegs)
-            log(f"serving with {served.config.label}")
-            out.setdefault("torchserve_description", _describe_summary(served.description))
-            for protocol in plan["protocols"]:
-                for concurrency in plan["concurrency"]:
-                    row = served_runs(served, plan, jpegs, protocol, concurrency)
-                    out[protocol].append(row)
-                    log(f"served {precision} {protocol} concurrency {concurrency}: {row['images_per_s']:.2f} "
-                        f"images/s, p50 {row['latency_ms']['p50']} ms")
+            out[protocol] = [
+                {"precision": precision, "concurrency": concurrency,
+                 "requests": _served_requests(plan, concurrency), **median_of_runs(runs[precision, protocol, concurrency])}
+                for precision in plan["precisions"] for concurrency in plan["concurrency"]
+                if runs[precision, protocol, concurrency]]
+        if failed:
+            out["failed"] = failed
     return out
+
+
+def _served_requests(plan: dict, concurrency: int) -> int:
+    return max(8, plan["request_rounds"] * concurrency)
 
 
 def tune(served: ServedModel, plan: dict, jpegs) -> list[dict]:

@@ -67,13 +67,49 @@ def test_served_part_went_through_torchserve(bench_run):
             assert row["server_cpu_ms_per_image"] > 0
 
 
+def test_each_served_round_ends_with_the_in_process_runs_the_targets_compare_with(bench_run):
+    _, results = bench_run
+    (round_,) = results["served"]["rounds"]  # --repeats 1
+    served = [(r["precision"], r["protocol"], r["concurrency"]) for r in round_ if r["part"] == "served"]
+    assert served == [(p, protocol, c) for p in ("fp32", "bf16") for protocol in ("rest", "grpc") for c in (1, 4)]
+    references = [(r["precision"], r["batch_size"]) for r in round_ if r["part"] == "in_process"]
+    assert references == [("fp32", 4), ("fp32", 1), ("bf16", 4), ("bf16", 1)], "the served batch size, then 1"
+    assert [r["part"] for r in round_][-1] == "baseline"
+    assert all(r["images_per_s"] > 0 and r["p50_ms"] > 0 for r in round_)
+    rest_busy = next(r for r in round_ if r["part"] == "served" and r["protocol"] == "rest" and r["concurrency"] == 4
+                     and r["precision"] == results["precision"]["auto"])
+    in_process = next(r for r in round_ if r["part"] == "in_process" and r["batch_size"] == 4
+                      and r["precision"] == results["precision"]["auto"])
+    assert results["targets"][0]["measured"] == round(rest_busy["images_per_s"] / in_process["images_per_s"], 3)
+
+
+def test_a_paired_ratio_is_the_median_of_the_rounds_that_measured_both_sides():
+    from bench.paired import paired_ratio
+
+    def served(ips):
+        return {"part": "served", "concurrency": 32, "images_per_s": ips}
+
+    def alone(ips):
+        return {"part": "in_process", "batch_size": 8, "images_per_s": ips}
+
+    rounds = [[served(8.0), alone(10.0)], [served(4.0), alone(8.0)], [served(9.0), alone(10.0)], [served(100.0)]]
+    ratio = paired_ratio(rounds, "images_per_s", {"part": "served", "concurrency": 32},
+                         {"part": "in_process", "batch_size": 8})
+    # Per round 0.8, 0.5, 0.9; the fourth round lacks a side, so it does not count.
+    assert ratio == {"median": 0.8, "rounds": [0.8, 0.5, 0.9]}
+    rounds[1][0]["images_per_s"] = 2.0
+    assert paired_ratio(rounds, "images_per_s", {"part": "served"}, {"part": "in_process"})["rounds"][1] == 0.25
+    assert paired_ratio(rounds, "images_per_s", {"part": "served"}, {"part": "baseline"}) is None
+
+
 def test_targets_profile_and_report_are_written(bench_run):
     out, results = bench_run
     # The three serving ratios, and where `auto` picks bf16 here, the three of bf16 against fp32.
     auto = results["precision"]["auto"]
     assert len(results["targets"]) == (6 if auto == "bf16" else 3)
     for target in results["targets"]:
-        assert set(target) == {"name", "measured", "required", "met"} and target["measured"] > 0
+        assert set(target) == {"name", "measured", "per_round", "required", "met"} and target["measured"] > 0
+        assert target["per_round"] == [target["measured"]], "one round (--repeats 1): its ratio is the median"
     assert set(results["precision"]["cpu_flags"]) >= {"amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni"}
     assert set(results["profile"]["by_precision"]) == {"fp32", "bf16"}
     assert set(results["profile"]["ms_per_image"]) == {
