@@ -186,3 +186,22 @@ def test_a_precision_may_be_the_default_only_if_it_keeps_captions_and_accuracy()
     assert may_be_default({"identical_to_fp32": 0.997, "accuracy_drop": 0.0})
     assert not may_be_default({"identical_to_fp32": 0.95, "accuracy_drop": -0.003}), "changes 5% of the captions"
     assert not may_be_default({"identical_to_fp32": 0.99, "accuracy_drop": 0.0067}), "loses 0.67 point"
+
+
+def test_tuning_picks_the_lowest_latency_among_the_fastest_that_meet_the_latency_target():
+    from bench.run import pick_config
+
+    def entry(workers, threads, images_per_s, p50_ms, against_in_process):
+        return {"config": {"workers": workers, "threads": threads, "batch_size": 8, "max_batch_delay_ms": 5},
+                "images_per_s_at_max_concurrency": images_per_s, "p50_ms_at_concurrency_1": p50_ms,
+                "p50_alone_vs_in_process": against_in_process}
+
+    slow_alone = entry(2, 1, 5.60, 456, 1.30)  # the fastest, but a lone request misses the target
+    tie_high = entry(1, 2, 5.20, 420, 1.05)
+    tie_low = entry(2, 2, 5.00, 382, 0.98)  # within 5% of 5.20: the tie goes to its lower p50
+    behind = entry(1, 1, 4.00, 300, 0.80)
+    picked = pick_config([slow_alone, tie_high, tie_low, behind, {"config": {}, "failed": "timeout"}])
+    assert (picked.workers, picked.threads) == (2, 2)
+    # When no configuration meets the latency target, the fastest of all still serves.
+    picked = pick_config([{**e, "p50_alone_vs_in_process": 2.0} for e in (slow_alone, tie_high, behind)])
+    assert (picked.workers, picked.threads) == (2, 1)
