@@ -244,8 +244,7 @@ def measure_in_process(plan: dict, jpegs, baseline, in_process: dict[str, InProc
             base_runs.append(baseline.run(images))
             log(f"seed-style baseline, run {round_ + 1}: {base_runs[-1].images_per_s:.2f} images/s")
         for (name, b), runs in batch_runs.items():
-            batches = max(2, math.ceil(plan["in_process_images"] / b))
-            runs.append(in_process[name].run(jpegs, b, batches))
+            runs.append(in_process[name].run(jpegs, b, _batches(plan["in_process_images"], b)))
             log(f"in-process {name} batch {b}, run {round_ + 1}: {runs[-1].images_per_s:.2f} images/s")
     out = {}
     if baseline:
@@ -256,15 +255,19 @@ def measure_in_process(plan: dict, jpegs, baseline, in_process: dict[str, InProc
     return out
 
 
+def _batches(images: int, batch_size: int) -> int:
+    """Batches for a run of about `images` images: at least two, so a run is never one lone batch."""
+    return max(2, math.ceil(images / batch_size))
+
+
 def measure_references(plan: dict, jpegs, baseline, in_process: dict, served_batch: int) -> paired.Round:
     """The in-process pipelines that the targets compare the served model with: the handler at the
     served batch size and at batch 1 in each precision, and the seed-style pipeline, one run each."""
     records = []
     for name, pipeline in in_process.items():
         for batch in dict.fromkeys([served_batch, 1]):
-            batches = max(2, math.ceil(plan["reference_images"] / batch))
-            records.append(paired.record("in_process", pipeline.run(jpegs, batch, batches), precision=name,
-                                         batch_size=batch))
+            run = pipeline.run(jpegs, batch, _batches(plan["reference_images"], batch))
+            records.append(paired.record("in_process", run, precision=name, batch_size=batch))
     if baseline:
         records.append(paired.record("baseline", baseline.run(jpegs[:plan["baseline_images"]])))
     return records
@@ -295,14 +298,10 @@ def measure_served(plan: dict, args, export_dir: Path, device: torch.device, jpe
                 if precision in failed:
                     continue
                 if served.config is None or served.config.precision != precision:
-                    try:
-                        served.deploy(replace(config, precision=precision))
-                    except Exception as error:  # noqa: BLE001 - e.g. workers that outlast startupTimeout compiling
-                        failed[precision] = f"{type(error).__name__}: {error}"[:300]
-                        log(f"serving precision {precision}: could not deploy: {failed[precision]}")
+                    why = _deploy(served, replace(config, precision=precision), jpegs)
+                    if why:
+                        failed[precision] = why
                         continue
-                    served.warm_up(jpegs)
-                    log(f"serving with {served.config.label}")
                     out.setdefault("torchserve_description", _describe_summary(served.description))
                 for protocol in plan["protocols"]:
                     for concurrency in plan["concurrency"]:
@@ -312,7 +311,7 @@ def measure_served(plan: dict, args, export_dir: Path, device: torch.device, jpe
                         records.append(paired.record("served", run, precision=precision, protocol=protocol,
                                                      concurrency=concurrency))
                         log(f"round {round_ + 1}: served {precision} {protocol} concurrency {concurrency}: "
-                            f"{run.images_per_s:.2f} images/s, p50 {run.summary()['latency_ms']['p50']} ms")
+                            f"{records[-1]['images_per_s']:.2f} images/s, p50 {records[-1]['p50_ms']} ms")
             records += measure_references(plan, jpegs, baseline, in_process or {}, config.batch_size)
             out["rounds"].append(records)
         for protocol in plan["protocols"]:
@@ -330,6 +329,23 @@ def _served_requests(plan: dict, concurrency: int) -> int:
     return max(8, plan["request_rounds"] * concurrency)
 
 
+def _deploy(served: ServedModel, config: ServedConfig, jpegs) -> str | None:
+    """Deploy `config` and warm its workers up; why it could not start, or None when it did.
+
+    A configuration that cannot start (workers outlasting startupTimeout while they compile,
+    say) is reported in the results and must not end the run.
+    """
+    try:
+        served.deploy(config)
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        why = f"{type(error).__name__}: {error}"[:300]
+        log(f"{config.label}: could not deploy: {why}")
+        return why
+    served.warm_up(jpegs)
+    log(f"serving with {config.label}")
+    return None
+
+
 def tune(served: ServedModel, plan: dict, jpegs, reference: InProcessPipeline | None = None) -> list[dict]:
     """Each candidate measured twice, in forward then reverse order, so that a change in the
     machine's load during tuning favours no candidate; the figures are the means of the two.
@@ -337,42 +353,37 @@ def tune(served: ServedModel, plan: dict, jpegs, reference: InProcessPipeline | 
     After each candidate's lone requests, `reference` (the handler in process) captions at batch 1,
     so the latency target compares two runs of the same minute (bench/paired.py says why)."""
     top_concurrency = max(plan["concurrency"])
-    measured: dict[ServedConfig, list[tuple[float, ...]]] = {c: [] for c in TUNING_CANDIDATES}
+    measured: dict[ServedConfig, list[dict[str, float]]] = {c: [] for c in TUNING_CANDIDATES}
     failed: dict[ServedConfig, str] = {}
     for order in (TUNING_CANDIDATES, TUNING_CANDIDATES[::-1]):
         for candidate in order:
             if candidate in failed:
                 continue
-            try:
-                served.deploy(candidate)
-            except Exception as error:  # noqa: BLE001 - one configuration that cannot start must not end the run
-                failed[candidate] = f"{type(error).__name__}: {error}"[:300]
-                log(f"tuning {candidate.label}: could not deploy: {failed[candidate]}")
+            why = _deploy(served, candidate, jpegs)
+            if why:
+                failed[candidate] = why
                 continue
-            served.warm_up(jpegs)
             busy = served.measure("rest", jpegs, concurrency=top_concurrency, requests=2 * top_concurrency,
                                   warmup=top_concurrency).summary()
             alone = served.measure("rest", jpegs, concurrency=1, requests=8, warmup=2).summary()
-            figures = [busy["images_per_s"], busy["server_cpu_ms_per_image"], alone["latency_ms"]["p50"]]
+            figures = {"images_per_s_at_max_concurrency": busy["images_per_s"],
+                       "server_cpu_ms_per_image": busy["server_cpu_ms_per_image"],
+                       "p50_ms_at_concurrency_1": alone["latency_ms"]["p50"]}
+            against = ""
             if reference is not None:
                 in_process = reference.run(jpegs, 1, max(4, plan["reference_images"] // 2)).summary()
-                figures.append(alone["latency_ms"]["p50"] / in_process["latency_ms"]["p50"])
-            measured[candidate].append(tuple(figures))
+                figures["p50_alone_vs_in_process"] = alone["latency_ms"]["p50"] / in_process["latency_ms"]["p50"]
+                against = f" ({figures['p50_alone_vs_in_process']:.2f} of in process)"
+            measured[candidate].append(figures)
             log(f"tuning {candidate.label}: {busy['images_per_s']:.2f} images/s at concurrency {top_concurrency}, "
-                f"p50 {alone['latency_ms']['p50']} ms alone"
-                + (f" ({figures[3]:.2f} of in process)" if reference is not None else ""))
+                f"p50 {alone['latency_ms']['p50']} ms alone{against}")
     tuning = []
-    for candidate, values in measured.items():
-        if not values:
+    for candidate, passes in measured.items():
+        if not passes:
             tuning.append({"config": candidate.to_dict(), "label": candidate.label, "failed": failed.get(candidate)})
             continue
-        means = [round(statistics.mean(v), 3) for v in zip(*values)]
-        entry = {"config": candidate.to_dict(), "label": candidate.label,
-                 "images_per_s_at_max_concurrency": means[0], "server_cpu_ms_per_image": means[1],
-                 "p50_ms_at_concurrency_1": means[2], "passes": [list(v) for v in values]}
-        if len(means) > 3:
-            entry["p50_alone_vs_in_process"] = means[3]
-        tuning.append(entry)
+        means = {key: round(statistics.mean(p[key] for p in passes), 3) for key in passes[0]}
+        tuning.append({"config": candidate.to_dict(), "label": candidate.label, **means, "passes": passes})
     return tuning
 
 
