@@ -9,6 +9,10 @@ once, then the in-process handler and the seed-style pipeline that the targets
 compare them with. A target is the median over the rounds of that round's
 ratio, and every round's ratio is kept beside it.
 
+The server tuning's latency check pairs closer still: `alternating_latencies`
+sends one lone request, then captions one image in process, and so on, so the
+two medians it compares come from the same seconds.
+
 A round is a list of records, one per measurement:
     {"part": "served", "precision": "fp32", "protocol": "rest", "concurrency": 32, "images_per_s": ..., "p50_ms": ...}
     {"part": "in_process", "precision": "fp32", "batch_size": 8, "images_per_s": ..., "p50_ms": ...}
@@ -18,7 +22,8 @@ A round is a list of records, one per measurement:
 from __future__ import annotations
 
 import statistics
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Sequence
 
 from bench.stats import Run
 
@@ -51,3 +56,23 @@ def paired_ratio(rounds: Sequence[Round], figure: str, numerator: dict[str, Any]
     if not ratios:
         return None
     return {"median": round(statistics.median(ratios), 3), "rounds": [round(r, 3) for r in ratios]}
+
+
+def alternating_latencies(first: Callable[[bytes], Any], second: Callable[[bytes], Any], payloads: Sequence[bytes],
+                          pairs: int, warmup_pairs: int = 1) -> tuple[list[float], list[float]]:
+    """Seconds per call of `first` and of `second`, called in turn on the same payload, `pairs` times.
+
+    The first `warmup_pairs` pairs are not timed. Alternating call by call leaves the machine
+    no time to change speed between the two sides, and neither side always runs first.
+    """
+    first_s: list[float] = []
+    second_s: list[float] = []
+    for index in range(warmup_pairs + pairs):
+        payload = payloads[index % len(payloads)]
+        order = ((first, first_s), (second, second_s))
+        for call, times in (order if index % 2 == 0 else order[::-1]):
+            started = time.perf_counter()
+            call(payload)
+            if index >= warmup_pairs:
+                times.append(time.perf_counter() - started)
+    return first_s, second_s

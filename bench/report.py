@@ -312,29 +312,41 @@ def _served_section(results: dict, plot_path: Path, md_path: Path) -> list[str]:
         lines.append(f"| {precision} | | | could not start its workers: {why} | | | | |")
     lines += ["", f"![throughput and latency against concurrency]({_relative(plot_path, md_path)})", ""]
     if served.get("tuning"):
+        # Runs before the tuning alternated its lone requests with the in-process ones measured them one after the other.
+        alternating = any("p50_ms_in_process" in t for t in served["tuning"])
+        alternated = ("the two called in turn, one lone request then one image in process or the reverse"
+                      if alternating else "measured right after it")
+        each_pass = " in each pass" if alternating else ""
         lines += [
             "### Server configurations tried",
             "",
             "The run served with the fastest configuration at the most clients among those whose "
-            "lone-request p50 stays within the latency target against the handler in process at batch 1, "
-            "measured right after it; configurations within 5% of the fastest count as a tie, won by the "
+            f"lone-request p50 stays within the latency target against the handler in process at batch 1{each_pass}, "
+            f"{alternated}; configurations within 5% of the fastest count as a tie, won by the "
             "lowest p50 alone. REST; each figure is the mean of two passes, one in this order and one in "
             "reverse, so a change in the machine's load favours no configuration:",
             "",
             "| configuration | images/s, most clients | server CPU ms per image, most clients | p50 alone (ms) "
-            "| p50 alone / in process |",
-            "| --- | --- | --- | --- | --- |",
+            "| p50 in process (ms) | p50 alone / in process (each pass) |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
         for t in served["tuning"]:
             if "failed" in t:
-                lines.append(f"| {t['label']} | could not start: {t['failed']} | | | |")
+                lines.append(f"| {t['label']} | could not start: {t['failed']} | | | | |")
                 continue
-            against = t.get("p50_alone_vs_in_process")
+            against, in_process = t.get("p50_alone_vs_in_process"), t.get("p50_ms_in_process")
             lines.append(f"| {t['label']} | {t['images_per_s_at_max_concurrency']:.2f} | "
                          f"{t['server_cpu_ms_per_image']:.0f} | {t['p50_ms_at_concurrency_1']:.0f} | "
-                         f"{'' if against is None else f'{against:.2f}'} |")
+                         f"{'' if in_process is None else f'{in_process:.0f}'} | "
+                         f"{'' if against is None else f'{against:.2f}'}{_each_pass(t)} |")
         lines.append("")
     return lines
+
+
+def _each_pass(candidate: dict) -> str:
+    ratios = [p["p50_alone_vs_in_process"] for p in candidate.get("passes", []) if isinstance(p, dict)
+              and "p50_alone_vs_in_process" in p]
+    return f" ({', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
 
 
 def _agreement_section(results: dict) -> list[str]:

@@ -102,6 +102,19 @@ def test_a_paired_ratio_is_the_median_of_the_rounds_that_measured_both_sides():
     assert paired_ratio(rounds, "images_per_s", {"part": "served"}, {"part": "baseline"}) is None
 
 
+def test_the_tuning_latency_check_calls_both_sides_in_turn_on_the_same_image():
+    from bench.paired import alternating_latencies
+
+    calls = []
+    served, in_process = (lambda jpeg: calls.append(("served", jpeg))), (lambda jpeg: calls.append(("in process", jpeg)))
+    served_s, in_process_s = alternating_latencies(served, in_process, [b"a", b"b"], pairs=3, warmup_pairs=1)
+    assert len(served_s) == len(in_process_s) == 3, "the warm-up pair is not timed"
+    assert all(s >= 0 for s in served_s + in_process_s)
+    # Each image goes to both sides, and which side goes first alternates, so neither is always first.
+    assert calls == [("served", b"a"), ("in process", b"a"), ("in process", b"b"), ("served", b"b"),
+                     ("served", b"a"), ("in process", b"a"), ("in process", b"b"), ("served", b"b")]
+
+
 def test_targets_profile_and_report_are_written(bench_run):
     out, results = bench_run
     # The three serving ratios, and where `auto` picks bf16 here, the three of bf16 against fp32.
@@ -202,6 +215,14 @@ def test_tuning_picks_the_lowest_latency_among_the_fastest_that_meet_the_latency
     behind = entry(1, 1, 4.00, 300, 0.80)
     picked = pick_config([slow_alone, tie_high, tie_low, behind, {"config": {}, "failed": "timeout"}])
     assert (picked.workers, picked.threads) == (2, 2)
+    # The target holds in every pass: a configuration that met it on average only is passed over.
+    flattered = {**slow_alone, "p50_alone_vs_in_process": 1.2,
+                 "passes": [{"p50_alone_vs_in_process": 1.04}, {"p50_alone_vs_in_process": 1.38}]}
+    picked = pick_config([flattered, tie_high, behind])
+    assert (picked.workers, picked.threads) == (1, 2)
     # When no configuration meets the latency target, the fastest of all still serves.
     picked = pick_config([{**e, "p50_alone_vs_in_process": 2.0} for e in (slow_alone, tie_high, behind)])
     assert (picked.workers, picked.threads) == (2, 1)
+    # When none could start, the run stops saying why each failed.
+    with pytest.raises(RuntimeError, match="could start.*2 workers: startupTimeout"):
+        pick_config([{"config": {}, "label": "2 workers", "failed": "startupTimeout"}])
