@@ -391,10 +391,10 @@ def _lone_latency(served: ServedModel, reference: InProcessPipeline | None, jpeg
     """p50 of a lone REST request, and its ratio to the handler in process at batch 1, the two
     called in turn (bench/paired.py): a configuration is held to the latency target on figures
     from the same seconds."""
-    call = served.rest_caller()
     if reference is None:
         alone = served.measure("rest", jpegs, concurrency=1, requests=LONE_REQUESTS, warmup=2).summary()
         return {"p50_ms_at_concurrency_1": alone["latency_ms"]["p50"]}
+    call = served.rest_caller()
 
     def caption_served(jpeg: bytes) -> None:
         if "caption" not in call(jpeg):
