@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from bench import environment, paired, report
-from bench.baseline import SeedStylePipeline
 from bench.agreement import DEFAULT_AGREEMENT_DATA, DEFAULT_AGREEMENT_EXPORT, caption_agreement
 from bench.agreement import VARIANTS as AGREEMENT_VARIANTS
+from bench.baseline import SeedStylePipeline
 from bench.experiments import (
     decoding_step_experiment,
     handler_setting_experiments,
