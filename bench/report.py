@@ -312,7 +312,8 @@ def _served_section(results: dict, plot_path: Path, md_path: Path) -> list[str]:
         lines.append(f"| {precision} | | | could not start its workers: {why} | | | | |")
     lines += ["", f"![throughput and latency against concurrency]({_relative(plot_path, md_path)})", ""]
     if served.get("tuning"):
-        # Runs before the tuning alternated its lone requests with the in-process ones measured them one after the other.
+        # Results from before the alternated check hold no in-process p50 per candidate: they measured the
+        # lone requests first and the in-process run after them, and the text says so.
         alternating = any("p50_ms_in_process" in t for t in served["tuning"])
         alternated = ("the two called in turn, one lone request then one image in process or the reverse"
                       if alternating else "measured right after it")
