@@ -55,7 +55,7 @@ class CaptionHandler(BaseHandler):
         self.model, self.vocab = load_exported_captioner(properties["model_dir"], self.device)
         config = self.model.config
         # An export without domain.safetensors loads too: its replies say domain_score null.
-        self.domain = domain_scorer(read_domain_statistics(properties["model_dir"], self.model.encoder.feature_size))
+        self.domain = domain_scorer(read_domain_statistics(properties["model_dir"], self.model.encoder.domain_layout))
         # The request reader and transform of the model's modality: an image, or a clip of frames.
         self.media, self.transform = model_input(config, settings)
         self._set_up_precision(settings, properties)  # and the CPU kernels
@@ -161,9 +161,9 @@ class CaptionHandler(BaseHandler):
         if self.channels_last and images.dim() == 4:  # a clip's frames meet the channels-last weights as they are
             images = images.contiguous(memory_format=torch.channels_last)
         started = time.perf_counter()
-        # (B, E), or (B, G*G, E) for an attending decoder, and (B, C) pooled features; fp32, under the precision
-        embeddings, pooled = self.encode(images)
-        for row, verdict in zip(rows, self.domain(pooled)):  # each row scored on its own
+        # (B, E), or (B, G*G, E) for an attending decoder, and (B, D) domain features; fp32, under the precision
+        embeddings, domain = self.encode(images)
+        for row, verdict in zip(rows, self.domain(domain)):  # each row scored on its own
             requests[row].domain = verdict
         specs = [requests[i].options.decoding for i in rows]
         # Each caption starts from its request's language token (`<start>` for a one-language model).

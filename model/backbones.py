@@ -26,13 +26,14 @@ class BackboneSpec:
     build: Callable[..., models.ResNet]
     channels: int  # channels of the last feature map (the pooled feature size)
     imagenet_weights: models.WeightsEnum
+    middle_channels: int  # channels of layer3's map, the one before the last (for the domain features)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec(models.resnet18, 512, models.ResNet18_Weights.IMAGENET1K_V1),
-    "resnet34": BackboneSpec(models.resnet34, 512, models.ResNet34_Weights.IMAGENET1K_V1),
-    "resnet50": BackboneSpec(models.resnet50, 2048, models.ResNet50_Weights.IMAGENET1K_V1),
-    "resnet101": BackboneSpec(models.resnet101, 2048, models.ResNet101_Weights.IMAGENET1K_V1),
+    "resnet18": BackboneSpec(models.resnet18, 512, models.ResNet18_Weights.IMAGENET1K_V1, 256),
+    "resnet34": BackboneSpec(models.resnet34, 512, models.ResNet34_Weights.IMAGENET1K_V1, 256),
+    "resnet50": BackboneSpec(models.resnet50, 2048, models.ResNet50_Weights.IMAGENET1K_V1, 1024),
+    "resnet101": BackboneSpec(models.resnet101, 2048, models.ResNet101_Weights.IMAGENET1K_V1, 1024),
 }
 
 

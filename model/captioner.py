@@ -8,7 +8,8 @@ from torch.nn import functional as F
 
 from model.config import CaptionerConfig
 from model.decoders import get_decoder_spec
-from model.encoder import EncoderCNN, pool_backbone_features
+from model.domain_features import mean_over_frames
+from model.encoder import EncoderCNN
 from model.step_decoder import TeacherForced
 
 
@@ -77,12 +78,13 @@ class Captioner(nn.Module):
         """(B, 3, H, W) -> (B, E) image embeddings (grid: (B, G*G, E)) for decoding."""
         return self.encoder(images)
 
-    def encode_with_pooled(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`encode`'s embeddings and the (B, C) fp32 pooled backbone features, from one backbone pass.
+    def encode_with_domain(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode`'s embeddings and each picture's (B, D) fp32 domain features, from one backbone pass.
 
-        The one place serving and the domain statistics get pooled features from:
-        the backbone's output (whatever its layout: image, grid or clip frames) is
-        embedded as `embed_images` does and pooled by `pool_backbone_features`.
+        The one place serving and the domain statistics get domain features from
+        (`model/domain_features.py`): the backbone's output (whatever its layout:
+        image, grid or clip frames) is embedded as `embed_images` does; a clip's
+        frames' domain features are averaged into one vector.
         """
-        features = self.encoder.backbone_features(images)  # (B, C), (B, G*G, C) or a clip's (B, N, C)
-        return self.embed_images(None, features), pool_backbone_features(features)
+        features, domain = self.encoder.features_and_domain(images)  # (B, C), (B, G*G, C) or (B, N, C)
+        return self.embed_images(None, features), mean_over_frames(domain)

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from model.backbones import build_trunk, get_backbone_spec, trunk_state_dict
+from model.domain_features import domain_features, domain_layout
 
 
 class EncoderCNN(nn.Module):
@@ -35,7 +36,9 @@ class EncoderCNN(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = build_trunk(backbone)
-        self.feature_size = get_backbone_spec(backbone).channels
+        spec = get_backbone_spec(backbone)
+        self.feature_size = spec.channels
+        self.domain_layout = domain_layout(spec.channels, spec.middle_channels)  # block -> size
         self.grid_size = grid_size
         self.linear = nn.Linear(self.feature_size, embed_size)
         self.bn = nn.BatchNorm1d(embed_size)  # default momentum: short trainings need up-to-date statistics
@@ -52,19 +55,38 @@ class EncoderCNN(nn.Module):
             self.backbone.eval()  # frozen BatchNorm statistics too
         return self
 
-    def _pooled(self, images: torch.Tensor) -> torch.Tensor:
-        feature_map = self.backbone(images)  # (B, C, h, w)
+    def _pool(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, C) pooled, or (B, G*G, C) grid cells in row-major order."""
         if self.grid_size is None:
             return F.adaptive_avg_pool2d(feature_map, 1).flatten(1)  # (B, C)
         grid = F.adaptive_avg_pool2d(feature_map, self.grid_size)  # (B, C, G, G)
-        return grid.flatten(2).transpose(1, 2)  # (B, G*G, C), cells in row-major order
+        return grid.flatten(2).transpose(1, 2)  # (B, G*G, C)
+
+    def _features_and_domain(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        *head, last = self.backbone  # conv1 ... layer3, then layer4
+        middle_map = images
+        for module in head:
+            middle_map = module(middle_map)  # (B, C3, h', w')
+        last_map = last(middle_map)  # (B, C4, h, w)
+        features = self._pool(last_map)
+        return features, domain_features(features, last_map, middle_map)
 
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C) pooled features, or (B, G*G, C) with a grid."""
         if self.train_backbone:
-            return self._pooled(images)
+            return self._pool(self.backbone(images))
         with torch.no_grad():
-            return self._pooled(images)
+            return self._pool(self.backbone(images))
+
+    def features_and_domain(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`backbone_features` and, from the same pass, each picture's (B, D) fp32 domain features.
+
+        D is the sum of `domain_layout`'s sizes (`model/domain_features.py`).
+        """
+        if self.train_backbone:
+            return self._features_and_domain(images)
+        with torch.no_grad():
+            return self._features_and_domain(images)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """(B, C) or (B, P, C) backbone features -> (B, E) or (B, P, E) embeddings (BatchNorm over every vector)."""
@@ -73,17 +95,6 @@ class EncoderCNN(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.project(self.backbone_features(images))
-
-
-def pool_backbone_features(features: torch.Tensor) -> torch.Tensor:
-    """Backbone features of any layout -> (B, C) fp32: one pooled vector per picture, for the domain score.
-
-    (B, C) is already the globally average-pooled map (show-and-tell); a grid
-    (B, G*G, C) is averaged over its cells, and a clip's (B, N, C) over its
-    frames, so every modality and decoder is scored on the same kind of vector.
-    Cast to fp32 before averaging, whatever precision the encoder ran in.
-    """
-    return features.float().reshape(features.shape[0], -1, features.shape[-1]).mean(dim=1)  # (B, C)
 
 
 def image_summary(embeddings: torch.Tensor) -> torch.Tensor:

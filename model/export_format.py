@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -26,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from model.captioner import Captioner
 from model.config import CaptionerConfig
-from model.domain import DomainStatistics
+from model.domain import DomainStatistics, layout_mismatch
 from model.modalities import build_captioner
 from model.vocabulary import Vocabulary
 
@@ -107,11 +108,13 @@ def write_domain_statistics(statistics: DomainStatistics, export_dir: Path | str
     return path
 
 
-def read_domain_statistics(export_dir: Path | str, feature_size: int | None = None) -> DomainStatistics | None:
+def read_domain_statistics(export_dir: Path | str, layout: Mapping[str, int] | None = None) -> DomainStatistics | None:
     """The export's domain statistics, or None when it has no `domain.safetensors` (an older export).
 
-    `feature_size`: the model's pooled feature size (`encoder.feature_size`); statistics
-    of another size (fitted on another backbone) are an `ExportError`, as is a damaged file.
+    `layout`: the model's domain feature blocks and their sizes (`encoder.domain_layout`);
+    statistics whose blocks do not fit it (fitted on another backbone) are an
+    `ExportError`, as is a damaged file. Files of the older one-block format load as
+    that block (the last map's mean), and score as they did.
     """
     path = Path(export_dir) / DOMAIN_FILE
     if not path.is_file():
@@ -124,7 +127,8 @@ def read_domain_statistics(export_dir: Path | str, feature_size: int | None = No
     except (SafetensorError, OSError, ValueError) as error:
         raise ExportError(f"{path} is not valid domain statistics: {error}; export again with --fit-annotations "
                           "and --held-out, or delete it to serve without domain scores") from error
-    if feature_size is not None and statistics.feature_size != feature_size:
-        raise ExportError(f"{path} holds statistics of {statistics.feature_size} features, but the model's backbone "
-                          f"pools {feature_size}; fit them again on this model (python -m training.domain_calibration)")
+    mismatch = None if layout is None else layout_mismatch(statistics, layout)
+    if mismatch:
+        raise ExportError(f"{path} does not fit this model: {mismatch}; fit them again on this model "
+                          "(python -m training.domain_calibration)")
     return statistics

@@ -3,8 +3,8 @@
 A precision is a name in `PRECISIONS` (a small registry), chosen from the
 `precision:` setting (`auto | fp32 | bf16 | int8`) by `choose_precision`, and
 applied by `prepare_inference`, which returns the function that turns a batch
-of images into fp32 embeddings for the decoder, and the fp32 pooled backbone
-features the domain score reads (`model/domain.py`), both from one pass:
+of images into fp32 embeddings for the decoder, and the fp32 domain features
+the domain score reads (`model/domain_features.py`), both from one pass:
 
 - **fp32**: the model as trained.
 - **bf16**: the encoder under `torch.autocast` to bfloat16; CPUs with AMX or
@@ -40,8 +40,6 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-from model.encoder import pool_backbone_features
 
 AUTO = "auto"
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs with bf16 matmul instructions
@@ -227,10 +225,10 @@ def batch_buckets(max_batch: int) -> list[int]:
     return sorted(set(buckets) | {max_batch})
 
 
-class EncoderWithPooled(nn.Module):
-    """An `EncoderCNN` that also returns its pooled backbone features: the module compile and int8 build.
+class EncoderWithDomain(nn.Module):
+    """An `EncoderCNN` that also returns its domain features: the module compile and int8 build.
 
-    The same pairing as `Captioner.encode_with_pooled`, as a module of its own:
+    The same pairing as `Captioner.encode_with_domain`, as a module of its own:
     torch.compile and PT2E export take a module, and the image encoder alone
     (not the decoder, whose projection may be a oneDNN module by then).
     """
@@ -240,19 +238,19 @@ class EncoderWithPooled(nn.Module):
         self.encoder = encoder
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.encoder.backbone_features(images)  # (B, C) or (B, G*G, C)
-        return self.encoder.project(features), pool_backbone_features(features)
+        features, domain = self.encoder.features_and_domain(images)  # (B, C) or (B, G*G, C); (B, D)
+        return self.encoder.project(features), domain
 
 
-Encoded = tuple[torch.Tensor, torch.Tensor]  # (B, E) or (B, G*G, E) embeddings, (B, C) pooled features
+Encoded = tuple[torch.Tensor, torch.Tensor]  # (B, E) or (B, G*G, E) embeddings, (B, D) domain features
 
 
 class ImageEncoder:
-    """Images -> (fp32 embeddings, fp32 pooled backbone features) under one precision.
+    """Images -> (fp32 embeddings, fp32 domain features) under one precision.
 
-    Call under `torch.inference_mode`. The pooled features are the backbone's
-    output as the precision computed it (bf16 under autocast, int8 kernels'
-    dequantized output), cast to fp32 before pooling.
+    Call under `torch.inference_mode`. The domain features summarise the
+    backbone's maps as the precision computed them (bf16 under autocast, int8
+    kernels' dequantized output), cast to fp32 before they are averaged.
 
     A compiled encoder pads each batch up to its bucket (`batch_buckets`) and
     drops the padding rows from the result; a batch larger than the largest
@@ -279,13 +277,13 @@ class ImageEncoder:
         if bucket > rows:
             padding = images[-1:].expand(bucket - rows, *images.shape[1:])  # (P, 3, S, S)
             images = torch.cat([images, padding]).contiguous(memory_format=_memory_format(images))
-        embeddings, pooled = self._run(images)
-        return embeddings[:rows], pooled[:rows]  # (rows, E), (rows, C)
+        embeddings, domain = self._run(images)
+        return embeddings[:rows], domain[:rows]  # (rows, E), (rows, D)
 
     def _run(self, images: torch.Tensor) -> Encoded:
         with autocast_context(self.device, self.dtype):
-            embeddings, pooled = self.encoder(images)
-        return embeddings.float(), pooled.float()  # (B, E), (B, C)
+            embeddings, domain = self.encoder(images)
+        return embeddings.float(), domain.float()  # (B, E), (B, D)
 
     def warm_up(self, image_size: int, memory_format: torch.memory_format = torch.contiguous_format) -> float:
         """Run every bucket once (compiling each), so no request waits for a compilation; returns seconds."""
@@ -321,10 +319,10 @@ def prepare_inference(model: nn.Module, precision: Precision, device: torch.devi
     """
     reduce_projection(model.decoder, projection)
     if precision.quantized_encoder:
-        return ImageEncoder(quantize_int8(EncoderWithPooled(model.encoder), calibration), device,
+        return ImageEncoder(quantize_int8(EncoderWithDomain(model.encoder), calibration), device,
                             precision.encoder_dtype, batch_buckets(max_batch))
     if compile:
-        return ImageEncoder(compile_module(EncoderWithPooled(model.encoder)), device, precision.encoder_dtype,
+        return ImageEncoder(compile_module(EncoderWithDomain(model.encoder)), device, precision.encoder_dtype,
                             batch_buckets(max_batch))
     # Eager: the model's own encoding, so a video model's temporal step runs too.
-    return ImageEncoder(model.encode_with_pooled, device, precision.encoder_dtype)
+    return ImageEncoder(model.encode_with_domain, device, precision.encoder_dtype)

@@ -71,6 +71,12 @@ class FrameEncoder(EncoderCNN):
         features = super().backbone_features(images.reshape(-1, *images.shape[-3:]))  # (B*N, C)
         return features.view(*lead, -1)
 
+    def features_and_domain(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., 3, H, W) -> (..., C) features and (..., D) domain features, one per frame."""
+        lead = images.shape[:-3]
+        features, domain = super().features_and_domain(images.reshape(-1, *images.shape[-3:]))
+        return features.view(*lead, -1), domain.view(*lead, -1)
+
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """(..., C) -> (..., E)."""
         lead = features.shape[:-1]

@@ -1,5 +1,6 @@
-"""The domain statistics (`model/domain.py`) on synthetic features, the pooled features of every kind of
-model, and the statistics' trip through an export (`model/export_format.py`, `training/domain_calibration.py`)."""
+"""The domain statistics (`model/domain.py`) on synthetic features, the domain features of every kind of
+model (`model/domain_features.py`), and the statistics' trip through an export (`model/export_format.py`,
+`training/domain_calibration.py`)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,29 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from sklearn.covariance import ledoit_wolf
 
 from model.domain import (
-    DomainScorer, DomainStatistics, NoDomainScorer, calibrate_threshold, domain_score, domain_scorer,
-    fit_domain_statistics, ledoit_wolf_shrinkage, mahalanobis_distances,
+    FORMAT_V1,
+    DomainScorer,
+    DomainStatistics,
+    NoDomainScorer,
+    calibrate,
+    calibrate_threshold,
+    domain_score,
+    domain_scorer,
+    fit_domain_statistics,
+    fit_gaussian,
+    ledoit_wolf_shrinkage,
+    mahalanobis_distances,
 )
 from model.export_format import (
-    DOMAIN_FILE, ExportError, export_file_names, read_domain_statistics, write_domain_statistics,
+    DOMAIN_FILE,
+    ExportError,
+    export_file_names,
+    read_domain_statistics,
+    write_domain_statistics,
 )
 from model.precision import PRECISIONS, prepare_inference
 from tests.helpers import tiny_captioner, tiny_video_captioner, write_domain_export, write_tiny_export
@@ -31,34 +46,37 @@ def gaussian_features(count: int, size: int = 16, seed: int = 0) -> torch.Tensor
     return 5 + (torch.randn(count, size, generator=generator) * scales) @ mixing.T
 
 
+ONE_BLOCK = {"layer4_mean": 16}
+
+
 @pytest.fixture(scope="module")
 def statistics() -> DomainStatistics:
-    fitted = fit_domain_statistics(gaussian_features(2000))
-    held_out = mahalanobis_distances(gaussian_features(500, seed=1), fitted.mean, fitted.precision)
-    threshold, calibration = calibrate_threshold({"held out": held_out})
-    return fitted.with_threshold(threshold, calibration)
+    fitted = fit_domain_statistics(gaussian_features(2000), ONE_BLOCK)
+    return calibrate(fitted, {"held out": gaussian_features(500, seed=1)})
 
 
 def test_the_mean_scores_highest_and_far_points_are_out(statistics):
     scorer = DomainScorer(statistics)
     samples = gaussian_features(200, seed=2)
-    at_mean, *others = scorer(torch.cat([statistics.mean[None], samples]))
+    gaussian = statistics.gaussians[0]
+    at_mean, *others = scorer(torch.cat([gaussian.mean[None], samples]))
     assert at_mean.score == pytest.approx(1.0) and at_mean.in_domain
     assert all(v.score < at_mean.score for v in others)
     assert sum(v.in_domain for v in others) >= 0.99 * len(others)  # new samples of the fitted Gaussian
     # Steps along the directions of least and most variance (0.1 and 3.0; shrinkage widens the least
     # to about 0.2), each far beyond any sample, and points elsewhere: the origin, minus the mean.
-    _, vectors = torch.linalg.eigh(torch.linalg.inv(statistics.precision.double()))
+    _, vectors = torch.linalg.eigh(torch.linalg.inv(gaussian.precision.double()))
     narrow, wide = vectors[:, 0].float(), vectors[:, -1].float()
-    far = torch.stack([statistics.mean + 10 * narrow, statistics.mean + 60 * wide, torch.zeros(16), -statistics.mean])
+    far = torch.stack([gaussian.mean + 10 * narrow, gaussian.mean + 60 * wide, torch.zeros(16), -gaussian.mean])
     verdicts = scorer(far)
     assert [v.in_domain for v in verdicts] == [False] * 4
     assert all(v.score < 0.05 for v in verdicts), verdicts
 
 
 def test_the_score_is_one_half_at_the_threshold_and_falls_with_distance(statistics):
-    threshold = statistics.threshold
-    assert domain_score(threshold, threshold) == 0.5
+    gaussian = statistics.gaussians[0]
+    threshold = gaussian.threshold
+    assert domain_score(threshold, threshold) == 0.5 and domain_score(1.0) == 0.5
     assert domain_score(0.0, threshold) == 1.0
     scores = [domain_score(d, threshold) for d in (0.5 * threshold, threshold, 2 * threshold, 10 * threshold)]
     assert scores == sorted(scores, reverse=True) and scores[0] > 0.9 and scores[2] < 0.1
@@ -66,14 +84,14 @@ def test_the_score_is_one_half_at_the_threshold_and_falls_with_distance(statisti
     # A point exactly at the threshold's distance is in domain, just beyond it is not.
     direction = torch.zeros(16)
     direction[0] = 1
-    unit = float(mahalanobis_distances(statistics.mean[None] + direction, statistics.mean, statistics.precision))
-    near, beyond = scorer(torch.stack([statistics.mean + direction * threshold / unit * 0.999,
-                                       statistics.mean + direction * threshold / unit * 1.001]))
+    unit = float(gaussian.distances(gaussian.mean[None] + direction))
+    near, beyond = scorer(torch.stack([gaussian.mean + direction * threshold / unit * 0.999,
+                                       gaussian.mean + direction * threshold / unit * 1.001]))
     assert near.in_domain and near.score > 0.5 and not beyond.in_domain and beyond.score < 0.5
 
 
 def test_the_threshold_leaves_99_percent_of_every_held_out_set_in_domain_with_margin():
-    fitted = fit_domain_statistics(gaussian_features(1000))
+    fitted = fit_gaussian(gaussian_features(1000))
     small = mahalanobis_distances(gaussian_features(40, seed=5) * 1.05, fitted.mean, fitted.precision)
     large = mahalanobis_distances(gaussian_features(800, seed=6), fitted.mean, fitted.precision)
     threshold, calibration = calibrate_threshold({"small": small, "large": large}, quantile=0.99, safety=1.25)
@@ -91,19 +109,19 @@ def test_shrinkage_is_ledoit_wolfs_and_keeps_the_precision_well_conditioned():
     centred = features.double() - features.double().mean(dim=0)
     expected_covariance, expected_shrinkage = ledoit_wolf(features.double().numpy())
     assert ledoit_wolf_shrinkage(centred) == pytest.approx(expected_shrinkage, rel=1e-9)
-    fitted = fit_domain_statistics(features)
+    fitted = fit_gaussian(features)
     assert fitted.shrinkage == pytest.approx(expected_shrinkage, rel=1e-9)  # already conditioned: LW alone
     torch.testing.assert_close(torch.linalg.inv(fitted.precision.double()), torch.from_numpy(expected_covariance),
                                rtol=1e-4, atol=1e-5)
     # Fewer images than features, and dead channels (always 0, as after a ReLU): the sample covariance
     # is singular; the shrunk one still inverts, symmetric, positive, with a bounded condition number.
     degenerate = torch.cat([gaussian_features(10, size=24, seed=4), torch.zeros(10, 8)], dim=1)  # (10, 32)
-    fitted = fit_domain_statistics(degenerate)
+    fitted = fit_gaussian(degenerate)
     eigenvalues = torch.linalg.eigvalsh(fitted.precision.double())
     assert torch.equal(fitted.precision, fitted.precision.T) and bool(torch.isfinite(fitted.precision).all())
     assert eigenvalues.min() > 0 and eigenvalues.max() / eigenvalues.min() <= 1e4 * 1.001
     with pytest.raises(ValueError, match="all the same"):
-        fit_domain_statistics(torch.ones(5, 4))
+        fit_gaussian(torch.ones(5, 4))
 
 
 def test_a_rows_score_does_not_depend_on_its_batch(statistics):
@@ -121,7 +139,65 @@ def test_without_statistics_every_verdict_is_unknown():
     assert [(v.score, v.in_domain) for v in verdicts] == [(None, None)] * 3
 
 
-# --- pooled features: one place for every kind of model -----------------------------------------
+TWO_BLOCKS = {"layer4_mean": 16, "layer3_mean_std": 8}
+
+
+def two_block_features(count: int, seed: int) -> torch.Tensor:
+    """(count, 24): the 16-feature Gaussian, then an independent 8-feature one (scales 0.1 to 3 as well)."""
+    return torch.cat([gaussian_features(count, seed=seed), gaussian_features(count, size=8, seed=seed + 100)], dim=1)
+
+
+def test_an_image_is_as_far_out_as_the_block_that_finds_it_furthest():
+    fitted = fit_domain_statistics(two_block_features(2000, seed=0), TWO_BLOCKS)
+    statistics = calibrate(fitted, {"a": two_block_features(400, seed=1), "b": two_block_features(300, seed=2)})
+    assert [g.block for g in statistics.gaussians] == ["layer4_mean", "layer3_mean_std"]
+    assert all(s["in_domain"] >= 0.99 for s in statistics.calibration["held_out"])
+    assert max(s["quantile_ratio"] for s in statistics.calibration["held_out"]) == pytest.approx(1 / 1.25)
+    first, second = statistics.gaussians
+    typical = two_block_features(1, seed=3)
+    # Out in the second block only: the first block alone would call it in domain.
+    odd = typical.clone()
+    odd[0, 16:] = second.mean + 40
+    scorer = DomainScorer(statistics)
+    inside, outside = scorer(torch.cat([typical, odd]))
+    assert inside.in_domain and not outside.in_domain and outside.score < 0.05
+    assert float(first.distances(odd[:, :16])[0]) <= first.threshold
+    expected = max(float(first.distances(odd[:, :16])[0]) / first.threshold,
+                   float(second.distances(odd[:, 16:])[0]) / second.threshold)
+    assert outside.ratio == pytest.approx(expected, rel=1e-12)
+    assert outside.score == pytest.approx(domain_score(expected))
+    # Longer vectors score on their leading blocks; a vector that does not match the blocks is refused.
+    with pytest.raises(ValueError, match="do not match the blocks"):
+        fit_domain_statistics(two_block_features(10, seed=4), ONE_BLOCK)
+
+
+def test_one_block_calibrates_exactly_as_one_threshold_does():
+    fitted = fit_domain_statistics(gaussian_features(1000), ONE_BLOCK)
+    small, large = gaussian_features(40, seed=5) * 1.05, gaussian_features(800, seed=6)
+    statistics = calibrate(fitted, {"small": small, "large": large})
+    gaussian = fitted.gaussians[0]
+    threshold, _ = calibrate_threshold({"small": gaussian.distances(small), "large": gaussian.distances(large)})
+    assert statistics.gaussians[0].threshold == pytest.approx(threshold, rel=1e-12)
+
+
+def test_statistics_of_the_one_block_format_still_load_and_score_as_before(tmp_path):
+    """Exports made before the blocks: one unprefixed Gaussian of the last map's mean, format v1."""
+    fitted = fit_gaussian(gaussian_features(500))
+    threshold = 7.5
+    save_file({"mean": fitted.mean, "precision": fitted.precision, "threshold": torch.tensor([threshold]).double(),
+               "shrinkage": torch.tensor([fitted.shrinkage]).double()}, str(tmp_path / DOMAIN_FILE),
+              metadata={"format": FORMAT_V1, "fitted_on": "500", "calibration": "{}"})
+    statistics = read_domain_statistics(tmp_path, {"layer4_mean": 16, "layer3_mean_std": 8})
+    assert [g.block for g in statistics.gaussians] == ["layer4_mean"] and statistics.fitted_on == 500
+    features = two_block_features(6, seed=8) * 1.5  # the model gives both blocks; v1 reads the first
+    verdicts = DomainScorer(statistics)(features)
+    distances = mahalanobis_distances(features[:, :16], fitted.mean, fitted.precision)
+    assert [v.score for v in verdicts] == pytest.approx([domain_score(float(d), threshold) for d in distances],
+                                                        rel=1e-12)
+    assert [v.in_domain for v in verdicts] == [float(d) <= threshold for d in distances]
+
+
+# --- domain features: one place for every kind of model -----------------------------------------
 
 
 @pytest.mark.parametrize("build, overrides, layout", [
@@ -129,50 +205,71 @@ def test_without_statistics_every_verdict_is_unknown():
     (tiny_captioner, {"decoder": "soft_attention"}, "grid"),
     (tiny_video_captioner, {}, "frames"),
 ], ids=["show_tell", "soft_attention", "video"])
-def test_encode_with_pooled_gives_encodes_embeddings_and_the_mean_of_the_backbone_features(build, overrides, layout):
+def test_encode_with_domain_gives_encodes_embeddings_and_the_summaries_of_the_maps(build, overrides, layout):
     model, _ = build(**overrides)
-    size = model.config.image_size
+    size = 64  # a 2 x 2 last map, so its positions differ and the contrast means something
     shape = (3, model.config.num_frames, 3, size, size) if layout == "frames" else (3, 3, size, size)
     images = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        embeddings, pooled = model.encode_with_pooled(images)
+        embeddings, domain = model.encode_with_domain(images)
         features = model.encoder.backbone_features(images)  # (3, C), (3, G*G, C) or (3, N, C)
         torch.testing.assert_close(embeddings, model.encode(images), rtol=0, atol=0)
-    assert pooled.shape == (3, model.encoder.feature_size) and pooled.dtype == torch.float32
-    expected = features if features.dim() == 2 else features.mean(dim=1)  # over grid cells, or over frames
-    torch.testing.assert_close(pooled, expected)
+        pictures = images.reshape(-1, 3, size, size)  # a clip's frames one after the other
+        middle = model.encoder.backbone[:-1](pictures)  # layer3's (P, C3, h, w)
+    layout = model.encoder.domain_layout
+    assert list(layout) == ["layer4_mean", "layer3_mean_std", "layer4_contrast"]
+    assert layout["layer3_mean_std"] == 2 * middle.shape[1] and layout["layer4_contrast"] == 1
+    assert domain.shape == (3, sum(layout.values())) and domain.dtype == torch.float32
+    last = features if features.dim() == 2 else features.mean(dim=1)  # over grid cells, or over frames
+    frames = images.shape[1] if images.dim() == 5 else 1
+    spread = torch.cat([middle.mean(dim=(2, 3)), middle.std(dim=(2, 3), correction=0)], dim=1)  # (P, 2*C3)
+    torch.testing.assert_close(domain[:, :model.encoder.feature_size], last)
+    torch.testing.assert_close(domain[:, model.encoder.feature_size:-1], spread.reshape(3, frames, -1).mean(dim=1))
+    # The contrast: log of the most distinct position's distance from the map's mean, over the mean's norm.
+    with torch.inference_mode():
+        positions = model.encoder.backbone(pictures).flatten(2).transpose(1, 2)  # (P, h*w, C)
+    centre = positions.mean(dim=1)  # (P, C)
+    furthest = torch.stack([(positions[:, p] - centre).norm(dim=1) for p in range(positions.shape[1])]).amax(0)
+    expected = (furthest / centre.norm(dim=1) + 1e-6).log().reshape(3, frames).mean(dim=1)
+    torch.testing.assert_close(domain[:, -1], expected, rtol=1e-4, atol=1e-5)
     if layout == "pooled":  # show_tell: the globally average-pooled last feature map itself
-        trunk_map = model.encoder.backbone(images)  # (3, C, h, w)
-        torch.testing.assert_close(pooled, trunk_map.mean(dim=(2, 3)))
+        torch.testing.assert_close(domain[:, :model.encoder.feature_size], model.encoder.backbone(images).mean((2, 3)))
 
 
-def test_pooled_features_are_fp32_under_bf16_and_close_to_fp32s():
+def test_domain_features_are_fp32_under_bf16_and_close_to_fp32s():
     model, _ = tiny_captioner()
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        _, expected = model.encode_with_pooled(images)
-        _, pooled = prepare_inference(model, PRECISIONS["bf16"], torch.device("cpu"))(images)
-    assert pooled.dtype == torch.float32
-    assert (pooled - expected).abs().max() <= 0.05 * expected.abs().max()
+        _, expected = model.encode_with_domain(images)
+        _, domain = prepare_inference(model, PRECISIONS["bf16"], torch.device("cpu"))(images)
+    assert domain.dtype == torch.float32
+    assert (domain - expected).abs().max() <= 0.05 * expected.abs().max()
 
 
 # --- the export file ------------------------------------------------------------------------------
 
 
 def test_statistics_survive_export_and_rebuild_bit_for_bit(tmp_path):
-    export, statistics = write_domain_export(tmp_path / "export")
+    export, statistics = write_domain_export(tmp_path / "export", image_size=64)  # a 2 x 2 last map
     assert DOMAIN_FILE in export_file_names(export)
-    rebuilt = read_domain_statistics(export, feature_size=statistics.feature_size)
-    assert torch.equal(rebuilt.mean, statistics.mean) and rebuilt.mean.dtype == statistics.mean.dtype
-    assert torch.equal(rebuilt.precision, statistics.precision)
-    assert rebuilt.threshold == statistics.threshold and rebuilt.shrinkage == statistics.shrinkage
+    rebuilt = read_domain_statistics(export, statistics.blocks)
+    assert rebuilt.blocks == statistics.blocks
+    assert list(rebuilt.blocks) == ["layer4_mean", "layer3_mean_std", "layer4_contrast"]
+    for got, expected in zip(rebuilt.gaussians, statistics.gaussians):
+        assert torch.equal(got.mean, expected.mean) and got.mean.dtype == expected.mean.dtype
+        assert torch.equal(got.precision, expected.precision)
+        assert got.threshold == expected.threshold and got.shrinkage == expected.shrinkage
+        assert math.isfinite(got.threshold)
     assert rebuilt.fitted_on == statistics.fitted_on and rebuilt.calibration == statistics.calibration
-    assert math.isfinite(rebuilt.threshold) and rebuilt.calibration["held_out"][0]["images"] > 0
+    assert rebuilt.calibration["held_out"][0]["images"] > 0
     # Written again from what was read and read back, nothing moves either.
     again = read_domain_statistics(write_domain_statistics(rebuilt, tmp_path / "again").parent)
-    assert torch.equal(again.precision, statistics.precision) and again.threshold == statistics.threshold
+    assert [g.threshold for g in again.gaussians] == [g.threshold for g in statistics.gaussians]
+    assert torch.equal(again.gaussians[1].precision, statistics.gaussians[1].precision)
     # safetensors: tensors and string metadata, nothing to unpickle.
-    assert set(load_file(str(export / DOMAIN_FILE))) == {"mean", "precision", "threshold", "shrinkage"}
+    assert set(load_file(str(export / DOMAIN_FILE))) == {
+        f"{block}.{name}" for block in ("layer4_mean", "layer3_mean_std", "layer4_contrast")
+        for name in ("mean", "precision", "threshold", "shrinkage")}
 
 
 def test_an_export_without_statistics_reads_none_and_a_wrong_one_is_an_error(tmp_path):
@@ -180,18 +277,34 @@ def test_an_export_without_statistics_reads_none_and_a_wrong_one_is_an_error(tmp
     assert read_domain_statistics(export) is None and DOMAIN_FILE not in export_file_names(export)
     _, statistics = write_domain_export(tmp_path / "new")
     write_domain_statistics(statistics, export)
-    with pytest.raises(ExportError, match="statistics of 512 features, but the model's backbone pools 2048"):
-        read_domain_statistics(export, feature_size=2048)
+    with pytest.raises(ExportError, match="does not fit this model: its block layer4_mean has 512 features, but "
+                                          "the model's has 2048"):
+        read_domain_statistics(export, {"layer4_mean": 2048, "layer3_mean_std": 2048, "layer4_contrast": 1})
     (export / DOMAIN_FILE).write_bytes(b"not safetensors")
     with pytest.raises(ExportError, match="not valid domain statistics"):
         read_domain_statistics(export)
 
 
+def test_a_one_position_map_has_no_contrast_and_its_block_is_left_out(tmp_path):
+    """32 px into a ResNet: a 1 x 1 last map, the same contrast for every picture; the other blocks are fitted."""
+    export, statistics = write_domain_export(tmp_path / "export", image_size=32)
+    assert list(statistics.blocks) == ["layer4_mean", "layer3_mean_std"]
+    assert list(read_domain_statistics(export, write_and_read_layout(export)).blocks) == list(statistics.blocks)
+
+
+def write_and_read_layout(export) -> dict[str, int]:
+    from model.export_format import load_exported_captioner
+
+    model, _ = load_exported_captioner(export, "cpu")
+    return model.encoder.domain_layout
+
+
 def test_calibration_record_is_plain_json(tmp_path):
-    _, statistics = write_domain_export(tmp_path / "export")
+    _, statistics = write_domain_export(tmp_path / "export", image_size=64)
     record = json.loads(json.dumps(statistics.calibration))
     assert record["quantile"] == 0.99 and record["safety"] >= 1
-    assert {"name", "images", "quantile_distance", "max_distance", "in_domain"} <= set(record["held_out"][0])
+    assert {"name", "images", "quantile_ratio", "max_ratio", "in_domain"} <= set(record["held_out"][0])
+    assert [b["block"] for b in record["blocks"]] == ["layer4_mean", "layer3_mean_std", "layer4_contrast"]
 
 
 # --- the command line's options and errors --------------------------------------------------------
@@ -211,8 +324,9 @@ def test_several_held_out_sets_each_calibrate_and_clear_errors_name_what_to_give
     ])
     sets = statistics.calibration["held_out"]
     assert [s["images"] for s in sets] == [24, 12] and all(s["in_domain"] >= 0.99 for s in sets)
-    assert statistics.threshold == pytest.approx(1.25 * max(s["quantile_distance"] for s in sets))
-    assert read_domain_statistics(export_dir).threshold == statistics.threshold
+    assert max(s["quantile_ratio"] for s in sets) == pytest.approx(1 / 1.25)
+    assert [g.threshold for g in read_domain_statistics(export_dir).gaussians] == \
+        [g.threshold for g in statistics.gaussians]
     capsys.readouterr()
 
     parser = export.get_args_parser()
@@ -238,7 +352,7 @@ def test_several_held_out_sets_each_calibrate_and_clear_errors_name_what_to_give
 
 
 def test_a_video_export_is_fitted_on_its_clips_and_its_replies_are_scored(tmp_path):
-    """The clips' pooled features are the mean over their sampled frames; fitted and served like images'."""
+    """The clips' domain features are the mean over their sampled frames; fitted and served like images'."""
     from handler.caption_handler import CaptionHandler
     from tests.helpers import TINY_VIDEO, torchserve_context
     from training import domain_calibration, video_data

@@ -17,10 +17,10 @@ import torch
 from handler.caption_handler import CaptionHandler
 from model.precision import (
     PRECISIONS,
+    EncoderWithDomain,
+    ImageEncoder,
     PrecisionError,
     ReducedPrecisionLinear,
-    EncoderWithPooled,
-    ImageEncoder,
     batch_buckets,
     choose_precision,
     parse_cpu_flags,
@@ -102,12 +102,13 @@ def test_bucketed_encoder_pads_and_chunks_without_changing_rows(rows):
     model, _ = tiny_captioner()
     model.eval()
     images = torch.randn(rows, 3, model.config.image_size, model.config.image_size)
-    encode = ImageEncoder(EncoderWithPooled(model.encoder), torch.device("cpu"), None, buckets=[1, 2, 4])
+    encode = ImageEncoder(EncoderWithDomain(model.encoder), torch.device("cpu"), None, buckets=[1, 2, 4])
     with torch.inference_mode():
-        (got, pooled), (expected, expected_pooled) = encode(images), model.encode_with_pooled(images)
-    assert got.shape == expected.shape and pooled.shape == expected_pooled.shape == (rows, model.encoder.feature_size)
+        (got, domain), (expected, expected_domain) = encode(images), model.encode_with_domain(images)
+    size = sum(model.encoder.domain_layout.values())
+    assert got.shape == expected.shape and domain.shape == expected_domain.shape == (rows, size)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(pooled, expected_pooled, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(domain, expected_domain, rtol=1e-4, atol=1e-5)
 
 
 def test_bf16_projection_returns_fp32_logits_close_to_fp32():
@@ -127,12 +128,12 @@ def test_prepare_inference_embeds_in_fp32_whatever_the_precision():
     model.eval()
     images = torch.randn(3, 3, model.config.image_size, model.config.image_size)
     with torch.inference_mode():
-        expected, expected_pooled = model.encode_with_pooled(images)
+        expected, expected_domain = model.encode_with_domain(images)
         encode = prepare_inference(model, PRECISIONS["bf16"], torch.device("cpu"), projection=torch.bfloat16)
-        got, pooled = encode(images)
+        got, domain = encode(images)
     assert got.dtype == torch.float32 and got.shape == expected.shape
-    assert pooled.dtype == torch.float32 and pooled.shape == expected_pooled.shape
-    assert (pooled - expected_pooled).abs().max() <= 0.05 * expected_pooled.abs().max()
+    assert domain.dtype == torch.float32 and domain.shape == expected_domain.shape
+    assert (domain - expected_domain).abs().max() <= 0.05 * expected_domain.abs().max()
     assert isinstance(model.decoder.linear, ReducedPrecisionLinear)
     assert (got - expected).abs().max() <= 0.05 * expected.abs().max()
 

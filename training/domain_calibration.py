@@ -9,12 +9,13 @@ writing the model; this entry point adds (or refits) `domain.safetensors` in an
 existing export. Several held-out sets are several `--held-out ANNOTATIONS
 [IMAGES]` options (IMAGES defaults to `--images`).
 
-The features are the ones serving scores: `Captioner.encode_with_pooled`, the
-exported model in eval mode, fp32. The mean and precision come from the fitting
-images (`model.domain.fit_domain_statistics`); the threshold is the largest of
-the held-out sets' 99th percentiles of distances times a safety factor
-(`model.domain.calibrate_threshold`), computed with the statistics as stored
-(fp32), so the held-out shares reported here are what the server would say.
+The features are the ones serving scores: `Captioner.encode_with_domain`, the
+exported model in eval mode, fp32. Each block's mean and precision come from
+the fitting images (`model.domain.fit_domain_statistics`); the thresholds are
+set so that the largest of the held-out sets' 99th percentiles of the combined
+distance, times a safety factor, is the threshold (`model.domain.calibrate`),
+computed with the statistics as stored (fp32), so the held-out shares reported
+here are what the server would say.
 Held-out images must not be fitting images: a fitted image lies closer to the
 mean than a new one, and a threshold set on them would be too tight.
 """
@@ -31,10 +32,7 @@ import torch
 from tqdm import tqdm
 
 from model.captioner import Captioner
-from model.domain import (
-    DEFAULT_QUANTILE, DEFAULT_SAFETY, DomainStatistics, calibrate_threshold, fit_domain_statistics,
-    mahalanobis_distances,
-)
+from model.domain import DEFAULT_QUANTILE, DEFAULT_SAFETY, DomainStatistics, calibrate, fit_domain_statistics
 from model.export_format import load_exported_captioner, write_domain_statistics
 from model.transforms import eval_transform
 from model.vocabulary import Vocabulary
@@ -97,17 +95,17 @@ def model_inputs(model: Captioner, vocab: Vocabulary, image_set: ImageSet, limit
 
 
 @torch.inference_mode()
-def pooled_features(model: Captioner, inputs: Sequence[torch.Tensor], *, device: torch.device | str = "cpu",
+def domain_features(model: Captioner, inputs: Sequence[torch.Tensor], *, device: torch.device | str = "cpu",
                     batch_size: int = 64, desc: str = "domain features", quiet: bool = False) -> torch.Tensor:
-    """(N, C) fp32 pooled backbone features of `inputs` (model inputs), in batches, with a progress bar."""
+    """(N, D) fp32 domain features of `inputs` (model inputs), in batches, with a progress bar."""
     model.eval()
     device = torch.device(device)
     rows: list[torch.Tensor] = []
     with tqdm(total=len(inputs), desc=desc, unit="img", disable=quiet) as progress:
         for start in range(0, len(inputs), batch_size):
             batch = torch.stack([inputs[i] for i in range(start, min(start + batch_size, len(inputs)))])
-            _, pooled = model.encode_with_pooled(batch.to(device))  # (B, C) fp32
-            rows.append(pooled.cpu())
+            _, features = model.encode_with_domain(batch.to(device))  # (B, D) fp32
+            rows.append(features.cpu())
             progress.update(len(batch))
     if not rows:
         raise ValueError(f"{desc}: no images")
@@ -118,20 +116,19 @@ def fit_and_calibrate(model: Captioner, fit_inputs: Sequence[torch.Tensor],
                       held_out: dict[str, Sequence[torch.Tensor]], *, quantile: float = DEFAULT_QUANTILE,
                       safety: float = DEFAULT_SAFETY, device: torch.device | str = "cpu", batch_size: int = 64,
                       quiet: bool = False) -> DomainStatistics:
-    """Statistics of `fit_inputs`' features, threshold calibrated on each held-out set's (name -> inputs)."""
+    """Statistics of `fit_inputs`' features, thresholds calibrated on each held-out set's (name -> inputs)."""
     if not held_out:
         raise ValueError("calibrating the threshold needs at least one held-out set")
-    fitted = fit_domain_statistics(pooled_features(model, fit_inputs, device=device, batch_size=batch_size,
-                                                   desc="domain features (fit)", quiet=quiet))
-    distances = {
-        name: mahalanobis_distances(
-            pooled_features(model, inputs, device=device, batch_size=batch_size,
-                            desc=f"domain features (held out: {Path(name).name})", quiet=quiet),
-            fitted.mean, fitted.precision)  # the stored fp32 statistics, as the server scores
+    fitted = fit_domain_statistics(domain_features(model, fit_inputs, device=device, batch_size=batch_size,
+                                                   desc="domain features (fit)", quiet=quiet),
+                                   model.encoder.domain_layout)
+    features = {
+        name: domain_features(model, inputs, device=device, batch_size=batch_size,
+                              desc=f"domain features (held out: {Path(name).name})", quiet=quiet)
         for name, inputs in held_out.items()
     }
-    threshold, calibration = calibrate_threshold(distances, quantile=quantile, safety=safety)
-    return fitted.with_threshold(threshold, calibration)
+    # The stored fp32 statistics, as the server scores.
+    return calibrate(fitted, features, quantile=quantile, safety=safety)
 
 
 def fit_export_domain(model: Captioner, vocab: Vocabulary, sources: DomainSources) -> DomainStatistics:
@@ -148,13 +145,14 @@ def fit_export_domain(model: Captioner, vocab: Vocabulary, sources: DomainSource
 
 
 def summary(statistics: DomainStatistics) -> str:
-    """One line for the console: what was fitted, the threshold, each held-out set's share in domain."""
+    """One line for the console: what was fitted, the thresholds, each held-out set's share in domain."""
     calibration = statistics.calibration
+    blocks = ", ".join(f"{g.block} ({g.size} features, shrinkage {g.shrinkage:.4f}, threshold {g.threshold:.3f})"
+                       for g in statistics.gaussians)
     sets = "; ".join(f"{s['name']}: {100 * s['in_domain']:.1f}% of {s['images']} in domain"
                      for s in calibration.get("held_out", []))
-    return (f"domain statistics: {statistics.fitted_on} images, {statistics.feature_size} features, shrinkage "
-            f"{statistics.shrinkage:.4f}; threshold {statistics.threshold:.3f} = {calibration.get('safety')} x the "
-            f"{calibration.get('quantile')} quantile of held-out distances ({sets})")
+    return (f"domain statistics: {statistics.fitted_on} images; {blocks}; thresholds at {calibration.get('safety')} x "
+            f"the {calibration.get('quantile')} quantile of held-out distances ({sets})")
 
 
 # --- command line, shared with training.export ------------------------------------------------
@@ -247,8 +245,7 @@ def main(argv: list[str] | None = None) -> DomainStatistics:
         parser.error("give --fit-annotations and --held-out (see --help)")
     statistics = calibrate_export(args.export_dir, sources)
     print(summary(statistics))
-    print(json.dumps({"export_dir": str(args.export_dir), "threshold": statistics.threshold,
-                      "shrinkage": statistics.shrinkage, **statistics.calibration}))
+    print(json.dumps({"export_dir": str(args.export_dir), **statistics.calibration}))
     return statistics
 
 

@@ -13,8 +13,9 @@ Out of domain: `training.out_of_domain` (package photos, graphics, noise,
 textures, text). For each it reports the share in domain / flagged and the AUROC
 of the score between the in-domain and the out-of-domain images (1: every
 out-of-domain image scores below every in-domain one; 0.5: chance), from the
-distances (the score is a decreasing function of them, so the AUROC is the same,
-and far images do not tie at a score rounded to 0). Prints a table and one JSON line.
+distances r, each the largest of the blocks' distance over its threshold (the
+score is a decreasing function of r, so the AUROC is the same, and far images
+do not tie at a score rounded to 0). Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ from model.export_format import load_exported_captioner, read_domain_statistics
 from model.transforms import eval_transform, to_rgb
 from model.vocabulary import Vocabulary
 from training.domain_calibration import (
-    add_domain_arguments, domain_sources, fit_export_domain, held_out_sets, model_inputs, pooled_features,
+    add_domain_arguments,
+    domain_features,
+    domain_sources,
+    fit_export_domain,
+    held_out_sets,
+    model_inputs,
 )
 from training.out_of_domain import out_of_domain_images
 from training.shapes_dataset import random_scene, render_scene
@@ -73,53 +79,53 @@ def auroc(in_domain: torch.Tensor, out_of_domain: torch.Tensor) -> float:
 
 def measure(model: Captioner, vocab: Vocabulary, statistics: DomainStatistics, held_out: Sequence,
             *, fresh: int = 300, per_kind: int = 12, batch_size: int = 64, quiet: bool = False) -> dict[str, Any]:
-    """Distances of every set, and the report's figures."""
+    """Distances r (1: the threshold) of every set, and the report's figures."""
     scorer = DomainScorer(statistics)
-    threshold = statistics.threshold
 
-    def distances(inputs, desc: str) -> torch.Tensor:
-        return scorer.distances(pooled_features(model, inputs, batch_size=batch_size, desc=desc, quiet=quiet))
+    def ratios(inputs, desc: str) -> torch.Tensor:
+        return scorer.ratios(domain_features(model, inputs, batch_size=batch_size, desc=desc, quiet=quiet))
 
-    inside = {image_set.name: distances(model_inputs(model, vocab, image_set), f"held out: {image_set.annotations.name}")
+    inside = {image_set.name: ratios(model_inputs(model, vocab, image_set), f"held out: {image_set.annotations.name}")
               for image_set in held_out}
     if fresh:
-        inside[f"fresh generated scenes (seed {FRESH_SEED})"] = distances(
+        inside[f"fresh generated scenes (seed {FRESH_SEED})"] = ratios(
             picture_inputs(model, fresh_scenes(fresh)), "fresh scenes")
     outside_images = out_of_domain_images(per_kind=per_kind)
-    outside_all = distances(picture_inputs(model, [o.image for o in outside_images]), "out of domain")
+    outside_all = ratios(picture_inputs(model, [o.image for o in outside_images]), "out of domain")
     kinds = sorted({o.kind for o in outside_images}, key=[o.kind for o in outside_images].index)
     outside = {kind: outside_all[[i for i, o in enumerate(outside_images) if o.kind == kind]] for kind in kinds}
     every_inside = torch.cat(list(inside.values()))
     return {
-        "threshold": threshold,
-        "in_domain": {name: {"images": len(d), "in_domain": round(float((d <= threshold).double().mean()), 4),
-                             "median_distance": round(float(d.median()), 3),
-                             "auroc": round(auroc(d, outside_all), 4)}
-                      for name, d in inside.items()},
-        "out_of_domain": {kind: {"images": len(d), "flagged": round(float((d > threshold).double().mean()), 4),
-                                 "median_distance": round(float(d.median()), 3),
-                                 "auroc": round(auroc(every_inside, d), 4)}
-                          for kind, d in outside.items()},
-        "out_of_domain_flagged": round(float((outside_all > threshold).double().mean()), 4),
+        "in_domain": {name: {"images": len(r), "in_domain": round(float((r <= 1).double().mean()), 4),
+                             "median_ratio": round(float(r.median()), 3), "auroc": round(auroc(r, outside_all), 4)}
+                      for name, r in inside.items()},
+        "out_of_domain": {kind: {"images": len(r), "flagged": round(float((r > 1).double().mean()), 4),
+                                 "median_ratio": round(float(r.median()), 3), "auroc": round(auroc(every_inside, r), 4)}
+                          for kind, r in outside.items()},
+        "out_of_domain_flagged": round(float((outside_all > 1).double().mean()), 4),
         "out_of_domain_images": len(outside_all),
         "auroc": round(auroc(every_inside, outside_all), 4),
-        "closest_out_of_domain": sorted(
-            ({"name": o.name, "distance": round(float(d), 3)} for o, d in zip(outside_images, outside_all)),
-            key=lambda entry: entry["distance"])[:3],
+        "missed_out_of_domain": sorted(
+            ({"name": o.name, "ratio": round(float(r), 3)} for o, r in zip(outside_images, outside_all) if r <= 1),
+            key=lambda entry: entry["ratio"]),
     }
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["| images | count | in domain | median distance | AUROC vs the other side |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| images | count | in domain | median distance / threshold | AUROC vs the other side |",
+             "| --- | --- | --- | --- | --- |"]
     for name, row in report["in_domain"].items():
-        lines.append(f"| {name} | {row['images']} | {100 * row['in_domain']:.1f}% | {row['median_distance']} | "
+        lines.append(f"| {name} | {row['images']} | {100 * row['in_domain']:.1f}% | {row['median_ratio']} | "
                      f"{row['auroc']:.4f} |")
     for kind, row in report["out_of_domain"].items():
         lines.append(f"| out of domain: {kind} | {row['images']} | {100 * (1 - row['flagged']):.1f}% | "
-                     f"{row['median_distance']} | {row['auroc']:.4f} |")
-    lines.append(f"\nthreshold {report['threshold']:.3f}; out of domain flagged: "
+                     f"{row['median_ratio']} | {row['auroc']:.4f} |")
+    missed = ", ".join(f"{m['name']} ({m['ratio']})" for m in report["missed_out_of_domain"]) or "none"
+    blocks = ", ".join(f"{name} ({b['size']} features, threshold {b['threshold']})"
+                       for name, b in report["blocks"].items())
+    lines.append(f"\nblocks: {blocks}; out of domain flagged: "
                  f"{100 * report['out_of_domain_flagged']:.1f}% of {report['out_of_domain_images']}; "
-                 f"AUROC (all in-domain vs all out-of-domain) {report['auroc']:.4f}")
+                 f"AUROC (all in-domain vs all out-of-domain) {report['auroc']:.4f}; missed: {missed}")
     return "\n".join(lines)
 
 
@@ -141,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if model.config.modality != "image":
         parser.error("the report scores still pictures: give an image model's export")
     if args.fit_annotations is None:  # the export's own statistics, scored on the --held-out sets given
-        statistics = read_domain_statistics(args.export_dir, model.encoder.feature_size)
+        statistics = read_domain_statistics(args.export_dir, model.encoder.domain_layout)
         if statistics is None:
             parser.error(f"{args.export_dir} has no domain statistics: give --fit-annotations and --held-out to fit "
                          "them here (nothing is written), or export with them")
@@ -152,7 +158,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         held_out = sources.held_out
     report = measure(model, vocab, statistics, held_out, fresh=args.fresh_scenes, per_kind=args.per_kind,
                      batch_size=args.domain_batch_size, quiet=args.quiet)
-    report.update({"fitted_on": statistics.fitted_on, "shrinkage": round(statistics.shrinkage, 5),
+    report.update({"fitted_on": statistics.fitted_on,
+                   "blocks": {g.block: {"size": g.size, "threshold": round(g.threshold, 3),
+                                        "shrinkage": round(g.shrinkage, 5)} for g in statistics.gaussians},
                    "calibration": statistics.calibration, "seconds": round(time.perf_counter() - started, 1),
                    "cpu": cpu_model(), "command": " ".join(["python -m training.domain_report", *sys.argv[1:]])})
     print(markdown(report))

@@ -27,17 +27,16 @@ from client.attention_maps import attention_figure
 from model.captioner import Captioner
 from model.decoding import greedy_decode
 from model.detokenize import detokenize
-from model.export_format import load_exported_captioner
+from model.domain import domain_scorer
+from model.export_format import load_exported_captioner, read_domain_statistics
 from model.transforms import eval_transform
 from model.vocabulary import Vocabulary
 from model.word_attention import word_maps
-from model.domain import domain_scorer
-from model.export_format import read_domain_statistics
 from training.coco_data import load_coco
-from training.domain_calibration import pooled_features
+from training.domain_calibration import domain_features
 from training.domain_report import picture_inputs
-from training.out_of_domain import package_photos
 from training.evaluate import evaluate_model
+from training.out_of_domain import package_photos
 from training.shapes_dataset import names_every_object
 
 
@@ -127,11 +126,10 @@ def captioned_entries(model: Captioner, vocab: Vocabulary, annotations: str, ima
 def photo_entries(model: Captioner, vocab: Vocabulary, export_dir: str, count: int,
                   device: torch.device) -> list[tuple[Image.Image, str, bool | None]]:
     """Package-shipped photos, each with its caption and the domain score's verdict."""
-    statistics = read_domain_statistics(export_dir)
+    statistics = read_domain_statistics(export_dir, model.encoder.domain_layout)
     pictures = list(package_photos().items())[:count]
     inputs = picture_inputs(model, [picture for _, picture in pictures])
-    pooled = pooled_features(model, inputs, device=device, quiet=True)
-    verdicts = domain_scorer(statistics)(pooled)
+    verdicts = domain_scorer(statistics)(domain_features(model, inputs, device=device, quiet=True))
     entries = []
     for (name, picture), tensor, verdict in zip(pictures, inputs, verdicts):
         with torch.no_grad():

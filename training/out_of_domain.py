@@ -8,9 +8,13 @@ generated here, seeded:
     photo        the three photos, whole and five crops each (corners and centre, half size)
     graphic      matplotlib's logo and a clip-art present (sample data PNGs)
     noise        uniform RGB noise, every pixel on its own
+    grain        the same noise drawn at 2.5 times the size, so resizing to the model's input
+                 averages it into finer, fainter grain (a dark, noisy photo's sensor noise)
     value_noise  smooth "Perlin-ish" noise: random grids of several sizes, upsampled and summed, in colour
     plaid        crossed sinusoidal stripes of two random colours
     text         lines of random words rendered with PIL on a plain background
+    plain        pictures with nothing in them: one random colour, the same with faint grain,
+                 or a gradient between two colours (a lens cap, a blank page, an empty wall)
 
 `training/domain_report.py` (the AUROC of the domain score against held-out
 scenes) and the tests use the same set, `out_of_domain_images()`.
@@ -88,6 +92,12 @@ def uniform_noise(count: int, rng: random.Random) -> list[tuple[str, Image.Image
             for i in range(count)]
 
 
+def grain(count: int, rng: random.Random) -> list[tuple[str, Image.Image]]:
+    size = int(CANVAS * 2.5)
+    return [(f"grain {i}", Image.fromarray(_generator(rng).integers(0, 256, (size, size, 3), dtype=np.uint8)))
+            for i in range(count)]
+
+
 def value_noise(count: int, rng: random.Random) -> list[tuple[str, Image.Image]]:
     """Octaves of random grids (4, 8, 16, 32 cells), bilinearly upsampled, halved in weight each octave."""
     images = []
@@ -133,9 +143,25 @@ def text(count: int, rng: random.Random) -> list[tuple[str, Image.Image]]:
     return images
 
 
+def plain(count: int, rng: random.Random) -> list[tuple[str, Image.Image]]:
+    """In turn: one colour; one colour with faint Gaussian grain (sigma 4); a left-to-right gradient."""
+    images = []
+    for i in range(count):
+        generator = _generator(rng)
+        colour = generator.integers(0, 256, 3).astype(np.float64)
+        pixels = np.broadcast_to(colour, (CANVAS, CANVAS, 3)).copy()
+        if i % 3 == 1:
+            pixels += generator.normal(0, 4, pixels.shape)
+        elif i % 3 == 2:
+            across = np.linspace(0, 1, CANVAS)[None, :, None]
+            pixels = pixels * (1 - across) + generator.integers(0, 256, 3) * across
+        images.append((f"plain {i}", Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))))
+    return images
+
+
 KINDS: dict[str, Callable[[int, random.Random], list[tuple[str, Image.Image]]]] = {
-    "photo": photos, "graphic": graphics, "noise": uniform_noise, "value_noise": value_noise, "plaid": plaid,
-    "text": text,
+    "photo": photos, "graphic": graphics, "noise": uniform_noise, "grain": grain, "value_noise": value_noise, "plaid": plaid,
+    "text": text, "plain": plain,
 }
 
 
