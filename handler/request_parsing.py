@@ -541,17 +541,43 @@ def parse_v2_body(document: dict[str, Any], limits: RequestLimits, media: ImageI
     return CaptionRequest(image, options, v2=call)
 
 
+# What a client that posts a file without a Content-Type gets wrong: TorchServe parses such a body as an
+# HTML form, so the image's bytes turn into field names (or into nothing at all).
+FORM_BODY_HINT = ("curl --data-binary or -d without a Content-Type sends application/x-www-form-urlencoded, "
+                  "which the server parses as HTML form fields")
+_SHOWN_FIELDS, _SHOWN_CHARACTERS = 5, 40
+
+
+def _looks_like_bytes(name: str) -> bool:
+    """A field name no client would choose: long, or with characters that are not printable."""
+    return len(name) > 64 or any(not character.isprintable() for character in name)
+
+
+def _shown(names: list[str]) -> str:
+    """Field names for an error message, each cut to a few characters, a few of them: never the whole body back."""
+    shown = [name if len(name) <= _SHOWN_CHARACTERS else name[:_SHOWN_CHARACTERS] + "..."
+             for name in names[:_SHOWN_FIELDS]]
+    more = f" and {len(names) - _SHOWN_FIELDS} more" if len(names) > _SHOWN_FIELDS else ""
+    return f"[{', '.join(ascii(name) for name in shown)}]{more}"
+
+
 def parse_request(row: Mapping[str, Any], limits: RequestLimits, media: ImageInput = IMAGE_INPUT) -> CaptionRequest:
     """One TorchServe request dict -> image (or clip, as `media` reads it) + options, or `BadRequest`."""
     if not isinstance(row, Mapping) or not row:
         raise BadRequest(
             "empty request: send image bytes with a Content-Type (e.g. image/jpeg), "
-            'a multipart file field "data", or JSON {"image": "<base64>"}'
+            'a multipart file field "data", or JSON {"image": "<base64>"} '
+            f"({FORM_BODY_HINT}, and a form body without fields arrives empty)"
         )
     image_fields = [name for name in IMAGE_FIELDS if name in row]
     unknown = sorted(set(row) - set(IMAGE_FIELDS) - set(OPTION_FIELDS))
+    if unknown and any(_looks_like_bytes(name) for name in unknown):
+        raise BadRequest(f"the body arrived as form fields named {_shown(unknown)}: {FORM_BODY_HINT}; "
+                         "send image bytes with a Content-Type such as image/jpeg (curl -T FILE, or "
+                         "--data-binary @FILE -H 'Content-Type: image/jpeg')", status=415)
     if unknown:
-        raise BadRequest(f"unknown fields {unknown}; send the image as 'data' and options {', '.join(OPTION_FIELDS)}")
+        raise BadRequest(f"unknown fields {_shown(unknown)}; send the image as 'data' and options "
+                         f"{', '.join(OPTION_FIELDS)}")
     if not image_fields:
         raise BadRequest("no image in the request: add a file field named 'data'")
     if len(image_fields) > 1:
