@@ -11,11 +11,11 @@ existing export. Several held-out sets are several `--held-out ANNOTATIONS
 
 The features are the ones serving scores: `Captioner.encode_with_domain`, the
 exported model in eval mode, fp32. Each block's mean and precision come from
-the fitting images (`model.domain.fit_domain_statistics`); the thresholds are
-set so that the largest of the held-out sets' 99th percentiles of the combined
-distance, times a safety factor, is the threshold (`model.domain.calibrate`),
-computed with the statistics as stored (fp32), so the held-out shares reported
-here are what the server would say.
+the fitting images (`model.domain.fit_domain_statistics`); the blocks'
+thresholds leave at least 99% of every held-out set in domain by every block at
+once, with a safety factor's room (`model.domain.calibrate`), computed with the
+statistics as stored (fp32), so the held-out shares reported here are what the
+server would say.
 Held-out images must not be fitting images: a fitted image lies closer to the
 mean than a new one, and a threshold set on them would be too tight.
 """
