@@ -79,7 +79,7 @@ def test_every_reply_of_a_batch_carries_its_own_images_domain_score(domain_expor
 
 
 def test_scores_under_bf16_are_close_to_fp32s(domain_export):
-    """The encoder under bf16 autocast; its pooled features are cast to fp32 and scored in float64."""
+    """The encoder under bf16 autocast; its maps' summaries are cast to fp32 and scored in float64."""
     rows = [{"body": bytearray(image)} for image in SCENES]
     fp32 = [json.loads(t)["domain_score"] for t in handle(domain_export, rows)[0]]
     bf16 = [json.loads(t)["domain_score"] for t in handle(domain_export, rows, {"captioner": {"precision": "bf16"}})[0]]
@@ -101,7 +101,8 @@ def test_an_export_without_statistics_loads_and_replies_null(tmp_path, caplog):
 def test_the_worker_log_says_the_statistics_are_loaded(domain_export, caplog):
     with caplog.at_level(logging.INFO, logger="handler.caption_handler"):
         handle(domain_export, [{"body": bytearray(SCENES[0])}])
-    assert "domain statistics loaded (fitted on 48 images, 512 features, threshold " in caplog.text
+    assert "domain statistics loaded (fitted on 48 images; layer4_mean 512 threshold " in caplog.text
+    assert ", layer3_mean_std 512 threshold " in caplog.text
 
 
 # --- the session's TorchServe -------------------------------------------------------------------
