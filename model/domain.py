@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping
 
 import torch
@@ -79,9 +80,13 @@ class FeatureGaussian:
     def size(self) -> int:
         return int(self.mean.shape[0])
 
+    @cached_property
+    def _float64(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mean.to(torch.float64), self.precision.to(torch.float64)  # converted once, not per request
+
     def distances(self, features: torch.Tensor) -> torch.Tensor:
         """(B, C) features of this block -> (B,) float64 distances, row by row."""
-        return mahalanobis_distances(features, self.mean, self.precision)
+        return mahalanobis_distances(features, *self._float64)
 
     def with_threshold(self, threshold: float) -> "FeatureGaussian":
         return FeatureGaussian(self.block, self.mean, self.precision, float(threshold), self.shrinkage)
