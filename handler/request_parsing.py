@@ -353,7 +353,8 @@ def decode_image(data: bytes, limits: RequestLimits) -> Image.Image:
     except BadRequest:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise BadRequest(f"image refused as a decompression bomb: {error}", status=413) from error
+        raise BadRequest(f"image refused as a decompression bomb: {error} (this service's limit is "
+                         f"{limits.max_image_pixels} pixels)", status=413) from error
     except UnidentifiedImageError:
         raise BadRequest(
             f"body is not an image this service reads ({len(data)} bytes starting {bytes(data[:8])!r}): "
