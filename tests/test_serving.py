@@ -141,6 +141,19 @@ def test_rest_bad_image_gets_json_4xx(torchserve, registered):
     assert "error" in response.json()
 
 
+def test_a_file_posted_as_a_form_gets_a_4xx_that_says_so(torchserve, registered):
+    """`curl --data-binary @file` without a Content-Type: TorchServe parses the body as an HTML form."""
+    form = {**torchserve.tokens().header("inference"), "Content-Type": "application/x-www-form-urlencoded"}
+    # Bytes with an '=' become a field named by the bytes before it; without one, no field arrives.
+    named = requests.post(_predictions_url(torchserve), data=b"\x89PNG\x1a\x00\x01" + b"\x02" * 500 + b"=\x03\x04",
+                          headers=form, timeout=60)
+    assert named.status_code == 415, named.text
+    assert "arrived as form fields" in named.json()["error"] and len(named.text) < 1000
+    nameless = requests.post(_predictions_url(torchserve), data=b"\x89PNG\x1a\x00\x01binary", headers=form,
+                             timeout=60)
+    assert nameless.status_code == 400 and "application/x-www-form-urlencoded" in nameless.json()["error"]
+
+
 def test_http_streaming_sends_words_in_order(registered):
     chunks = list(registered.caption_stream(JPEG))
     result = chunks[-1]
