@@ -51,7 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     caption = commands.add_parser("caption", help="caption image or video files")
-    caption.add_argument("images", nargs="+", type=Path, help="image files, or video files for a video model")
+    caption.add_argument("images", nargs="+", type=Path, help="image files, or video files for a video model; a folder: its image and video files")
     caption.add_argument("--video", action="store_true",
                          help="the files are clips (implied for .mp4, .m4v, .mov, .webm, .mkv; say it for GIFs)")
     caption.add_argument("--grpc", action="store_true", help="use gRPC instead of REST")
@@ -95,6 +95,26 @@ DECODING_OPTIONS = (
 
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def expand_folders(paths: list[Path]) -> list[Path]:
+    """Files as given; a folder becomes its image and video files (by suffix, not recursive), sorted by name.
+
+    A folder with none of them is an error that says which suffixes count, rather than nothing captioned.
+    """
+    found: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            found.append(path)
+            continue
+        files = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
+        if not files:
+            raise SystemExit(f"{path} is a folder without image or video files "
+                             f"({', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})")
+        found += files
+    return found
 
 
 def _field(args: argparse.Namespace, path: Path) -> str:
@@ -129,6 +149,7 @@ def _print_result(path: Path, result: dict, as_json: bool) -> None:
 
 def _caption(args: argparse.Namespace, tokens: TokenStore) -> int:
     options = _options(args)
+    args.images = expand_folders(args.images)
     if args.grpc:
         from client.grpc_client import GrpcCaptionClient
 

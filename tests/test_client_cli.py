@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from client.__main__ import main
 from tests.helpers import shape_image_bytes
 
@@ -34,6 +36,20 @@ def test_cli_captions_files_over_rest_and_grpc(torchserve, registered, tmp_path,
     assert _cli(torchserve, "caption", paths[0], "--grpc", "--stream") == 0
     streamed = capsys.readouterr().out.strip()
     assert streamed.split(": ", 1)[1].strip() == rest[0].split(": ", 1)[1].strip()
+
+
+def test_cli_captions_every_image_of_a_folder_in_name_order(torchserve, registered, tmp_path, capsys):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for seed, name in enumerate(["b.png", "a.jpg", "c.JPEG"]):
+        (folder / name).write_bytes(shape_image_bytes(seed, fmt="PNG" if name.endswith("png") else "JPEG")[0])
+    (folder / "notes.txt").write_text("not a picture")
+    (folder / "nested").mkdir()
+    assert _cli(torchserve, "caption", str(folder)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(folder / n) for n in ("a.jpg", "b.png", "c.JPEG")]
+    with pytest.raises(SystemExit, match="folder without image or video files"):
+        _cli(torchserve, "caption", str(folder / "nested"))
 
 
 def test_cli_reports_a_refused_image(torchserve, registered, tmp_path, capsys):
