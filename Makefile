@@ -81,7 +81,7 @@ help:
 	@echo "make eval         evaluate $(EXPORT) on the held-out generated images and the second renderer's"
 	@echo "make second-data  render the second held-out set into $(SECOND_DIR) (make data does too)"
 	@echo "make domain       (re)fit $(EXPORT)'s domain statistics (domain.safetensors) without retraining"
-	@echo "make domain-report  AUROC of the domain score: held-out scenes vs photos, noise, text (build/domain_report.json)"
+	@echo "make domain-report  AUROC of the domain score: held-out scenes vs photos, noise, text, plain pictures (build/domain_report.json)"
 	@echo "make mar          pack $(STORE)/$(MODEL_NAME).mar"
 	@echo "make serve        start TorchServe on 127.0.0.1 and register the model"
 	@echo "make stop         stop TorchServe and wait until it has exited"
