@@ -7,6 +7,8 @@ through the same projection, applied to every vector.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -71,11 +73,13 @@ class EncoderCNN(nn.Module):
         features = self._pool(last_map)
         return features, domain_features(features, last_map, middle_map)
 
+    def _backbone_grad(self) -> contextlib.AbstractContextManager:
+        """Gradients through the backbone only when it is fine-tuned."""
+        return contextlib.nullcontext() if self.train_backbone else torch.no_grad()
+
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C) pooled features, or (B, G*G, C) with a grid."""
-        if self.train_backbone:
-            return self._pool(self.backbone(images))
-        with torch.no_grad():
+        with self._backbone_grad():
             return self._pool(self.backbone(images))
 
     def features_and_domain(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,9 +87,7 @@ class EncoderCNN(nn.Module):
 
         D is the sum of `domain_layout`'s sizes (`model/domain_features.py`).
         """
-        if self.train_backbone:
-            return self._features_and_domain(images)
-        with torch.no_grad():
+        with self._backbone_grad():
             return self._features_and_domain(images)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
