@@ -87,15 +87,18 @@ def _generator(rng: random.Random) -> np.random.Generator:
     return np.random.default_rng(rng.randrange(2**32))
 
 
-def uniform_noise(count: int, rng: random.Random) -> list[tuple[str, Image.Image]]:
-    return [(f"noise {i}", Image.fromarray(_generator(rng).integers(0, 256, (CANVAS, CANVAS, 3), dtype=np.uint8)))
+def _noise(label: str, size: int, count: int, rng: random.Random) -> list[tuple[str, Image.Image]]:
+    """`count` images of uniform RGB noise, `size` pixels square, every pixel on its own."""
+    return [(f"{label} {i}", Image.fromarray(_generator(rng).integers(0, 256, (size, size, 3), dtype=np.uint8)))
             for i in range(count)]
+
+
+def uniform_noise(count: int, rng: random.Random) -> list[tuple[str, Image.Image]]:
+    return _noise("noise", CANVAS, count, rng)
 
 
 def grain(count: int, rng: random.Random) -> list[tuple[str, Image.Image]]:
-    size = int(CANVAS * 2.5)
-    return [(f"grain {i}", Image.fromarray(_generator(rng).integers(0, 256, (size, size, 3), dtype=np.uint8)))
-            for i in range(count)]
+    return _noise("grain", int(CANVAS * 2.5), count, rng)
 
 
 def value_noise(count: int, rng: random.Random) -> list[tuple[str, Image.Image]]:
