@@ -344,9 +344,15 @@ def _served_section(results: dict, plot_path: Path, md_path: Path) -> list[str]:
     return lines
 
 
+def latency_ratio_per_pass(candidate: dict) -> list[float]:
+    """A tuning candidate's lone-request p50 over the in-process p50, one per tuning pass (the candidate's
+    own figure when it holds no passes; none from results whose passes were not yet records)."""
+    passes = candidate.get("passes") or [candidate]
+    return [p["p50_alone_vs_in_process"] for p in passes if isinstance(p, dict) and "p50_alone_vs_in_process" in p]
+
+
 def _each_pass(candidate: dict) -> str:
-    ratios = [p["p50_alone_vs_in_process"] for p in candidate.get("passes", []) if isinstance(p, dict)
-              and "p50_alone_vs_in_process" in p]
+    ratios = latency_ratio_per_pass(candidate)
     return f" ({', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
 
 

@@ -416,9 +416,7 @@ def meets_latency_target(candidate: dict) -> bool:
     process in every pass, not only on average: on a shared machine one pass can flatter a
     configuration (a lone request on a one-thread worker read 1.04 of in process in one pass and
     1.38 in the other)."""
-    ratios = [p["p50_alone_vs_in_process"] for p in candidate.get("passes", [candidate])
-              if "p50_alone_vs_in_process" in p]
-    return all(ratio <= LATENCY_TARGET for ratio in ratios)
+    return all(ratio <= LATENCY_TARGET for ratio in report.latency_ratio_per_pass(candidate))
 
 
 def pick_config(tuning: list[dict]) -> ServedConfig:
