@@ -95,8 +95,8 @@ def model_inputs(model: Captioner, vocab: Vocabulary, image_set: ImageSet, limit
 
 
 @torch.inference_mode()
-def domain_features(model: Captioner, inputs: Sequence[torch.Tensor], *, device: torch.device | str = "cpu",
-                    batch_size: int = 64, desc: str = "domain features", quiet: bool = False) -> torch.Tensor:
+def domain_features_of(model: Captioner, inputs: Sequence[torch.Tensor], *, device: torch.device | str = "cpu",
+                       batch_size: int = 64, desc: str = "domain features", quiet: bool = False) -> torch.Tensor:
     """(N, D) fp32 domain features of `inputs` (model inputs), in batches, with a progress bar."""
     model.eval()
     device = torch.device(device)
@@ -119,12 +119,12 @@ def fit_and_calibrate(model: Captioner, fit_inputs: Sequence[torch.Tensor],
     """Statistics of `fit_inputs`' features, thresholds calibrated on each held-out set's (name -> inputs)."""
     if not held_out:
         raise ValueError("calibrating the threshold needs at least one held-out set")
-    fitted = fit_domain_statistics(domain_features(model, fit_inputs, device=device, batch_size=batch_size,
-                                                   desc="domain features (fit)", quiet=quiet),
+    fitted = fit_domain_statistics(domain_features_of(model, fit_inputs, device=device, batch_size=batch_size,
+                                                      desc="domain features (fit)", quiet=quiet),
                                    model.encoder.domain_layout)
     features = {
-        name: domain_features(model, inputs, device=device, batch_size=batch_size,
-                              desc=f"domain features (held out: {Path(name).name})", quiet=quiet)
+        name: domain_features_of(model, inputs, device=device, batch_size=batch_size,
+                                 desc=f"domain features (held out: {Path(name).name})", quiet=quiet)
         for name, inputs in held_out.items()
     }
     # The stored fp32 statistics, as the server scores.

@@ -41,7 +41,7 @@ from model.transforms import eval_transform, to_rgb
 from model.vocabulary import Vocabulary
 from training.domain_calibration import (
     add_domain_arguments,
-    domain_features,
+    domain_features_of,
     domain_sources,
     fit_export_domain,
     held_out_sets,
@@ -83,7 +83,7 @@ def measure(model: Captioner, vocab: Vocabulary, statistics: DomainStatistics, h
     scorer = DomainScorer(statistics)
 
     def ratios(inputs, desc: str) -> torch.Tensor:
-        return scorer.ratios(domain_features(model, inputs, batch_size=batch_size, desc=desc, quiet=quiet))
+        return scorer.ratios(domain_features_of(model, inputs, batch_size=batch_size, desc=desc, quiet=quiet))
 
     inside = {image_set.name: ratios(model_inputs(model, vocab, image_set), f"held out: {image_set.annotations.name}")
               for image_set in held_out}

@@ -33,7 +33,7 @@ from model.transforms import eval_transform
 from model.vocabulary import Vocabulary
 from model.word_attention import word_maps
 from training.coco_data import load_coco
-from training.domain_calibration import domain_features
+from training.domain_calibration import domain_features_of
 from training.domain_report import picture_inputs
 from training.evaluate import evaluate_model
 from training.out_of_domain import package_photos
@@ -129,7 +129,7 @@ def photo_entries(model: Captioner, vocab: Vocabulary, export_dir: str, count: i
     statistics = read_domain_statistics(export_dir, model.encoder.domain_layout)
     pictures = list(package_photos().items())[:count]
     inputs = picture_inputs(model, [picture for _, picture in pictures])
-    verdicts = domain_scorer(statistics)(domain_features(model, inputs, device=device, quiet=True))
+    verdicts = domain_scorer(statistics)(domain_features_of(model, inputs, device=device, quiet=True))
     entries = []
     for (name, picture), tensor, verdict in zip(pictures, inputs, verdicts):
         with torch.no_grad():
