@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-STUBS := build/grpc/inference_pb2.py
+STUBS := build/grpc/open_inference_grpc_pb2.py
 
 DATA := data/shapes
 TRAIN_JSON := $(DATA)/annotations/captions_train.json

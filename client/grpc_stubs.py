@@ -17,7 +17,10 @@ from pathlib import Path
 from types import ModuleType
 
 DEFAULT_STUB_DIR = Path(__file__).resolve().parent.parent / "build" / "grpc"
-PROTOS = ("proto/inference.proto", "proto/management.proto", "google/rpc/status.proto")
+# TorchServe's own services, and the Open Inference Protocol's (ModelInfer, served on the
+# inference port when `ts_open_inference_protocol=true`).
+PROTOS = ("proto/inference.proto", "proto/management.proto", "google/rpc/status.proto",
+          "proto/open_inference_grpc.proto")
 
 
 def model_server_jar() -> Path:
@@ -53,13 +56,23 @@ def generate(out_dir: Path = DEFAULT_STUB_DIR) -> Path:
 
 def import_stubs(stub_dir: Path | str | None = None) -> tuple[ModuleType, ModuleType, ModuleType, ModuleType]:
     """(inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc)."""
+    names = ("inference_pb2", "inference_pb2_grpc", "management_pb2", "management_pb2_grpc")
+    return _import(names, stub_dir)  # type: ignore[return-value]
+
+
+def import_open_inference_stubs(stub_dir: Path | str | None = None) -> tuple[ModuleType, ModuleType]:
+    """(open_inference_grpc_pb2, open_inference_grpc_pb2_grpc): the OIP gRPC service's messages and stub."""
+    return _import(("open_inference_grpc_pb2", "open_inference_grpc_pb2_grpc"), stub_dir)  # type: ignore[return-value]
+
+
+def _import(names: tuple[str, ...], stub_dir: Path | str | None) -> tuple[ModuleType, ...]:
     stub_dir = Path(stub_dir or os.environ.get("CAPTION_GRPC_STUBS", DEFAULT_STUB_DIR))
-    if not (stub_dir / "inference_pb2.py").is_file():
-        raise ImportError(f"no gRPC stubs in {stub_dir}; run `make install` (or python -m client.grpc_stubs)")
+    if not all((stub_dir / f"{name}.py").is_file() for name in names):
+        raise ImportError(f"no gRPC stubs ({', '.join(names)}) in {stub_dir}; run `make install` "
+                          "(or python -m client.grpc_stubs)")
     if str(stub_dir) not in sys.path:
         sys.path.insert(0, str(stub_dir))  # generated modules import each other by bare name
-    names = ("inference_pb2", "inference_pb2_grpc", "management_pb2", "management_pb2_grpc")
-    return tuple(importlib.import_module(name) for name in names)  # type: ignore[return-value]
+    return tuple(importlib.import_module(name) for name in names)
 
 
 if __name__ == "__main__":

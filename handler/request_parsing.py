@@ -48,13 +48,24 @@ DEFAULT_DIVERSITY = 0.5  # the penalty when beam_groups > 1 and none is asked fo
 # are risky: EPS hands the file to Ghostscript, rarely used decoders see little fuzzing.
 # "JPEG" includes the multi-picture JPEGs (MPO) many cameras write.
 IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
-# KServe v2 requests: the image input, option inputs (also accepted as request `parameters`),
-# and the outputs a request may ask for by name (handler/open_inference.py writes them).
+# KServe v2 requests: the image input, option inputs (also accepted as request `parameters`) with the
+# datatypes each may have, and the outputs a request may ask for by name (handler/open_inference.py
+# writes them). Every option of /predictions but `stream`: v2 has no streaming.
 V2_IMAGE_INPUT = "image"
-V2_OPTIONS = ("max_length", "beam_size", "n_best")
 V2_INTEGER_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
+V2_NUMBER_TYPES = V2_INTEGER_TYPES | {"FP32", "FP64"}
+V2_OPTION_TYPES: dict[str, frozenset[str]] = {
+    **dict.fromkeys(("max_length", "beam_size", "num_captions", "n_best", "beam_groups", "top_k", "seed"),
+                    V2_INTEGER_TYPES),
+    **dict.fromkeys(("diversity", "temperature", "top_p"), V2_NUMBER_TYPES),
+    **dict.fromkeys(("do_sample", "attention"), frozenset({"BOOL"})),
+    "language": frozenset({"BYTES"}),
+}
+V2_OPTIONS = tuple(V2_OPTION_TYPES)
 V2_OUTPUTS = ("caption", "score", "tokens", "scores", "ended", "alternatives", "alternative_scores", "domain_score",
-              "in_domain")
+              "in_domain", "language", "seed", "attention")
+V2_NO_STREAM = ("there is no streaming over v2: stream the caption from /predictions (\"stream\": true) "
+                "or gRPC StreamPredictions")
 # model_name and model_version: TorchServe's OIP gRPC service (ModelInfer) adds them to the body.
 V2_BODY_FIELDS = ("id", "inputs", "outputs", "parameters", "model_name", "model_version")
 Image.init()  # register every plugin now: `Image.open(formats=...)` looks the names up
@@ -452,11 +463,13 @@ def _v2_tensors(inputs: Any) -> dict[str, dict[str, Any]]:
         if tensor["name"] in tensors:
             raise BadRequest(f"input {tensor['name']!r} is given twice")
         tensors[tensor["name"]] = tensor
+    if "stream" in tensors:
+        raise BadRequest(V2_NO_STREAM)
     unknown = sorted(set(tensors) - {V2_IMAGE_INPUT, *V2_OPTIONS})
     if unknown:
         raise BadRequest(
-            f"unknown inputs {unknown}; send {V2_IMAGE_INPUT!r} (BYTES, base64) and optionally "
-            f"{', '.join(V2_OPTIONS)} (INT32)"
+            f"unknown inputs {_shown(unknown)}; send {V2_IMAGE_INPUT!r} (BYTES, base64) and optionally "
+            f"the options {', '.join(V2_OPTIONS)}"
         )
     if V2_IMAGE_INPUT not in tensors:
         raise BadRequest(f'no {V2_IMAGE_INPUT!r} input: add {{"name": "image", "datatype": "BYTES", '
@@ -486,21 +499,43 @@ def _v2_element(tensor: dict[str, Any], datatypes: frozenset[str] | set[str]) ->
     return data
 
 
-def _v2_options(tensors: dict[str, dict[str, Any]], parameters: Any) -> dict[str, Any]:
+def _v2_text(value: Any, known: Sequence[str]) -> Any:
+    """A BYTES option input's text, as sent over REST or through TorchServe's OIP gRPC service.
+
+    That service (ModelInfer) base64-encodes every BYTES input before the handler
+    sees it, so b"fr" arrives as "ZnI="; REST sends the text itself. A value the
+    model knows is taken as it is; else valid base64 of printable text is read as
+    that text, so a refusal names what the client sent. (No two-letter code is
+    valid base64, whose length is a multiple of 4.)
+    """
+    if not isinstance(value, str) or value in known:
+        return value
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("ascii")
+    except (binascii.Error, ValueError):
+        return value
+    return decoded if decoded and decoded.isprintable() else value
+
+
+def _v2_options(tensors: dict[str, dict[str, Any]], parameters: Any, limits: RequestLimits) -> dict[str, Any]:
     """Option values from the option inputs and the request's `parameters`, which may not both set one."""
     if parameters is None:
         parameters = {}
     if not isinstance(parameters, dict):
         raise BadRequest('"parameters" must be an object, e.g. {"beam_size": 3}')
+    if "stream" in parameters:
+        raise BadRequest(V2_NO_STREAM)
     unknown = sorted(set(parameters) - set(V2_OPTIONS))
     if unknown:
-        raise BadRequest(f"unknown parameters {unknown}; allowed: {', '.join(V2_OPTIONS)}")
+        raise BadRequest(f"unknown parameters {_shown(unknown)}; allowed: {', '.join(V2_OPTIONS)}")
     options = dict(parameters)
-    for name in V2_OPTIONS:
+    for name, datatypes in V2_OPTION_TYPES.items():
         if name in tensors:
             if name in parameters:
                 raise BadRequest(f"{name} is given both as an input and as a parameter; give it once")
-            options[name] = _v2_element(tensors[name], V2_INTEGER_TYPES)
+            options[name] = _v2_element(tensors[name], datatypes)
+    if "language" in tensors:
+        options["language"] = _v2_text(options["language"], limits.languages)
     return options
 
 
@@ -536,7 +571,10 @@ def parse_v2_body(document: dict[str, Any], limits: RequestLimits, media: ImageI
         raise BadRequest(f"unknown fields {unknown} in the v2 request; allowed: {', '.join(V2_BODY_FIELDS)}")
     tensors = _v2_tensors(document["inputs"])
     call = _v2_call(document)
-    options = parse_options(_v2_options(tensors, document.get("parameters")), limits)
+    options = parse_options(_v2_options(tensors, document.get("parameters"), limits), limits)
+    if "attention" in call.outputs and document.get("outputs") is not None and not options.attention:
+        raise BadRequest('output "attention" comes with the attention option: add the input '
+                         '{"name": "attention", "datatype": "BOOL", "shape": [1], "data": [true]}')
     image_data = _v2_element(tensors[V2_IMAGE_INPUT], {"BYTES"})
     image = media.from_bytes(_base64_image(image_data, where=f"input {V2_IMAGE_INPUT!r}"), limits)
     return CaptionRequest(image, options, v2=call)

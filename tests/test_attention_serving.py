@@ -7,11 +7,15 @@ the exported config says which network each worker builds.
 
 from __future__ import annotations
 
+import base64
 import shutil
 
+import numpy as np
 import pytest
+import requests
 
 from client.grpc_client import GrpcCaptionClient
+from client.open_inference import OpenInferenceClient, fold
 from client.rest import CaptionClient, ServiceError
 from ops.archive import build_archive
 from tests.helpers import shape_image_bytes, write_tiny_export
@@ -69,6 +73,27 @@ def test_the_attention_model_returns_a_map_per_token(side_by_side):
     beams = rest.caption(JPEG, attention=True, beam_size=3, num_captions=2)
     _check_maps(beams)
     assert all(len(c["attention"]) == len(c["tokens"]) for c in beams["captions"])
+
+
+def test_the_attention_maps_come_over_the_open_inference_protocol_too(side_by_side, torchserve):
+    """KServe v2 over REST and over its gRPC service (ModelInfer): one [T, G, G] FP32 tensor of the maps."""
+    rest, _ = side_by_side["soft-attention"]
+    expected = rest.caption(JPEG, attention=True, beam_size=2)
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(JPEG).decode()]},
+                       {"name": "attention", "datatype": "BOOL", "shape": [1], "data": [True]}],
+            "parameters": {"beam_size": 2}}
+    reply = requests.post(f"{rest.inference_url}/v2/models/soft-attention/infer", json=body,
+                          headers=rest.tokens.header("inference"), timeout=120)
+    assert reply.status_code == 200, reply.text
+    maps = next(tensor for tensor in reply.json()["outputs"] if tensor["name"] == "attention")
+    assert maps["shape"] == [len(expected["tokens"]), 2, 2]
+    assert fold(maps["data"], maps["shape"]) == expected["attention"]
+    with OpenInferenceClient(torchserve.grpc_target("grpc_inference"), torchserve.tokens(),
+                             model="soft-attention") as oip:
+        answer = oip.infer(JPEG, attention=True, beam_size=2)
+    assert answer["caption"] == [expected["caption"]]
+    got, want = (np.array(maps_, dtype=np.float64) for maps_ in (answer["attention"], expected["attention"]))
+    assert got.shape == want.shape and np.allclose(got, want, atol=1e-6), "FP32 on the wire: 3 decimals hold"
 
 
 def test_the_show_tell_model_answers_attention_with_a_400(side_by_side):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from client.open_inference import OpenInferenceClient, fold
+from client.rest import ServiceError
 from handler.caption_handler import CaptionHandler
+from handler.request_parsing import BadRequest, RequestLimits, parse_request
 from ops.request_corpus import scene_images
 from tests.helpers import shape_image_bytes, torchserve_context, write_tiny_export
 
@@ -51,9 +55,10 @@ def infer(server, body: dict, model: str = "captioner") -> requests.Response:
 
 
 def outputs(reply: dict) -> dict[str, list]:
-    """Output data by name, after checking each output's shape matches its data."""
+    """Output data by name (flat, as sent), after checking each output's shape matches its data."""
     for tensor in reply["outputs"]:
-        assert tensor["shape"] == [len(tensor["data"])], tensor
+        assert math.prod(tensor["shape"]) == len(tensor["data"]), tensor
+        assert tensor["name"] == "attention" or len(tensor["shape"]) == 1, tensor
     return {tensor["name"]: tensor["data"] for tensor in reply["outputs"]}
 
 
@@ -78,17 +83,18 @@ def test_v2_infer_answers_the_caption_predictions_gives(torchserve, registered):
     assert reply.headers["content-type"].startswith("application/json")
     body = reply.json()
     assert (body["model_name"], body["model_version"], body["id"]) == ("captioner", "1.0", "req-1")
-    assert body["parameters"] == {"method": "beam", "beam_size": 2, "max_length": 6}
+    assert body["parameters"] == {"method": "beam", "beam_size": 2, "max_length": 6, "language": "en"}
     data = outputs(body)
     datatypes = {tensor["name"]: tensor["datatype"] for tensor in body["outputs"]}
     assert datatypes == {"caption": "BYTES", "score": "FP32", "tokens": "BYTES", "scores": "FP32",
                          "ended": "BOOL", "alternatives": "BYTES", "alternative_scores": "FP32",
-                         "domain_score": "FP32", "in_domain": "BOOL"}
+                         "domain_score": "FP32", "in_domain": "BOOL", "language": "BYTES", "seed": "INT64"}
     expected = registered.caption(JPEG, max_length=6, beam_size=2, n_best=2)
     assert data["caption"] == [expected["caption"]] and data["tokens"] == expected["tokens"]
     assert data["score"] == [expected["score"]] and data["ended"] == [expected["ended"]]
     assert data["alternatives"] == [a["caption"] for a in expected["alternatives"]]
     assert data["domain_score"] == [expected["domain_score"]] and data["in_domain"] == [expected["in_domain"]]
+    assert data["language"] == ["en"] and data["seed"] == [], "seed: sampled captions only"
 
 
 def test_v2_outputs_pick_what_comes_back_and_parameters_carry_options(torchserve, registered):
@@ -165,13 +171,20 @@ def _bad_v2_requests() -> list[tuple[str, dict, int, str]]:
         ("option-as-float", {"inputs": [image, int_input("beam_size", 2.0, "FP32")]}, 400, "datatype"),
         ("image-not-bytes", {"inputs": [image_input([1, 2, 3], "INT32", (3,))]}, 400, "datatype"),
         ("two-images", {"inputs": [image_input([_b64(JPEG)] * 2, shape=(2,))]}, 400, "one image per request"),
-        ("unknown-input", {"inputs": [image, int_input("temperature", 1)]}, 400, "unknown inputs"),
-        ("stream-over-v2", {"inputs": [image, int_input("stream", 1, "BOOL")]}, 400, "unknown inputs"),
+        ("unknown-input", {"inputs": [image, int_input("colour", 1)]}, 400, "unknown inputs"),
+        ("stream-over-v2", {"inputs": [image, int_input("stream", 1, "BOOL")]}, 400, "no streaming over v2"),
+        ("temperature-without-sampling", {"inputs": [image, int_input("temperature", 0.5, "FP32")]}, 400,
+         "add do_sample=true"),
+        ("sample-as-int", {"inputs": [image, int_input("do_sample", 1)]}, 400, "datatype BOOL"),
+        ("language-not-the-models", {"inputs": [image, int_input("language", "ja", "BYTES")]}, 400,
+         "language must be one of"),
         ("inputs-not-a-list", {"inputs": {"image": _b64(JPEG)}}, 400, "non-empty list"),
         ("unknown-output", {"inputs": [image], "outputs": [{"name": "logits"}]}, 400, "unknown outputs"),
         ("option-given-twice", {"inputs": [image, int_input("max_length", 4)], "parameters": {"max_length": 5}},
          400, "both"),
-        ("unknown-parameter", {"inputs": [image], "parameters": {"temperature": 0.7}}, 400, "unknown parameters"),
+        ("unknown-parameter", {"inputs": [image], "parameters": {"colour": "red"}}, 400, "unknown parameters"),
+        ("attention-output-unasked", {"inputs": [image], "outputs": [{"name": "attention"}]}, 400,
+         "comes with the attention option"),
     ]
 
 
@@ -228,3 +241,108 @@ def test_one_handler_batch_answers_v2_and_plain_requests_each_in_their_own_form(
     # What TorchServe's OIP gRPC service needs to read a refusal without restarting the worker.
     assert answers[2]["model_name"] == "captioner" and outputs(answers[2])["error"] == [answers[2]["error"]]
     assert answers[3]["id"] == "d" and outputs(answers[3])["caption"] == [answers[1]["caption"]]
+
+
+# --- every option of /predictions, over v2 -------------------------------------------------------
+
+FOUR_LANGUAGES = RequestLimits(languages=("en", "fr", "de", "es"), attention_grid=2, decoder="soft_attention")
+OPTION_SETS = [
+    {"max_length": 7, "language": "de"},
+    {"beam_size": 4, "num_captions": 3, "language": "fr"},
+    {"beam_size": 6, "beam_groups": 3, "diversity": 0.8, "n_best": 2},
+    {"do_sample": True, "temperature": 0.7, "top_k": 5, "top_p": 0.9, "seed": 4_000_000_000, "num_captions": 2},
+    {"attention": True, "beam_size": 2},
+]
+
+
+def typed_inputs(options: dict) -> list[dict]:
+    """Each option as the v2 input tensor a KServe client would send, typed as the handler documents."""
+    datatypes = {bool: "BOOL", float: "FP32", str: "BYTES", int: "INT64"}
+    return [int_input(name, value, datatypes[type(value)]) for name, value in options.items()]
+
+
+@pytest.mark.parametrize("options", OPTION_SETS, ids=lambda o: "+".join(o))
+def test_every_option_reads_over_v2_as_it_does_on_predictions(options):
+    plain = parse_request({"body": {"image": _b64(JPEG), **options}}, FOUR_LANGUAGES).options
+    as_inputs = parse_request({"body": {"inputs": [image_input(), *typed_inputs(options)]}}, FOUR_LANGUAGES)
+    as_parameters = parse_request({"body": {"inputs": [image_input()], "parameters": options}}, FOUR_LANGUAGES)
+    assert as_inputs.options == plain and as_parameters.options == plain
+    assert as_inputs.v2 is not None
+
+
+def test_a_language_from_the_grpc_service_arrives_base64_and_reads_as_sent():
+    """ModelInfer base64-encodes BYTES inputs before the handler sees them; REST sends the text."""
+    def language(data: str) -> str:
+        body = {"inputs": [image_input(), int_input("language", data, "BYTES")]}
+        return parse_request({"body": body}, FOUR_LANGUAGES).options.language
+
+    assert language("fr") == "fr" and language(_b64(b"fr")) == "fr" and language(_b64(b"es")) == "es"
+    with pytest.raises(BadRequest, match=r"languages \(en, fr, de, es\), got 'ja'"):
+        language(_b64(b"ja"))
+    with pytest.raises(BadRequest, match="got 'ja'"):
+        language("ja")
+
+
+def test_sampled_and_attention_answers_carry_seed_language_and_maps_as_tensors(tmp_path):
+    """A soft-attention model in process: a v2 answer holds what the JSON reply to the same request holds."""
+    context, _ = torchserve_context(write_tiny_export(tmp_path / "export", seed=2, decoder="soft_attention"), 4)
+    handler = CaptionHandler()
+    handler.initialize(context)
+    sampled = {"do_sample": True, "top_p": 0.9, "seed": 11, "num_captions": 2, "max_length": 6}
+    beams = {"beam_size": 3, "num_captions": 2, "attention": True, "max_length": 5}
+    rows = [{"body": {"image": _b64(JPEG), **sampled}}, {"body": {"inputs": [image_input(), *typed_inputs(sampled)]}},
+            {"body": {"image": _b64(JPEG), **beams}}, {"body": {"inputs": [image_input()], "parameters": beams}}]
+    plain_sample, v2_sample, plain_beams, v2_beams = [json.loads(text) for text in handler.handle(rows, context)]
+    assert [context.get_response_status(i)[0] for i in range(len(rows))] == [200] * 4
+
+    data = outputs(v2_sample)
+    assert data["caption"] == [plain_sample["caption"]] and data["seed"] == [11] and data["language"] == ["en"]
+    assert data["alternatives"] == [c["caption"] for c in plain_sample["captions"][1:]]
+    assert v2_sample["parameters"] == {"method": "sample", "beam_size": 1, "max_length": 6, "language": "en",
+                                       "temperature": 1.0, "top_k": 0, "top_p": 0.9, "seed": 11}
+    assert "attention" not in data, "maps only when asked for"
+
+    maps = next(tensor for tensor in v2_beams["outputs"] if tensor["name"] == "attention")
+    tokens = len(plain_beams["tokens"])
+    assert maps["datatype"] == "FP32" and maps["shape"] == [tokens, 2, 2]
+    assert fold(maps["data"], maps["shape"]) == plain_beams["attention"]
+    for index in range(tokens):
+        assert sum(maps["data"][4 * index:4 * index + 4]) == pytest.approx(1.0, abs=0.01)
+    assert outputs(v2_beams)["caption"] == [plain_beams["caption"]] and outputs(v2_beams)["seed"] == []
+
+
+# --- the Open Inference Protocol's gRPC service (ModelInfer) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def oip_grpc(torchserve, registered):
+    with OpenInferenceClient(torchserve.grpc_target("grpc_inference"), torchserve.tokens()) as client:
+        yield client
+
+
+def test_model_infer_over_grpc_gives_the_caption_predictions_gives(oip_grpc, registered):
+    assert oip_grpc.server_live() and oip_grpc.model_ready()
+    for options in ({"max_length": 6, "beam_size": 3, "num_captions": 2, "language": "en"},
+                    {"do_sample": True, "top_p": 0.8, "temperature": 0.9, "seed": 21}):
+        expected = registered.caption(JPEG, **options)
+        answer = oip_grpc.infer(JPEG, request_id="oip-1", **options)
+        assert (answer["id"], answer["model_name"], answer["model_version"]) == ("oip-1", "captioner", "1.0")
+        assert answer["caption"] == [expected["caption"]] and answer["tokens"] == expected["tokens"]
+        assert answer["scores"] == pytest.approx(expected["scores"], abs=1e-5)
+        assert answer["alternatives"] == [a["caption"] for a in expected.get("alternatives", [])]
+        assert answer["language"] == ["en"] and answer["seed"] == ([21] if "seed" in options else [])
+        assert answer["domain_score"] == pytest.approx([expected["domain_score"]], abs=1e-6)
+        assert answer["in_domain"] == [expected["in_domain"]]
+
+
+def test_model_infer_refusals_come_back_as_an_error_output_and_the_worker_lives(oip_grpc, registered):
+    pids = registered.worker_pids()
+    for options, words in (({"beam_size": 99}, "beam_size must be between"),
+                           ({"language": "ja"}, "got 'ja'"),
+                           ({"temperature": 0.5}, "add do_sample=true")):
+        with pytest.raises(ServiceError, match=words):
+            oip_grpc.infer(JPEG, **options)
+    with pytest.raises(ServiceError, match="not an image"):
+        oip_grpc.infer(b"hello, world")
+    assert oip_grpc.infer(JPEG)["caption"] == [registered.caption(JPEG)["caption"]]
+    assert registered.worker_pids() == pids, "no worker restarted"

@@ -1,0 +1,131 @@
+"""A client of the Open Inference Protocol's gRPC service (KServe v2 `ModelInfer`), as TorchServe 0.12 serves it.
+
+TorchServe serves it on the gRPC inference port beside its own service when
+`ts_open_inference_protocol=true` (config.properties). Its frontend, read in its
+source and seen in the tests, does a few things a plain v2 client would not expect:
+
+- it forwards the input tensors and drops the request's `parameters` and `outputs`,
+  so options travel as inputs here, each with a datatype the handler accepts;
+- it base64-encodes every BYTES input for the handler (the image, and `language`,
+  which the handler reads back from base64);
+- it writes each BYTES output JSON-quoted (`"\\"a\\""`), so this client reads them as JSON;
+- it drops the answer's `parameters` (the handler sends `language` and `seed` as outputs too);
+- it ignores the status the handler sets: a refused request comes back as an answer
+  whose only output is `error`, which this client raises as `ServiceError`.
+
+    with OpenInferenceClient("127.0.0.1:7070", tokens) as oip:
+        outputs = oip.infer(open("img.jpg", "rb").read(), beam_size=3, language="fr")
+        print(outputs["caption"][0])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import grpc
+
+from client.auth import TokenStore
+from client.grpc_stubs import import_open_inference_stubs
+from client.rest import ServiceError
+
+# How each option travels as a v2 input tensor: its datatype and the InferTensorContents field.
+_FLOAT_OPTIONS = {"temperature", "top_p", "diversity"}
+_BOOL_OPTIONS = {"do_sample", "attention"}
+_TEXT_OPTIONS = {"language"}
+_CONTENTS = {"BYTES": "bytes_contents", "BOOL": "bool_contents", "INT32": "int_contents",
+             "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
+             "UINT32": "uint_contents", "UINT64": "uint64_contents"}
+
+
+def option_tensor(name: str, value: Any) -> tuple[str, str, list[Any]]:
+    """(name, datatype, contents) of one option: BOOL, FP64, BYTES (text) or INT64."""
+    if name in _BOOL_OPTIONS:
+        return name, "BOOL", [bool(value)]
+    if name in _FLOAT_OPTIONS:
+        return name, "FP64", [float(value)]
+    if name in _TEXT_OPTIONS:
+        return name, "BYTES", [str(value).encode()]
+    return name, "INT64", [int(value)]
+
+
+def _output_values(tensor) -> list[Any]:
+    """An output tensor's elements; BYTES ones unquoted (TorchServe sends each as a JSON string)."""
+    values = list(getattr(tensor.contents, _CONTENTS[tensor.datatype]))
+    if tensor.datatype == "BYTES":
+        return [json.loads(value.decode("utf-8")) for value in values]
+    return values
+
+
+class OpenInferenceClient:
+    """`ModelInfer`, `ModelReady` and `ServerLive` over gRPC, with the inference token."""
+
+    def __init__(self, target: str = "127.0.0.1:7070", tokens: TokenStore | None = None,
+                 model: str = "captioner", version: str | None = None, timeout: float = 60.0) -> None:
+        self.pb, pb_grpc = import_open_inference_stubs()
+        self.tokens = tokens or TokenStore(None)
+        self.model, self.version, self.timeout = model, version, timeout
+        self._channel = grpc.insecure_channel(target)
+        self.service = pb_grpc.GRPCInferenceServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "OpenInferenceClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        header = self.tokens.header("inference")
+        return [("authorization", header["Authorization"])] if header else []
+
+    def _tensor(self, name: str, datatype: str, contents: list[Any]):
+        tensor = self.pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=[len(contents)])
+        getattr(tensor.contents, _CONTENTS[datatype]).extend(contents)
+        return tensor
+
+    def request(self, image: bytes, request_id: str = "", **options: Any):
+        """The `ModelInferRequest` for one image (or clip) and these options (`CaptionClient.caption`'s)."""
+        inputs = [self._tensor("image", "BYTES", [image])]
+        inputs += [self._tensor(*option_tensor(name, value)) for name, value in options.items()]
+        return self.pb.ModelInferRequest(model_name=self.model, model_version=self.version or "", id=request_id,
+                                         inputs=inputs)
+
+    def infer_raw(self, request):
+        """Send a `ModelInferRequest` as it is; the `ModelInferResponse`, refusals included."""
+        return self.service.ModelInfer(request, metadata=self._metadata(), timeout=self.timeout)
+
+    def infer(self, image: bytes, request_id: str = "", **options: Any) -> dict[str, Any]:
+        """Caption one image: output values by name (`attention` folded to T x G x G), plus `id`.
+
+        A refused request raises `ServiceError` (status 400: this service carries no other).
+        """
+        reply = self.infer_raw(self.request(image, request_id, **options))
+        outputs: dict[str, Any] = {tensor.name: _output_values(tensor) for tensor in reply.outputs}
+        if "error" in outputs:
+            raise ServiceError(400, {"error": outputs["error"][0], "id": reply.id})
+        attention = next((tensor for tensor in reply.outputs if tensor.name == "attention"), None)
+        if attention is not None:
+            outputs["attention"] = fold(outputs["attention"], list(attention.shape))
+        return {**outputs, "id": reply.id, "model_name": reply.model_name, "model_version": reply.model_version}
+
+    def model_ready(self) -> bool:
+        reply = self.service.ModelReady(self.pb.ModelReadyRequest(name=self.model, version=self.version or ""),
+                                        metadata=self._metadata(), timeout=self.timeout)
+        return reply.ready
+
+    def server_live(self) -> bool:
+        return self.service.ServerLive(self.pb.ServerLiveRequest(), metadata=self._metadata(),
+                                       timeout=self.timeout).live
+
+
+def fold(data: list[Any], shape: list[int]) -> Any:
+    """A flat row-major tensor (as v2 sends it) as nested lists of `shape`."""
+    if math.prod(shape) != len(data):
+        raise ValueError(f"{len(data)} values do not fill shape {shape}")
+    for size in reversed(shape[1:]):
+        data = [data[i:i + size] for i in range(0, len(data), size)]
+    return data
