@@ -116,3 +116,63 @@ def test_scene_labels_give_each_object_a_slot_in_left_to_right_order():
                          COLUMNS.index("left") + 1]
     assert labels[2] == [0, 0, 0, 0], "past the last object every attribute is class 0"
     assert scene_labels([objects[1].record()])[0] == labels[1], "image records give the same labels"
+
+
+def test_missing_image_files_stop_the_set_at_once_naming_them_or_are_skipped_when_asked(tmp_path):
+    import pytest
+
+    from training.coco_data import MissingImages
+
+    path, image_dir = _write_coco_file(tmp_path, images=6)
+    coco = load_coco(path)
+    vocab = Vocabulary.build([a["caption"] for a in coco.anns.values()], min_count=1)
+    transform = eval_transform(image_size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
+    gone = [coco.imgs[i]["file_name"] for i in sorted(coco.imgs)[1:3]]
+    for name in gone:
+        (image_dir / name).unlink()
+    with pytest.raises(MissingImages) as refused:
+        CocoCaptions(coco, image_dir, vocab, transform)
+    message = str(refused.value)
+    assert message.startswith("2 of 6 images") and all(name in message for name in gone)
+    assert "--skip-missing-images" in message
+    kept = CocoCaptions(coco, image_dir, vocab, transform, skip_missing=True)
+    assert len(kept) == 4 and not {coco.imgs[i]["file_name"] for i in kept.image_ids} & set(gone)
+    assert all(kept[i][0].shape == (3, 8, 8) for i in range(len(kept)))
+    for name in {coco.imgs[i]["file_name"] for i in coco.imgs} - set(gone):
+        (image_dir / name).unlink()
+    with pytest.raises(MissingImages, match="6 of 6"):
+        CocoCaptions(coco, image_dir, vocab, transform, skip_missing=True)  # nothing left to train on
+    with pytest.raises(MissingImages, match="does not exist"):
+        CocoCaptions(coco, tmp_path / "elsewhere", vocab, transform)
+
+
+def test_an_unreadable_image_file_is_named_with_its_id(tmp_path):
+    import pytest
+
+    from training.coco_data import UnreadableImage
+
+    path, image_dir = _write_coco_file(tmp_path, images=3)
+    coco = load_coco(path)
+    vocab = Vocabulary.build([a["caption"] for a in coco.anns.values()], min_count=1)
+    dataset = CocoCaptions(coco, image_dir, vocab, eval_transform(image_size=8, mean=(0.5,) * 3, std=(0.5,) * 3))
+    broken = dataset.image_ids[1]
+    (image_dir / coco.imgs[broken]["file_name"]).write_bytes(b"not an image")
+    assert dataset[0][0].shape == (3, 8, 8)
+    with pytest.raises(UnreadableImage, match=rf"{coco.imgs[broken]['file_name']} \(id {broken}\) cannot be read"):
+        dataset[1]
+
+
+def test_the_training_command_names_missing_images_in_one_line_before_any_step(tmp_path):
+    import subprocess
+    import sys
+
+    path, image_dir = _write_coco_file(tmp_path, images=6)
+    coco = load_coco(path)
+    gone = coco.imgs[sorted(coco.imgs)[0]]["file_name"]
+    (image_dir / gone).unlink()
+    command = [sys.executable, "-m", "training.train", "--annotations", str(path), "--images", str(image_dir),
+               "--encoder-weights", "none", "--val-fraction", "0", "--output-dir", str(tmp_path / "out")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("error: 1 of 6 images") and gone in run.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "stopped before training"

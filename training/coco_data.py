@@ -31,6 +31,27 @@ from model.video import ClipTransform
 from model.video_frames import VideoLimits, read_clip
 from model.vocabulary import Vocabulary
 
+_SHOWN_MISSING = 3  # file names a missing-images message lists
+
+
+class MissingImages(FileNotFoundError):
+    """Images the caption file names are not in the image folder (a partial download, the wrong folder)."""
+
+
+class UnreadableImage(OSError):
+    """An image file of the set that cannot be decoded, named with its id so it can be fixed or dropped."""
+
+
+def missing_image_ids(coco: COCO, image_dir: Path, image_ids: Sequence[int]) -> list[int]:
+    """The ids among `image_ids` whose file is not under `image_dir` (a stat per file: seconds for all of COCO)."""
+    return [i for i in image_ids if not (image_dir / coco.imgs[i]["file_name"]).exists()]
+
+
+def _missing_message(coco: COCO, image_dir: Path, missing: Sequence[int], total: int) -> str:
+    names = ", ".join(coco.imgs[i]["file_name"] for i in missing[:_SHOWN_MISSING])
+    more = ", ..." if len(missing) > _SHOWN_MISSING else ""
+    return f"{len(missing)} of {total} images the captions name are not in {image_dir} ({names}{more})"
+
 
 def load_coco(annotation_file: Path | str) -> COCO:
     """Open a COCO caption file, with a clear error when it is missing."""
@@ -145,6 +166,9 @@ class CocoCaptions(Dataset):
             drawn at random (all when None). The decoder is a fifth of a training
             step's cost with five captions; fewer per step trade caption variety
             within a step for more steps per minute.
+        skip_missing: leave out images whose file is not in `image_dir`, saying how
+            many; by default such a set is refused at once, naming a few of them,
+            rather than failing mid-epoch on the first one read.
     """
 
     def __init__(
@@ -156,12 +180,23 @@ class CocoCaptions(Dataset):
         image_ids: Sequence[int] | None = None,
         captions_per_image: int | None = None,
         languages: Sequence[str] | None = None,
+        skip_missing: bool = False,
     ) -> None:
         self.coco = coco
         self.image_dir = Path(image_dir)
         self.vocab = vocab
         self.transform = transform
         self.image_ids = sorted(coco.imgs) if image_ids is None else sorted(image_ids)
+        if not self.image_dir.is_dir():
+            raise MissingImages(f"image folder {self.image_dir} does not exist")
+        absent = missing_image_ids(coco, self.image_dir, self.image_ids)
+        if absent and (not skip_missing or len(absent) == len(self.image_ids)):
+            hint = "" if skip_missing else "; point at the folder that holds them, or skip them with --skip-missing-images"
+            raise MissingImages(_missing_message(coco, self.image_dir, absent, len(self.image_ids)) + hint)
+        if absent:
+            print(f"skipping {_missing_message(coco, self.image_dir, absent, len(self.image_ids))}", flush=True)
+            gone = set(absent)
+            self.image_ids = [i for i in self.image_ids if i not in gone]
         if captions_per_image is not None and captions_per_image < 1:
             raise ValueError(f"captions_per_image must be at least 1, got {captions_per_image}")
         self.captions_per_image = captions_per_image
@@ -179,8 +214,14 @@ class CocoCaptions(Dataset):
 
     def load_image(self, image_id: int) -> Image.Image:
         path = self.image_dir / self.coco.imgs[image_id]["file_name"]
-        with Image.open(path) as image:
-            return to_rgb(image)
+        try:
+            with Image.open(path) as image:
+                return to_rgb(image)
+        except (OSError, SyntaxError, ValueError) as error:  # Pillow's errors for corrupt and truncated files
+            raise UnreadableImage(
+                f"image {path} (id {image_id}) cannot be read: {error}; replace the file, or drop the image "
+                "from the caption file"
+            ) from error
 
     def caption_ids(self, image_id: int) -> list[torch.Tensor]:
         """The image's captions as id tensors: all, or a random `captions_per_image` of them in file order."""
@@ -214,9 +255,9 @@ class VideoCaptions(CocoCaptions):
     def __init__(self, coco: COCO, image_dir: Path | str, vocab: Vocabulary,
                  transform: Callable[[Image.Image], torch.Tensor], image_ids: Sequence[int] | None = None,
                  captions_per_image: int | None = None, *, num_frames: int,
-                 languages: Sequence[str] | None = None) -> None:
+                 languages: Sequence[str] | None = None, skip_missing: bool = False) -> None:
         super().__init__(coco, image_dir, vocab, ClipTransform(transform, num_frames), image_ids, captions_per_image,
-                         languages)
+                         languages, skip_missing)
         self.num_frames = num_frames
 
     def load_image(self, image_id: int) -> list[Image.Image]:
@@ -264,9 +305,11 @@ def collate_captions(batch: list[tuple[torch.Tensor, list[torch.Tensor], int]], 
 
 def caption_set(coco: COCO, image_dir: Path | str, vocab: Vocabulary, transform: Callable[[Image.Image], torch.Tensor],
                 image_ids: Sequence[int] | None = None, captions_per_image: int | None = None, *,
-                num_frames: int = 1, languages: Sequence[str] | None = None) -> CocoCaptions:
+                num_frames: int = 1, languages: Sequence[str] | None = None,
+                skip_missing: bool = False) -> CocoCaptions:
     """`VideoCaptions` for a video set, `CocoCaptions` for images: what training and evaluation read."""
     if is_video_set(coco):
         return VideoCaptions(coco, image_dir, vocab, transform, image_ids, captions_per_image, num_frames=num_frames,
-                             languages=languages)
-    return CocoCaptions(coco, image_dir, vocab, transform, image_ids, captions_per_image, languages=languages)
+                             languages=languages, skip_missing=skip_missing)
+    return CocoCaptions(coco, image_dir, vocab, transform, image_ids, captions_per_image, languages=languages,
+                        skip_missing=skip_missing)

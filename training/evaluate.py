@@ -60,7 +60,7 @@ from model.captioner import Captioner
 from model.batch_captioning import DecodeSpec, decode_mixed
 from model.transforms import eval_transform
 from model.vocabulary import Vocabulary, tokenize
-from training.coco_data import DEFAULT_LANGUAGE, CocoCaptions, caption_set, is_video_set, load_captions
+from training.coco_data import DEFAULT_LANGUAGE, CocoCaptions, UnreadableImage, caption_set, is_video_set, load_captions
 from training.shapes_dataset import names_every_object
 from training.video_data import names_clip
 
@@ -419,4 +419,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    try:
+        main(get_args_parser().parse_args())
+    except (FileNotFoundError, UnreadableImage) as error:  # what the user can fix: said in one line, no traceback
+        raise SystemExit(f"error: {error}") from None

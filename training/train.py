@@ -56,8 +56,8 @@ from training.auxiliary_losses import (
     object_map_labels,
 )
 from training.coco_data import (
-    CaptionBatch, CocoCaptions, caption_language, caption_languages, caption_set, collate_captions, is_video_set,
-    load_captions, split_image_ids,
+    CaptionBatch, CocoCaptions, UnreadableImage, caption_language, caption_languages, caption_set, collate_captions,
+    is_video_set, load_captions, split_image_ids,
 )
 from training.encoder_weights import load_encoder_weights
 from training.shapes_dataset import COLORS, SCENE_ATTRIBUTE_CLASSES, SCENE_SLOTS, SHAPES, scene_labels
@@ -75,6 +75,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="held-out caption file(s), as --annotations (else split by image)")
     data.add_argument("--val-images", default=None, help="image folder for --val-annotations (default --images)")
     data.add_argument("--val-fraction", type=float, default=0.05, help="images held out when no val file")
+    data.add_argument("--skip-missing-images", action="store_true",
+                      help="train on the images that are there when some the captions name are missing "
+                           "(by default the run stops at once and names them)")
     data.add_argument("--min-word-count", type=int, default=4, help="vocabulary frequency threshold")
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", default="resnet34", choices=sorted(BACKBONES), help="torchvision ResNet")
@@ -416,10 +419,11 @@ def build_datasets(args: argparse.Namespace, vocab: Vocabulary | None, config_im
     train_tf = train_transform(image_size=config_image_size, mean=mean, std=std, augment=args.augment)
     val_tf = eval_transform(image_size=config_image_size, mean=mean, std=std)
     train_set = caption_set(coco, args.images, vocab, train_tf, train_ids, args.captions_per_image,
-                            num_frames=num_frames, languages=args.train_languages)
+                            num_frames=num_frames, languages=args.train_languages,
+                            skip_missing=args.skip_missing_images)
     # Held out in the languages trained on, so the held-out loss measures what this run learns.
     val_set = caption_set(val_coco, args.val_images or args.images, vocab, val_tf, val_ids, num_frames=num_frames,
-                          languages=args.train_languages)
+                          languages=args.train_languages, skip_missing=args.skip_missing_images)
     return train_set, val_set, vocab
 
 
@@ -632,5 +636,7 @@ def main(args: argparse.Namespace) -> Path:
 if __name__ == "__main__":
     try:
         main(get_args_parser().parse_args())
+    except (FileNotFoundError, UnreadableImage) as error:  # what the user can fix: said in one line, no traceback
+        raise SystemExit(f"error: {error}") from None
     finally:
         distributed.cleanup()
