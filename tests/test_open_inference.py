@@ -16,9 +16,11 @@ import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
 import requests
 
+from client.auth import TokenStore
 from client.open_inference import OpenInferenceClient, fold
 from client.rest import ServiceError
 from handler.caption_handler import CaptionHandler
@@ -335,8 +337,12 @@ def test_model_infer_over_grpc_gives_the_caption_predictions_gives(oip_grpc, reg
         assert answer["in_domain"] == [expected["in_domain"]]
 
 
-def test_model_infer_refusals_come_back_as_an_error_output_and_the_worker_lives(oip_grpc, registered):
+def test_model_infer_refusals_come_back_as_an_error_output_and_the_worker_lives(oip_grpc, registered, torchserve):
     pids = registered.worker_pids()
+    with OpenInferenceClient(torchserve.grpc_target("grpc_inference"), TokenStore(None)) as no_token:
+        with pytest.raises(grpc.RpcError) as refused:
+            no_token.infer(JPEG)
+    assert refused.value.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED), refused.value
     for options, words in (({"beam_size": 99}, "beam_size must be between"),
                            ({"language": "ja"}, "got 'ja'"),
                            ({"temperature": 0.5}, "add do_sample=true")):
