@@ -87,9 +87,9 @@ class OpenInferenceClient:
         getattr(tensor.contents, _CONTENTS[datatype]).extend(contents)
         return tensor
 
-    def request(self, image: bytes, request_id: str = "", **options: Any):
-        """The `ModelInferRequest` for one image (or clip) and these options (`CaptionClient.caption`'s)."""
-        inputs = [self._tensor("image", "BYTES", [image])]
+    def request(self, image: bytes, request_id: str = "", *, field: str = "image", **options: Any):
+        """The `ModelInferRequest` for one image (or clip, `field="video"`) and these options (`CaptionClient.caption`'s)."""
+        inputs = [self._tensor(field, "BYTES", [image])]
         inputs += [self._tensor(*option_tensor(name, value)) for name, value in options.items()]
         return self.pb.ModelInferRequest(model_name=self.model, model_version=self.version or "", id=request_id,
                                          inputs=inputs)
@@ -98,12 +98,13 @@ class OpenInferenceClient:
         """Send a `ModelInferRequest` as it is; the `ModelInferResponse`, refusals included."""
         return self.service.ModelInfer(request, metadata=self._metadata(), timeout=self.timeout)
 
-    def infer(self, image: bytes, request_id: str = "", **options: Any) -> dict[str, Any]:
-        """Caption one image: output values by name (`attention` folded to T x G x G), plus `id`.
+    def infer(self, image: bytes, request_id: str = "", *, field: str = "image", **options: Any) -> dict[str, Any]:
+        """Caption one image (a video model's clip: `field="video"`): output values by name, plus `id`.
 
-        A refused request raises `ServiceError` (status 400: this service carries no other).
+        `attention` comes folded to T x G x G. A refused request raises `ServiceError`
+        (status 400: this service carries no other).
         """
-        reply = self.infer_raw(self.request(image, request_id, **options))
+        reply = self.infer_raw(self.request(image, request_id, field=field, **options))
         outputs: dict[str, Any] = {tensor.name: _output_values(tensor) for tensor in reply.outputs}
         if "error" in outputs:
             raise ServiceError(400, {"error": outputs["error"][0], "id": reply.id})

@@ -48,10 +48,9 @@ DEFAULT_DIVERSITY = 0.5  # the penalty when beam_groups > 1 and none is asked fo
 # are risky: EPS hands the file to Ghostscript, rarely used decoders see little fuzzing.
 # "JPEG" includes the multi-picture JPEGs (MPO) many cameras write.
 IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
-# KServe v2 requests: the image input, option inputs (also accepted as request `parameters`) with the
+# KServe v2 requests: option inputs (also accepted as request `parameters`) with the
 # datatypes each may have, and the outputs a request may ask for by name (handler/open_inference.py
 # writes them). Every option of /predictions but `stream`: v2 has no streaming.
-V2_IMAGE_INPUT = "image"
 V2_INTEGER_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
 V2_NUMBER_TYPES = V2_INTEGER_TYPES | {"FP32", "FP64"}
 V2_OPTION_TYPES: dict[str, frozenset[str]] = {
@@ -401,6 +400,7 @@ class ImageInput:
 
     json_fields: tuple[str, ...] = ("image",)
     missing_json: str = 'JSON body lacks "image" (the image file, base64-encoded)'
+    v2_inputs: tuple[str, ...] = ("image",)  # the KServe v2 input that holds the file (BYTES, base64)
 
     def from_bytes(self, data: bytes, limits: RequestLimits) -> Image.Image:
         return decode_image(data, limits)
@@ -449,8 +449,11 @@ def is_v2_body(document: Any) -> bool:
     return isinstance(document, dict) and "inputs" in document
 
 
-def _v2_tensors(inputs: Any) -> dict[str, dict[str, Any]]:
-    """The request's input tensors by name, refusing unknown, unnamed and repeated ones."""
+def _v2_tensors(inputs: Any, media_names: tuple[str, ...]) -> tuple[dict[str, dict[str, Any]], str]:
+    """The request's input tensors by name and the name its picture came under (one of `media_names`).
+
+    Unknown, unnamed and repeated inputs are refused, and so is a request with no picture or two.
+    """
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest(
             '"inputs" must be a non-empty list of tensors, e.g. '
@@ -465,16 +468,19 @@ def _v2_tensors(inputs: Any) -> dict[str, dict[str, Any]]:
         tensors[tensor["name"]] = tensor
     if "stream" in tensors:
         raise BadRequest(V2_NO_STREAM)
-    unknown = sorted(set(tensors) - {V2_IMAGE_INPUT, *V2_OPTIONS})
+    unknown = sorted(set(tensors) - {*media_names, *V2_OPTIONS})
     if unknown:
         raise BadRequest(
-            f"unknown inputs {_shown(unknown)}; send {V2_IMAGE_INPUT!r} (BYTES, base64) and optionally "
+            f"unknown inputs {_shown(unknown)}; send {media_names[0]!r} (BYTES, base64) and optionally "
             f"the options {', '.join(V2_OPTIONS)}"
         )
-    if V2_IMAGE_INPUT not in tensors:
-        raise BadRequest(f'no {V2_IMAGE_INPUT!r} input: add {{"name": "image", "datatype": "BYTES", '
-                         '"shape": [1], "data": ["<base64 of the image file>"]}')
-    return tensors
+    given = [name for name in media_names if name in tensors]
+    if not given:
+        raise BadRequest(f'no {media_names[0]!r} input: add {{"name": "{media_names[0]}", "datatype": "BYTES", '
+                         f'"shape": [1], "data": ["<base64 of the {media_names[0]} file>"]}}')
+    if len(given) > 1:
+        raise BadRequest(f"give one of the inputs {', '.join(given)}, not both")
+    return tensors, given[0]
 
 
 def _v2_element(tensor: dict[str, Any], datatypes: frozenset[str] | set[str]) -> Any:
@@ -569,14 +575,14 @@ def parse_v2_body(document: dict[str, Any], limits: RequestLimits, media: ImageI
     unknown = sorted(set(document) - set(V2_BODY_FIELDS))
     if unknown:
         raise BadRequest(f"unknown fields {unknown} in the v2 request; allowed: {', '.join(V2_BODY_FIELDS)}")
-    tensors = _v2_tensors(document["inputs"])
+    tensors, picture = _v2_tensors(document["inputs"], media.v2_inputs)
     call = _v2_call(document)
     options = parse_options(_v2_options(tensors, document.get("parameters"), limits), limits)
     if "attention" in call.outputs and document.get("outputs") is not None and not options.attention:
         raise BadRequest('output "attention" comes with the attention option: add the input '
                          '{"name": "attention", "datatype": "BOOL", "shape": [1], "data": [true]}')
-    image_data = _v2_element(tensors[V2_IMAGE_INPUT], {"BYTES"})
-    image = media.from_bytes(_base64_image(image_data, where=f"input {V2_IMAGE_INPUT!r}"), limits)
+    image_data = _v2_element(tensors[picture], {"BYTES"})
+    image = media.from_bytes(_base64_image(image_data, where=f"input {picture!r}"), limits)
     return CaptionRequest(image, options, v2=call)
 
 

@@ -3,6 +3,7 @@
 - raw bytes or a multipart `data` field: an MP4 (H.264), WebM (VP8/VP9) or animated GIF file
 - JSON `{"video": "<base64 of the file>"}`, or `{"frames": ["<base64 image>", ...]}` (JPEG, PNG, ...
   frames in order; one frame is a one-frame clip)
+- KServe v2: the file, base64, as the BYTES input `video` (or `image`)
 
 A still image sent as a file gets 415 (send it as `frames` to caption it as a
 one-frame clip). Limits come from the `captioner:` section of model-config.yaml;
@@ -40,6 +41,8 @@ class VideoInput:
     json_fields: tuple[str, ...] = ("video", "frames")
     missing_json: str = ('JSON body lacks "video" (the clip file, base64-encoded) or "frames" '
                          '(a list of base64 images, in order)')
+    # KServe v2: the clip file as input "video", or as "image" (the name it had before "video" was read).
+    v2_inputs: tuple[str, ...] = ("video", "image")
 
     def from_bytes(self, data: bytes, limits: RequestLimits) -> list[Image.Image]:
         """A container's bytes -> its `num_frames` sampled frames."""

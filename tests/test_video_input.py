@@ -2,6 +2,7 @@
 
 import base64
 import io
+import re
 
 import pytest
 from PIL import Image
@@ -46,6 +47,8 @@ def test_raw_multipart_json_and_v2_clips_give_the_same_sampled_frames(mp4):
         {"data": bytearray(mp4), "beam_size": bytearray(b"2")},
         {"body": {"video": _b64(mp4), "max_length": 5}},
         {"body": {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [_b64(mp4)]}]}},
+        {"body": {"inputs": [{"name": "video", "datatype": "BYTES", "shape": [1], "data": [_b64(mp4)]},
+                             {"name": "beam_size", "datatype": "INT32", "shape": [1], "data": [2]}]}},
     ]
     for row in rows:
         request = parse_request(row, LIMITS, MEDIA)
@@ -87,3 +90,12 @@ def test_frame_pixel_limit_applies_to_json_frames():
 def test_limits_come_from_the_model_config_settings():
     limits = video_limits({"max_video_frames": "12", "max_video_seconds": 2, "torch_threads": 2})
     assert limits == VideoLimits(max_video_frames=12, max_video_seconds=2.0)
+
+
+def test_a_v2_clip_comes_as_one_input_named_video_or_image():
+    clip = {"datatype": "BYTES", "shape": [1], "data": [_b64(b"any")]}
+    for inputs, words in (([{"name": "video", **clip}, {"name": "image", **clip}], "give one of the inputs video, image"),
+                          ([{"name": "frames", **clip}], "unknown inputs ['frames']; send 'video'"),
+                          ([{"name": "beam_size", "datatype": "INT32", "shape": [1], "data": [2]}], "no 'video' input")):
+        with pytest.raises(BadRequest, match=re.escape(words)):
+            parse_request({"body": {"inputs": inputs}}, LIMITS, MEDIA)

@@ -20,6 +20,7 @@ from PIL import Image
 
 from client.__main__ import main as client_main
 from client.grpc_client import GrpcCaptionClient
+from client.open_inference import OpenInferenceClient
 from client.rest import CaptionClient, ServiceError
 from model.video_frames import read_clip
 from ops.archive import MODEL_CONFIG, build_archive
@@ -114,6 +115,20 @@ def test_multipart_json_and_beam_search(torchserve, video, clips):
     body = response.json()
     assert body["method"] == "beam" and len(body["captions"]) == 2
     assert video.caption(clips[".mp4"], field="video", beam_size=3, num_captions=2)["captions"] == body["captions"]
+
+
+def test_an_mp4_over_kserve_v2_rest_and_model_infer(torchserve, video, clips):
+    expected = video.caption(clips[".mp4"], field="video", beam_size=2)
+    body = {"inputs": [{"name": "video", "datatype": "BYTES", "shape": [1],
+                        "data": [base64.b64encode(clips[".mp4"]).decode()]}], "parameters": {"beam_size": 2}}
+    reply = requests.post(f"{torchserve.url('inference')}/v2/models/{MODEL}/infer", json=body,
+                          headers=torchserve.tokens().header("inference"), timeout=60)
+    assert reply.status_code == 200, reply.text
+    by_rest = {tensor["name"]: tensor["data"] for tensor in reply.json()["outputs"]}
+    with OpenInferenceClient(torchserve.grpc_target("grpc_inference"), torchserve.tokens(), model=MODEL) as oip:
+        by_grpc = oip.infer(clips[".mp4"], field="video", beam_size=2)
+    assert by_rest["caption"] == by_grpc["caption"] == [expected["caption"]]
+    assert by_rest["tokens"] == by_grpc["tokens"] == expected["tokens"]
 
 
 def test_an_mp4_over_grpc(torchserve, video, clips):
