@@ -324,6 +324,9 @@ def oip_grpc(torchserve, registered):
 
 def test_model_infer_over_grpc_gives_the_caption_predictions_gives(oip_grpc, registered):
     assert oip_grpc.server_live() and oip_grpc.model_ready()
+    metadata = oip_grpc.service.ModelMetadata(oip_grpc.pb.ModelMetadataRequest(name="captioner"),
+                                              metadata=oip_grpc._metadata(), timeout=30)
+    assert metadata.name == "captioner" and "1.0" in metadata.versions
     for options in ({"max_length": 6, "beam_size": 3, "num_captions": 2, "language": "en"},
                     {"do_sample": True, "top_p": 0.8, "temperature": 0.9, "seed": 21}):
         expected = registered.caption(JPEG, **options)
