@@ -209,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             if client.scales_retried:
                 print(f"warning: TorchServe failed the scale with a 500 and it was sent again "
                       f"({client.scales_retried} time(s)); SECURITY.md, 'Known limits', says why", file=sys.stderr)
+            if args.min_workers == 0:
+                print(f"note: {args.model} now has no worker: its requests get 503 until it is scaled up "
+                      f"(python -m client scale 1, or make scale WORKERS=1)", file=sys.stderr)
         elif args.command == "describe":
             result = client.describe(args.version)
         elif args.command == "models":

@@ -11,7 +11,8 @@ source and seen in the tests, does a few things a plain v2 client would not expe
 - it writes each BYTES output JSON-quoted (`"\\"a\\""`), so this client reads them as JSON;
 - it drops the answer's `parameters` (the handler sends `language` and `seed` as outputs too);
 - it ignores the status the handler sets: a refused request comes back as an answer
-  whose only output is `error`, which this client raises as `ServiceError`.
+  whose outputs are `error` and `status` (the HTTP status REST would give), which this
+  client raises as `ServiceError`.
 
     with OpenInferenceClient("127.0.0.1:7070", tokens) as oip:
         outputs = oip.infer(open("img.jpg", "rb").read(), beam_size=3, language="fr")
@@ -102,12 +103,13 @@ class OpenInferenceClient:
         """Caption one image (a video model's clip: `field="video"`): output values by name, plus `id`.
 
         `attention` comes folded to T x G x G. A refused request raises `ServiceError`
-        (status 400: this service carries no other).
+        with the status REST would give (the answer's `status` output).
         """
         reply = self.infer_raw(self.request(image, request_id, field=field, **options))
         outputs: dict[str, Any] = {tensor.name: _output_values(tensor) for tensor in reply.outputs}
         if "error" in outputs:
-            raise ServiceError(400, {"error": outputs["error"][0], "id": reply.id})
+            status = outputs.get("status", [400])[0]
+            raise ServiceError(status, {"error": outputs["error"][0], "status": status, "id": reply.id})
         attention = next((tensor for tensor in reply.outputs if tensor.name == "attention"), None)
         if attention is not None:
             outputs["attention"] = fold(outputs["attention"], list(attention.shape))

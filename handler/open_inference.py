@@ -91,12 +91,13 @@ def v2_error(error: dict[str, Any], call: OpenInferenceCall, request_id: str, mo
     TorchServe's OIP gRPC service (ModelInfer) ignores the status the handler sets
     and reads every answer as a v2 response; one without `id`, `model_name`,
     `model_version` and `outputs` made its frontend throw and restart the worker.
-    With them, a refused request comes back there as an `error` output.
+    With them, a refused request comes back there as an `error` output, and its
+    HTTP status as a `status` output (that service sends no status of its own).
     """
     return {
         **error,
         "model_name": model_name,
         "model_version": model_version,
         "id": call.request_id or request_id,
-        "outputs": [_tensor("error", "BYTES", [error["error"]])],
+        "outputs": [_tensor("error", "BYTES", [error["error"]]), _tensor("status", "INT32", [error["status"]])],
     }

@@ -242,6 +242,7 @@ def test_one_handler_batch_answers_v2_and_plain_requests_each_in_their_own_form(
     assert "base64" in answers[2]["error"] and answers[2]["status"] == 400
     # What TorchServe's OIP gRPC service needs to read a refusal without restarting the worker.
     assert answers[2]["model_name"] == "captioner" and outputs(answers[2])["error"] == [answers[2]["error"]]
+    assert outputs(answers[2])["status"] == [400]
     assert answers[3]["id"] == "d" and outputs(answers[3])["caption"] == [answers[1]["caption"]]
 
 
@@ -349,9 +350,11 @@ def test_model_infer_refusals_come_back_as_an_error_output_and_the_worker_lives(
     for options, words in (({"beam_size": 99}, "beam_size must be between"),
                            ({"language": "ja"}, "got 'ja'"),
                            ({"temperature": 0.5}, "add do_sample=true")):
-        with pytest.raises(ServiceError, match=words):
+        with pytest.raises(ServiceError, match=words) as refused:
             oip_grpc.infer(JPEG, **options)
-    with pytest.raises(ServiceError, match="not an image"):
+        assert refused.value.status == 400
+    with pytest.raises(ServiceError, match="not an image") as refused:
         oip_grpc.infer(b"hello, world")
+    assert refused.value.status == 415, "the status REST gives, as an output"
     assert oip_grpc.infer(JPEG)["caption"] == [registered.caption(JPEG)["caption"]]
     assert registered.worker_pids() == pids, "no worker restarted"
