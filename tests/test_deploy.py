@@ -26,6 +26,8 @@ import referencing
 import requests
 import yaml
 
+from client.auth import TokenStore
+from client.grpc_client import GrpcCaptionClient
 from ops.server import TorchServe, free_ports, read_properties
 from tests.helpers import shape_image_bytes
 
@@ -164,18 +166,43 @@ def test_the_inference_service_schema_refuses_mistakes():
         assert list(validator.iter_errors(broken)), broken["spec"]["predictor"]["model"]
 
 
-def test_the_kserve_settings_fit_the_wrapper_in_front_of_torchserve():
-    """KServe's TorchServe container runs a wrapper on 8080 (gRPC 7070) that forwards to TorchServe on 8085."""
-    (service,) = load_documents(DEPLOY / "kserve" / "inferenceservice.yaml")
-    settings = read_properties(DEPLOY / "kserve" / "config.properties")
+KSERVE = {"v1": DEPLOY / "kserve", "v2": DEPLOY / "kserve" / "v2"}  # protocol -> its service and settings
+
+
+@pytest.mark.parametrize("protocol", list(KSERVE))
+def test_the_kserve_settings_fit_the_wrapper_in_front_of_torchserve(protocol):
+    """KServe's TorchServe container runs a wrapper on 8080 (its gRPC on 8081) that forwards to TorchServe on 8085.
+
+    The wrapper (pytorch/serve kubernetes/kserve/kserve_wrapper) binds 8080 and 8081 itself, so no
+    TorchServe address may use them; it reaches TorchServe's gRPC at grpc_inference_port.
+    """
+    (service,) = load_documents(KSERVE[protocol] / "inferenceservice.yaml")
+    settings = read_properties(KSERVE[protocol] / "config.properties")
+    assert service["spec"]["predictor"]["model"]["protocolVersion"] == protocol
     assert port_of(settings["inference_address"]) == 8085
-    assert 7070 not in {int(settings["grpc_inference_port"]), int(settings["grpc_management_port"])}
-    assert settings["model_store"] == "/mnt/models/model-store" and settings["service_envelope"] == "kserve"
+    torchserve_ports = {port_of(settings["inference_address"]), port_of(settings["management_address"]),
+                        port_of(settings["metrics_address"]), int(settings["grpc_inference_port"]),
+                        int(settings["grpc_management_port"])}
+    assert not torchserve_ports & {8080, 8081, 7070}, torchserve_ports
+    assert settings["model_store"] == "/mnt/models/model-store"
     snapshot = json.loads(settings["model_snapshot"])
     assert list(snapshot["models"]) == [service["metadata"]["name"]]
     (version,) = snapshot["models"]["captioner"].values()
     assert version["marName"] == "captioner.mar"
-    assert version["batchSize"] == 1, "the kserve envelope reads only the first request of a batch"
+    if protocol == "v1":
+        assert settings["service_envelope"] == "kserve"
+        assert version["batchSize"] == 1, "the kserve envelope reads only the first request of a batch"
+    else:
+        assert "service_envelope" not in settings, "the handler reads v2 bodies itself, every request of a batch"
+        assert version["batchSize"] > 1
+
+
+def test_the_v2_inference_service_validates_and_scrapes_the_metrics_port():
+    (service,) = load_documents(KSERVE["v2"] / "inferenceservice.yaml")
+    inference_service_validator().validate(service)
+    assert service["spec"]["predictor"]["model"]["modelFormat"]["name"] == "pytorch"
+    settings = read_properties(KSERVE["v2"] / "config.properties")
+    assert int(service["metadata"]["annotations"]["prometheus.kserve.io/port"]) == port_of(settings["metrics_address"])
 
 
 # --- the serving image ------------------------------------------------------------------------
@@ -280,3 +307,50 @@ def test_torchserve_answers_a_kserve_v1_request(kserve_server):
     (prediction,) = reply.json()["predictions"]
     prediction = json.loads(prediction)  # the handler's reply, as the text it sends any caller
     assert prediction["method"] == "beam" and prediction["beam_size"] == 2 and prediction["caption"]
+
+
+@pytest.fixture(scope="module")
+def kserve_v2_server(tmp_path_factory, model_store):
+    """TorchServe with deploy/kserve/v2/config.properties (no envelope, batches of 8)."""
+    server = TorchServe(
+        tmp_path_factory.mktemp("kserve-v2"), model_store, base_config=KSERVE["v2"] / "config.properties",
+        overrides=loopback(model_store=str(model_store)),
+    )
+    server.start(timeout=120)
+    yield server
+    server.stop()
+
+
+def _wrapper_inputs(image: bytes) -> list[dict]:
+    """Input tensors as KServe's wrapper forwards them: BYTES base64, the others as lists."""
+    return [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(image).decode("ascii")],
+             "parameters": {}},
+            {"name": "beam_size", "datatype": "INT32", "shape": [1], "data": [2]},
+            {"name": "language", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(b"en").decode("ascii")]}]
+
+
+def test_torchserve_answers_what_kserves_wrapper_forwards_for_v2_over_rest_and_grpc(kserve_v2_server):
+    """REST v2: POST /v2/models/captioner/infer with the request as JSON (kserve's Model._http_predict).
+
+    gRPC v2: a TorchServe Predictions call whose "data" input is {"id", "inputs"} as JSON, every BYTES
+    element base64 (the wrapper's to_ts_grpc); the answer must hold what its from_ts_grpc reads.
+    """
+    base = kserve_v2_server.url("inference")
+    reply = requests.post(f"{base}/v2/models/captioner/infer", json={"id": "rest-1", "inputs": _wrapper_inputs(JPEG)},
+                          timeout=60)
+    assert reply.status_code == 200, reply.text
+    by_rest = reply.json()
+    assert (by_rest["id"], by_rest["model_name"]) == ("rest-1", "captioner")
+    assert by_rest["parameters"]["beam_size"] == 2 and by_rest["parameters"]["language"] == "en"
+    with GrpcCaptionClient(kserve_v2_server.grpc_target("grpc_inference"),
+                           kserve_v2_server.grpc_target("grpc_management"), TokenStore(None)) as grpc_client:
+        request = json.dumps({"id": "grpc-1", "inputs": _wrapper_inputs(JPEG)}).encode()
+        by_grpc = json.loads(grpc_client.predict({"data": request}))
+        refused = json.loads(grpc_client.predict({"data": json.dumps({"id": "grpc-2", "inputs": _wrapper_inputs(
+            b"not an image")}).encode()}))
+    assert (by_grpc["id"], by_grpc["model_name"]) == ("grpc-1", "captioner")
+    for answer in (by_grpc, refused):  # what the wrapper's from_ts_grpc reads of every answer
+        assert all({"name", "shape", "datatype", "data"} <= set(tensor) for tensor in answer["outputs"])
+    caption = {tensor["name"]: tensor["data"] for tensor in by_rest["outputs"]}["caption"]
+    assert {tensor["name"]: tensor["data"] for tensor in by_grpc["outputs"]}["caption"] == caption
+    assert {tensor["name"]: tensor["data"] for tensor in refused["outputs"]}["status"] == [415]
