@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from model.export_format import EXPORT_FILES, export_file_names
+from training.cli import user_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER_FILE = ROOT / "handler" / "caption_handler.py"
@@ -104,7 +105,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 if __name__ == "__main__":
     args = get_args_parser().parse_args()
-    path = build_archive(
-        args.export_dir, args.out, model_name=args.model_name, version=args.version, config_file=args.config_file
-    )
+    with user_errors():
+        path = build_archive(
+            args.export_dir, args.out, model_name=args.model_name, version=args.version, config_file=args.config_file
+        )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

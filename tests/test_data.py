@@ -176,3 +176,20 @@ def test_the_training_command_names_missing_images_in_one_line_before_any_step(t
     assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith("error: 1 of 6 images") and gone in run.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "stopped before training"
+
+
+def test_the_commands_say_a_missing_input_in_one_line(tmp_path):
+    """Export, archive and evaluate, each pointed at something that is not there: `error: ...`, status 1."""
+    import subprocess
+    import sys
+
+    commands = {
+        "no checkpoint at": ["training.export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "e")],
+        "lacks config.json": ["ops.archive", "--export-dir", str(tmp_path / "none"), "--out", str(tmp_path / "s")],
+        "lacks config.json, vocab.json": ["training.evaluate", "--export-dir", str(tmp_path / "none"),
+                                          "--annotations", str(tmp_path / "a.json"), "--images", str(tmp_path)],
+    }
+    for words, command in commands.items():
+        run = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 1 and "Traceback" not in run.stderr, (command, run.stderr)
+        assert run.stderr.strip().splitlines()[-1].startswith("error: ") and words in run.stderr, run.stderr

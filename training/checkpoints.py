@@ -34,5 +34,5 @@ def save_checkpoint(state: dict[str, Any], path: Path | str) -> None:
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; train first or fix --resume")
+        raise FileNotFoundError(f"no checkpoint at {path}: train first, or give the checkpoint.pt a training run wrote")
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -36,6 +36,7 @@ from model.domain import DEFAULT_QUANTILE, DEFAULT_SAFETY, DomainStatistics, cal
 from model.export_format import load_exported_captioner, write_domain_statistics
 from model.transforms import eval_transform
 from model.vocabulary import Vocabulary
+from training.cli import user_errors
 from training.coco_data import CocoCaptions, caption_set, load_captions
 
 
@@ -250,4 +251,5 @@ def main(argv: list[str] | None = None) -> DomainStatistics:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

@@ -39,6 +39,7 @@ from model.domain import DomainScorer, DomainStatistics
 from model.export_format import load_exported_captioner, read_domain_statistics
 from model.transforms import eval_transform, to_rgb
 from model.vocabulary import Vocabulary
+from training.cli import user_errors
 from training.domain_calibration import (
     add_domain_arguments,
     domain_features_of,
@@ -172,4 +173,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

@@ -55,12 +55,13 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from tqdm import tqdm
 
-from model.export_format import load_exported_captioner
-from model.captioner import Captioner
 from model.batch_captioning import DecodeSpec, decode_mixed
+from model.captioner import Captioner
+from model.export_format import load_exported_captioner
 from model.transforms import eval_transform
 from model.vocabulary import Vocabulary, tokenize
-from training.coco_data import DEFAULT_LANGUAGE, CocoCaptions, UnreadableImage, caption_set, is_video_set, load_captions
+from training.cli import user_errors
+from training.coco_data import DEFAULT_LANGUAGE, CocoCaptions, caption_set, is_video_set, load_captions
 from training.shapes_dataset import names_every_object
 from training.video_data import names_clip
 
@@ -419,7 +420,5 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
+    with user_errors():
         main(get_args_parser().parse_args())
-    except (FileNotFoundError, UnreadableImage) as error:  # what the user can fix: said in one line, no traceback
-        raise SystemExit(f"error: {error}") from None

@@ -22,6 +22,7 @@ from model.export_format import export_captioner, write_domain_statistics
 from model.modalities import build_captioner
 from model.vocabulary import Vocabulary
 from training.checkpoints import load_checkpoint
+from training.cli import user_errors
 from training.domain_calibration import DomainSources, add_domain_arguments, domain_sources, fit_export_domain, summary
 
 
@@ -54,4 +55,5 @@ if __name__ == "__main__":
     if sources is None:
         print("no domain statistics (give --fit-annotations and --held-out for them): replies will carry "
               "domain_score null")
-    print(f"exported to {export_checkpoint(args.checkpoint, args.out, sources)}")
+    with user_errors():
+        print(f"exported to {export_checkpoint(args.checkpoint, args.out, sources)}")

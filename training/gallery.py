@@ -32,6 +32,7 @@ from model.export_format import load_exported_captioner, read_domain_statistics
 from model.transforms import eval_transform
 from model.vocabulary import Vocabulary
 from model.word_attention import word_maps
+from training.cli import user_errors
 from training.coco_data import load_coco
 from training.domain_calibration import domain_features_of
 from training.domain_report import picture_inputs
@@ -181,4 +182,5 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    with user_errors():
+        main(get_args_parser().parse_args())

@@ -55,8 +55,9 @@ from training.auxiliary_losses import (
     ConceptHead, ObjectMapHead, SceneHead, WordPositionHead, clip_object_map_labels, doubly_stochastic_penalty,
     object_map_labels,
 )
+from training.cli import user_errors
 from training.coco_data import (
-    CaptionBatch, CocoCaptions, UnreadableImage, caption_language, caption_languages, caption_set, collate_captions,
+    CaptionBatch, CocoCaptions, caption_language, caption_languages, caption_set, collate_captions,
     is_video_set, load_captions, split_image_ids,
 )
 from training.encoder_weights import load_encoder_weights
@@ -635,8 +636,7 @@ def main(args: argparse.Namespace) -> Path:
 
 if __name__ == "__main__":
     try:
-        main(get_args_parser().parse_args())
-    except (FileNotFoundError, UnreadableImage) as error:  # what the user can fix: said in one line, no traceback
-        raise SystemExit(f"error: {error}") from None
+        with user_errors():
+            main(get_args_parser().parse_args())
     finally:
         distributed.cleanup()

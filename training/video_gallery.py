@@ -14,6 +14,7 @@ import torch
 
 from model.export_format import load_exported_captioner
 from model.transforms import eval_transform
+from training.cli import user_errors
 from training.coco_data import caption_set, load_coco
 from training.evaluate import evaluate_model
 from training.gallery import save_figure
@@ -90,4 +91,5 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    with user_errors():
+        main(get_args_parser().parse_args())
