@@ -159,6 +159,37 @@ def mutated_images(draw) -> Case:
     return Case("mutated-images", request, image=data)
 
 
+V2_DATATYPES = ("BYTES", "BOOL", "INT32", "INT64", "UINT8", "FP32", "FP64", "FP16", "STRING", "")
+v2_shapes = st.one_of(st.just([1]), st.just([1, 1]), st.sampled_from([[], [0], [2], [-1], [1.0], "1"]),
+                      json_values)
+
+
+@st.composite
+def v2_bodies(draw) -> Case:
+    """KServe v2 requests: input tensors named right or nearly so, of any datatype, shape and data;
+    `parameters` and `outputs` drawn the same way."""
+    inputs = []
+    if draw(st.integers(0, 9)):
+        inputs.append({"name": "image", "datatype": draw(st.sampled_from(["BYTES"] * 4 + list(V2_DATATYPES))),
+                       "shape": draw(v2_shapes), "data": [draw(image_base64)]})
+    for name in draw(st.lists(st.sampled_from(OPTION_FIELDS + ("images", "", "logits")), unique=True, max_size=3)):
+        data = draw(st.one_of(option_values.map(lambda v: [v]), json_values))
+        inputs.append({"name": name, "datatype": draw(st.sampled_from(V2_DATATYPES)), "shape": draw(v2_shapes),
+                       "data": data})
+    document = {"inputs": draw(st.one_of(st.permutations(inputs), json_values)) if inputs else draw(json_values)}
+    if draw(st.booleans()):
+        document["parameters"] = draw(st.one_of(st.dictionaries(st.sampled_from(OPTION_FIELDS), option_values,
+                                                                max_size=3), json_values))
+    if not draw(st.integers(0, 3)):
+        document["outputs"] = draw(st.one_of(
+            st.lists(st.fixed_dictionaries({"name": st.sampled_from(["caption", "attention", "seed", "x"])}),
+                     max_size=3), json_values))
+    if draw(st.booleans()):
+        document["id"] = draw(json_scalars)
+    content_type = draw(st.sampled_from(["application/json", "application/json", ""]))
+    return Case("v2-bodies", Request.raw(_json_bytes(document), content_type))
+
+
 STRATEGIES = {
     "json-bodies": json_bodies(),
     "json-documents": json_documents(),
@@ -166,6 +197,7 @@ STRATEGIES = {
     "multipart-fields": multipart_fields(),
     "content-types": content_types(),
     "mutated-images": mutated_images(),
+    "v2-bodies": v2_bodies(),
 }
 
 
