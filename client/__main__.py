@@ -55,6 +55,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     caption.add_argument("--video", action="store_true",
                          help="the files are clips (implied for .mp4, .m4v, .mov, .webm, .mkv; say it for GIFs)")
     caption.add_argument("--grpc", action="store_true", help="use gRPC instead of REST")
+    caption.add_argument("--v2", action="store_true",
+                         help="use the KServe v2 (Open Inference) protocol: POST /v2/models/<model>/infer, "
+                              "or with --grpc its ModelInfer")
     caption.add_argument("--stream", action="store_true", help="print words as they are decoded")
     caption.add_argument("--beam-size", type=int, default=None)
     caption.add_argument("--num-captions", type=int, default=None, help="several captions: top beams or samples")
@@ -147,20 +150,37 @@ def _print_result(path: Path, result: dict, as_json: bool) -> None:
     _warn_if_out_of_domain(path, result)
 
 
-def _caption(args: argparse.Namespace, tokens: TokenStore) -> int:
-    options = _options(args)
-    args.images = expand_folders(args.images)
+def _client(args: argparse.Namespace, tokens: TokenStore):
+    """The client the flags ask for: REST or gRPC, in the service's own protocol or KServe v2."""
+    if args.v2:
+        from client.open_inference import OpenInferenceClient, OpenInferenceRestClient
+
+        if args.stream:
+            raise SystemExit("there is no streaming over v2: drop --stream, or --v2")
+        if args.version:
+            raise SystemExit("TorchServe serves no versioned v2 path: drop --version, or --v2")
+        if args.grpc:
+            return OpenInferenceClient(f"{args.host}:{args.grpc_port}", tokens, args.model)
+        return OpenInferenceRestClient(
+            f"http://{args.host}:{args.inference_port}", f"http://{args.host}:{args.management_port}", tokens,
+            args.model, retries=args.retries, give_up_after=args.give_up_after,
+        )
     if args.grpc:
         from client.grpc_client import GrpcCaptionClient
 
-        client = GrpcCaptionClient(
+        return GrpcCaptionClient(
             f"{args.host}:{args.grpc_port}", f"{args.host}:{args.grpc_management_port}", tokens, args.model, args.version
         )
-    else:
-        client = CaptionClient(
-            f"http://{args.host}:{args.inference_port}", f"http://{args.host}:{args.management_port}", tokens,
-            args.model, args.version, retries=args.retries, give_up_after=args.give_up_after,
-        )
+    return CaptionClient(
+        f"http://{args.host}:{args.inference_port}", f"http://{args.host}:{args.management_port}", tokens,
+        args.model, args.version, retries=args.retries, give_up_after=args.give_up_after,
+    )
+
+
+def _caption(args: argparse.Namespace, tokens: TokenStore) -> int:
+    options = _options(args)
+    args.images = expand_folders(args.images)
+    client = _client(args, tokens)
     failures = 0
     if args.stream:
         for path in args.images:

@@ -21,6 +21,7 @@ source and seen in the tests, does a few things a plain v2 client would not expe
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from typing import Any
@@ -29,7 +30,7 @@ import grpc
 
 from client.auth import TokenStore
 from client.grpc_stubs import import_open_inference_stubs
-from client.rest import ServiceError
+from client.rest import CaptionClient, ServiceError
 
 # How each option travels as a v2 input tensor: its datatype and the InferTensorContents field.
 _FLOAT_OPTIONS = {"temperature", "top_p", "diversity"}
@@ -115,6 +116,12 @@ class OpenInferenceClient:
             outputs["attention"] = fold(outputs["attention"], list(attention.shape))
         return {**outputs, "id": reply.id, "model_name": reply.model_name, "model_version": reply.model_version}
 
+    def caption(self, image: bytes, *, field: str = "image", **options: Any) -> dict[str, Any]:
+        """`infer`, as the usual JSON reply (`as_reply`), so callers of `CaptionClient.caption` can use either."""
+        outputs = self.infer(image, field=field, **options)
+        return as_reply({name: value for name, value in outputs.items() if isinstance(value, list)},
+                        outputs["model_name"], outputs["model_version"], outputs["id"])
+
     def model_ready(self) -> bool:
         reply = self.service.ModelReady(self.pb.ModelReadyRequest(name=self.model, version=self.version or ""),
                                         metadata=self._metadata(), timeout=self.timeout)
@@ -132,3 +139,73 @@ def fold(data: list[Any], shape: list[int]) -> Any:
     for size in reversed(shape[1:]):
         data = [data[i:i + size] for i in range(0, len(data), size)]
     return data
+
+
+class OpenInferenceRestClient(CaptionClient):
+    """KServe v2 over REST: `POST /v2/models/<model>/infer`, with `CaptionClient`'s token and retries.
+
+    Options go as the request's `parameters` (JSON-typed); the answer comes back as the
+    usual JSON reply (`as_reply`), or as sent with `infer`. TorchServe serves no versioned
+    v2 path, so `version` is refused.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.version:
+            raise ValueError("TorchServe serves no versioned v2 path: call the default version, or use /predictions")
+
+    def _predictions_url(self) -> str:
+        return f"{self.inference_url}/v2/models/{self.model}/infer"
+
+    def infer(self, image: bytes, request_id: str | None = None, *, field: str = "image",
+              **options: Any) -> dict[str, Any]:
+        """The v2 answer as sent; a refusal raises `ServiceError` with its status."""
+        body: dict[str, Any] = {"inputs": [{"name": field, "datatype": "BYTES", "shape": [1],
+                                            "data": [base64.b64encode(image).decode("ascii")]}]}
+        if options:
+            body["parameters"] = options
+        if request_id:
+            body["id"] = request_id
+        return self.result(self.deliver(json=body))
+
+    def caption(self, image: bytes, *, field: str = "image", **options: Any) -> dict[str, Any]:
+        answer = self.infer(image, field=field, **options)
+        tensors = {tensor["name"]: tensor for tensor in answer["outputs"]}
+        values = {name: tensor["data"] for name, tensor in tensors.items()}
+        if "attention" in tensors:
+            values["attention"] = fold(values["attention"], tensors["attention"]["shape"])
+        return as_reply(values, answer["model_name"], answer["model_version"], answer["id"],
+                        answer.get("parameters", {}))
+
+    def caption_stream(self, image: bytes, *, field: str = "image", **options: Any):
+        raise ValueError("there is no streaming over v2: stream over /predictions or gRPC StreamPredictions")
+
+
+def as_reply(outputs: dict[str, list[Any]], model: str, version: str, request_id: str,
+             parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A v2 answer's outputs (values by name, `attention` folded) as the JSON reply /predictions gives.
+
+    The settings come from the answer's `parameters` where it has them (REST); over
+    gRPC ModelInfer they are dropped, and only `language` and `seed` come back, as outputs.
+    """
+    def first(name: str) -> Any:
+        values = outputs.get(name) or []
+        return values[0] if values else None
+
+    reply: dict[str, Any] = {
+        "caption": first("caption"), "tokens": outputs.get("tokens", []), "scores": outputs.get("scores", []),
+        "score": first("score"), "ended": first("ended"), **(parameters or {}), "language": first("language"),
+        "domain_score": first("domain_score"), "in_domain": first("in_domain"),
+        "model": model, "version": version, "id": request_id,
+    }
+    if first("seed") is not None:
+        reply["seed"] = first("seed")
+    if outputs.get("alternatives"):
+        runners_up = [{"caption": caption, "score": score}
+                      for caption, score in zip(outputs["alternatives"], outputs.get("alternative_scores", []))]
+        reply["alternatives"] = runners_up
+        reply["captions"] = [{"caption": reply["caption"], "score": reply["score"]}, *runners_up]
+    if "attention" in outputs:
+        reply["attention"] = outputs["attention"]
+        reply["grid_size"] = len(outputs["attention"][0]) if outputs["attention"] else 0
+    return reply

@@ -85,3 +85,21 @@ def test_cli_asks_for_a_language_and_shows_the_refusal_of_one_the_model_lacks(to
     assert json.loads(capsys.readouterr().out)["language"] == "en"
     assert _cli(torchserve, "caption", str(path), "--grpc", "--language", "de") == 1
     assert "this model's languages (en), got 'de'" in capsys.readouterr().err
+
+
+def test_cli_captions_over_kserve_v2_rest_and_grpc_as_over_predictions(torchserve, registered, tmp_path, capsys):
+    path = tmp_path / "scene.jpg"
+    path.write_bytes(shape_image_bytes(4)[0])
+    for options in ([], ["--beam-size", "3", "--num-captions", "2"]):
+        assert _cli(torchserve, "caption", str(path), *options) == 0
+        plain = capsys.readouterr().out
+        assert _cli(torchserve, "caption", str(path), "--v2", *options) == 0
+        assert capsys.readouterr().out == plain
+        assert _cli(torchserve, "caption", str(path), "--v2", "--grpc", *options) == 0
+        assert capsys.readouterr().out == plain
+    assert _cli(torchserve, "caption", str(path), "--v2", "--json", "--do-sample", "--seed", "5") == 0
+    reply = json.loads(capsys.readouterr().out)
+    assert reply["method"] == "sample" and reply["seed"] == 5 and reply["language"] == "en"
+    assert reply["caption"] == registered.caption(path.read_bytes(), do_sample=True, seed=5)["caption"]
+    with pytest.raises(SystemExit, match="no streaming over v2"):
+        _cli(torchserve, "caption", str(path), "--v2", "--stream")
