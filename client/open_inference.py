@@ -52,11 +52,19 @@ def option_tensor(name: str, value: Any) -> tuple[str, str, list[Any]]:
     return name, "INT64", [int(value)]
 
 
+# The handler writes every float of a reply with at most 5 decimals (scores 5, domain score 4,
+# attention 3); gRPC carries them as FP32, so 0.9305 arrives as 0.93049997. Rounding back to 5
+# decimals gives the reply's own numbers (exactly, for values below 128 in magnitude).
+_REPLY_DECIMALS = 5
+
+
 def _output_values(tensor) -> list[Any]:
-    """An output tensor's elements; BYTES ones unquoted (TorchServe sends each as a JSON string)."""
+    """An output tensor's elements; BYTES ones unquoted (TorchServe sends each as a JSON string), FP32 as sent."""
     values = list(getattr(tensor.contents, _CONTENTS[tensor.datatype]))
     if tensor.datatype == "BYTES":
         return [json.loads(value.decode("utf-8")) for value in values]
+    if tensor.datatype == "FP32":
+        return [round(value, _REPLY_DECIMALS) for value in values]
     return values
 
 

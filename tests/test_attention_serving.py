@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import shutil
 
-import numpy as np
 import pytest
 import requests
 
@@ -92,8 +91,7 @@ def test_the_attention_maps_come_over_the_open_inference_protocol_too(side_by_si
                              model="soft-attention") as oip:
         answer = oip.infer(JPEG, attention=True, beam_size=2)
     assert answer["caption"] == [expected["caption"]]
-    got, want = (np.array(maps_, dtype=np.float64) for maps_ in (answer["attention"], expected["attention"]))
-    assert got.shape == want.shape and np.allclose(got, want, atol=1e-6), "FP32 on the wire: 3 decimals hold"
+    assert answer["attention"] == expected["attention"], "FP32 on the wire, rounded back to the reply's decimals"
 
 
 def test_the_show_tell_model_answers_attention_with_a_400(side_by_side):

@@ -334,10 +334,10 @@ def test_model_infer_over_grpc_gives_the_caption_predictions_gives(oip_grpc, reg
         answer = oip_grpc.infer(JPEG, request_id="oip-1", **options)
         assert (answer["id"], answer["model_name"], answer["model_version"]) == ("oip-1", "captioner", "1.0")
         assert answer["caption"] == [expected["caption"]] and answer["tokens"] == expected["tokens"]
-        assert answer["scores"] == pytest.approx(expected["scores"], abs=1e-5)
+        assert answer["scores"] == expected["scores"], "FP32 on the wire, rounded back to the reply's 5 decimals"
         assert answer["alternatives"] == [a["caption"] for a in expected.get("alternatives", [])]
         assert answer["language"] == ["en"] and answer["seed"] == ([21] if "seed" in options else [])
-        assert answer["domain_score"] == pytest.approx([expected["domain_score"]], abs=1e-6)
+        assert answer["domain_score"] == [expected["domain_score"]]
         assert answer["in_domain"] == [expected["in_domain"]]
 
 
