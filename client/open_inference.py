@@ -108,12 +108,8 @@ class OpenInferenceClient:
         """Send a `ModelInferRequest` as it is; the `ModelInferResponse`, refusals included."""
         return self.service.ModelInfer(request, metadata=self._metadata(), timeout=self.timeout)
 
-    def infer(self, image: bytes, request_id: str = "", *, field: str = "image", **options: Any) -> dict[str, Any]:
-        """Caption one image (a video model's clip: `field="video"`): output values by name, plus `id`.
-
-        `attention` comes folded to T x G x G. A refused request raises `ServiceError`
-        with the status REST would give (the answer's `status` output).
-        """
+    def _outputs(self, image: bytes, request_id: str, field: str, options: dict[str, Any]):
+        """(the answer, its output values by name with `attention` folded), or `ServiceError` for a refusal."""
         reply = self.infer_raw(self.request(image, request_id, field=field, **options))
         outputs: dict[str, Any] = {tensor.name: _output_values(tensor) for tensor in reply.outputs}
         if "error" in outputs:
@@ -122,13 +118,21 @@ class OpenInferenceClient:
         attention = next((tensor for tensor in reply.outputs if tensor.name == "attention"), None)
         if attention is not None:
             outputs["attention"] = fold(outputs["attention"], list(attention.shape))
+        return reply, outputs
+
+    def infer(self, image: bytes, request_id: str = "", *, field: str = "image", **options: Any) -> dict[str, Any]:
+        """Caption one image (a video model's clip: `field="video"`): output values by name, plus `id`.
+
+        `attention` comes folded to T x G x G. A refused request raises `ServiceError`
+        with the status REST would give (the answer's `status` output).
+        """
+        reply, outputs = self._outputs(image, request_id, field, options)
         return {**outputs, "id": reply.id, "model_name": reply.model_name, "model_version": reply.model_version}
 
     def caption(self, image: bytes, *, field: str = "image", **options: Any) -> dict[str, Any]:
         """`infer`, as the usual JSON reply (`as_reply`), so callers of `CaptionClient.caption` can use either."""
-        outputs = self.infer(image, field=field, **options)
-        return as_reply({name: value for name, value in outputs.items() if isinstance(value, list)},
-                        outputs["model_name"], outputs["model_version"], outputs["id"])
+        reply, outputs = self._outputs(image, "", field, options)
+        return as_reply(outputs, reply.model_name, reply.model_version, reply.id)
 
     def model_ready(self) -> bool:
         reply = self.service.ModelReady(self.pb.ModelReadyRequest(name=self.model, version=self.version or ""),
