@@ -175,6 +175,7 @@ class CaptionHandler(BaseHandler):
             specs,
             start_id=start_ids,
             end_id=self.vocab.end_id,
+            unwritten_ids=self.vocab.unwritten_ids,
             on_step=streamer.on_step if streamer.active else None,
         )
         for row, caption in zip(rows, captions):

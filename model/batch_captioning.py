@@ -19,7 +19,7 @@ import torch
 
 from model.decoding import Caption, StartIds, beam_search, greedy_decode, start_ids_of
 from model.sampling import SamplingSettings, sample_captions
-from model.step_decoder import StepDecoder
+from model.step_decoder import StepDecoder, WithoutTokens
 
 # (step, rows of the full batch, chosen ids for those rows): the token-by-token runs, for streaming
 TokenStepCallback = Callable[[int, list[int], torch.Tensor], None]
@@ -131,12 +131,14 @@ def decode_mixed(
     *,
     start_id: StartIds,
     end_id: int,
+    unwritten_ids: Sequence[int] = (),
     on_step: TokenStepCallback | None = None,
 ) -> tuple[list[Caption], int]:
     """The captions for each row of `image_embeddings` (B, E), each decoded as its spec says.
 
     `start_id` is every row's first token, or (B,) each row's own (its language's, in a
-    multilingual model).
+    multilingual model). `unwritten_ids` are never chosen (the vocabulary's `unwritten_ids`:
+    padding, start and language tokens), so every token returned is a word or `<end>`.
 
     `on_step` sees the tokens of greedy rows and of sampled rows asking for one
     caption as they are chosen (beam search knows its captions only at the end).
@@ -145,6 +147,8 @@ def decode_mixed(
     """
     if len(specs) != image_embeddings.shape[0]:
         raise ValueError(f"{len(specs)} specs for {image_embeddings.shape[0]} images")
+    if unwritten_ids:
+        decoder = WithoutTokens(decoder, list(unwritten_ids))
     def ids(rows: list[int]) -> dict:  # the token ids a run over `rows` starts and stops at
         return dict(start_id=start_ids_of(start_id, rows), end_id=end_id)
 

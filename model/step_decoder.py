@@ -57,3 +57,27 @@ class StepDecoder(Protocol):
 def step_attention(state: DecoderState) -> torch.Tensor | None:
     """(B, P) attention weights of the step that produced `state`, or None for a decoder without attention."""
     return getattr(state, "attention", None)
+
+
+class WithoutTokens:
+    """A decoder whose steps never choose `token_ids`: their logits are -inf.
+
+    A caption never contains `<pad>`, `<start>` or a language token, but nothing in
+    a trained (or random) decoder's logits rules them out, and at a high sampling
+    temperature they are drawn. Masked here, every strategy (greedy, beam, sampling,
+    streaming) writes only words, and each caption's scores match its words one to one.
+    """
+
+    def __init__(self, decoder: StepDecoder, token_ids: list[int]) -> None:
+        self.decoder = decoder
+        self.token_ids = torch.tensor(sorted(set(token_ids)), dtype=torch.long)
+
+    def start(self, image_embeddings: torch.Tensor) -> DecoderState:
+        return self.decoder.start(image_embeddings)
+
+    def step(self, tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        logits, state = self.decoder.step(tokens, state)  # (B, V)
+        return logits.index_fill(1, self.token_ids.to(logits.device), float("-inf")), state
+
+    def select(self, state: DecoderState, index: torch.Tensor) -> DecoderState:
+        return self.decoder.select(state, index)

@@ -63,6 +63,15 @@ class Vocabulary:
     end_id = property(lambda self: self.stoi[END])
     unk_id = property(lambda self: self.stoi[UNK])
 
+    @property
+    def unwritten_ids(self) -> list[int]:
+        """Ids that start or pad a caption but are never one of its words: `<pad>`, `<start>`, language tokens.
+
+        Decoding never chooses them (`decode_mixed`'s `unwritten_ids`), so a caption's
+        tokens and their scores stay aligned; `decode` skips them in older outputs.
+        """
+        return [self.pad_id, self.start_id, *self._languages.values()]
+
     def add(self, word: str) -> int:
         if word not in self.stoi:
             self.stoi[word] = len(self.itos)
@@ -123,7 +132,7 @@ class Vocabulary:
 
     def decode(self, ids: Sequence[int]) -> list[str]:
         """Words up to the first `<end>`, without special or language tokens."""
-        skipped = {self.pad_id, self.start_id, *self._languages.values()}
+        skipped = set(self.unwritten_ids)
         words = []
         for i in ids:
             i = int(i)

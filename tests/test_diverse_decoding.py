@@ -179,3 +179,22 @@ def test_mixed_decoding_streams_greedy_and_single_sampled_rows():
     assert sorted(streamed) == [0, 1]
     for row in (0, 1):
         assert streamed[row][: len(captions[row].tokens)] == captions[row].tokens
+
+
+@pytest.mark.parametrize("spec", [DecodeSpec(8), DecodeSpec(8, beam_size=3, n_best=3),
+                                  DecodeSpec(8, beam_size=4, n_best=2, beam_groups=2, diversity=1.0),
+                                  DecodeSpec(8, sample=True, temperature=2.0, n_best=3, seed=5)])
+def test_decoding_never_chooses_a_token_that_is_not_a_word(spec):
+    """A decoder that favours `<pad>` and `<start>` still writes only words (and `<end>`) with `unwritten_ids`."""
+    model, vocab = tiny_captioner(4)
+    with torch.no_grad():
+        model.decoder.linear.bias[vocab.pad_id] += 50.0
+        model.decoder.linear.bias[vocab.start_id] += 49.0
+    embeddings = _embeddings(model, batch=3)
+    unmasked, _ = decode_mixed(model.decoder, embeddings, [spec] * 3, **_ids(vocab))
+    assert all(vocab.pad_id in c.tokens or vocab.start_id in c.tokens for c in unmasked), "the bias bites"
+    masked, _ = decode_mixed(model.decoder, embeddings, [spec] * 3, unwritten_ids=vocab.unwritten_ids, **_ids(vocab))
+    for caption in masked:
+        for each in [caption, *caption.alternatives]:
+            assert not set(each.tokens) & set(vocab.unwritten_ids)
+            assert len(vocab.decode(each.tokens)) == len(each.tokens) == len(each.scores)

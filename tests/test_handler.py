@@ -246,6 +246,17 @@ def test_a_sampled_request_without_a_seed_reports_the_one_that_reproduces_it(exp
     assert again["tokens"] == first["tokens"]
 
 
+def test_every_reply_has_one_score_per_word(export_dir):
+    """Sampling hot draws every token now and then; padding, start and language tokens are never chosen."""
+    rows = [_json_row(do_sample=True, temperature=2.0, num_captions=2, seed=seed) for seed in range(12)]
+    rows += [_json_row(beam_size=3, num_captions=3), _json_row()]
+    out, statuses, _, _ = run(export_dir, rows)
+    assert statuses == [200] * len(rows)
+    for body in map(json.loads, out):
+        assert len(body["tokens"]) == len(body["scores"])
+        assert not {"<pad>", "<start>"} & set(body["tokens"])
+
+
 def test_every_decoding_method_in_one_batch_matches_single_requests(export_dir):
     options = [
         {},

@@ -104,7 +104,8 @@ def caption_every_language(
         specs = [_for_image(spec, image_id) for image_id in chunk]
         for language, captioned in predictions.items():
             captions, _ = decode_mixed(
-                model.decoder, embeddings, specs, start_id=vocab.start_id_for(language), end_id=vocab.end_id
+                model.decoder, embeddings, specs, start_id=vocab.start_id_for(language), end_id=vocab.end_id,
+                unwritten_ids=vocab.unwritten_ids,
             )  # the same dispatch (greedy, beam, sampling) the handler uses
             for image_id, caption in zip(chunk, captions):
                 captioned[image_id] = [vocab.decode(c.tokens) for c in [caption, *caption.alternatives]]
