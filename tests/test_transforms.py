@@ -2,6 +2,8 @@
 
 import io
 
+import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -54,3 +56,38 @@ def test_train_transform_without_augmentation_is_the_eval_transform():
     assert torch.equal(plain(image), evaluation(image))
     augmented = train_transform(image_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     assert augmented(image).shape == (3, 32, 32)
+
+
+def _reopened(image: Image.Image, fmt: str = "PNG", **save) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def _first_pixel(image: Image.Image) -> tuple[int, ...]:
+    return to_rgb(image).getpixel((0, 0))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_grey_keeps_its_levels_on_the_16_bit_scale(fmt):
+    """Half of 65535 is mid grey and 200 of 65535 nearly black, whatever else the picture holds."""
+    levels = np.full((4, 4), 32768, np.uint16)
+    levels[0, 1] = 200
+    image = _reopened(Image.fromarray(levels), fmt)
+    assert image.mode.startswith("I;16")
+    rgb = to_rgb(image)
+    assert rgb.getpixel((0, 0)) == (128, 128, 128) and rgb.getpixel((1, 0)) == (1, 1, 1)
+    assert _first_pixel(_reopened(Image.fromarray(np.full((4, 4), 200, np.uint16)), fmt)) == (1, 1, 1)
+
+
+def test_float_grey_in_0_to_1_is_scaled_to_8_bits():
+    assert _first_pixel(_reopened(Image.fromarray(np.full((4, 4), 0.5, np.float32)), "TIFF")) == (128, 128, 128)
+
+
+@pytest.mark.parametrize("mode, colour", [("RGB", (0, 255, 0)), ("L", 7)])
+def test_a_colour_marked_transparent_becomes_the_background(mode, colour):
+    image = Image.new(mode, (4, 4), colour)
+    image.putpixel((1, 0), (9, 9, 9) if mode == "RGB" else 9)
+    rgb = to_rgb(_reopened(image, transparency=colour), background=(10, 20, 30))
+    assert rgb.getpixel((0, 0)) == (10, 20, 30)
+    assert rgb.getpixel((1, 0)) == (9, 9, 9)
