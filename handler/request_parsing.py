@@ -75,6 +75,11 @@ logger = logging.getLogger(__name__)
 # scripts' digits.
 INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
 NUMBER_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+WHITESPACE = re.compile(r"\s+")
+# A body of base64 text sent where the file's bytes belong (e.g. `base64 img.jpg | curl --data-binary @-`).
+BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\r\n_-]{16,}")
+BASE64_BODY_HINT = ('; this body looks like base64 text: send the file itself, or JSON {"image": "<base64>"} '
+                    "with Content-Type application/json")
 # What TorchServe's worker makes of an application/json body that holds a JSON scalar.
 JSON_SCALAR_NAMES = {bool: "true or false", int: "a number", float: "a number", type(None): "null"}
 
@@ -207,8 +212,14 @@ def _int_option(name: str, value: Any, low: int, high: int, hint: str = "") -> i
             raise BadRequest(f"{name} must be an integer, got {text[:40]!r}")
         value = int(text)
     if not low <= value <= high:
-        raise BadRequest(f"{name} must be between {low} and {high}, got {value}{hint}")
+        raise BadRequest(f"{name} must be between {low} and {high}, got {_shown_number(value)}{hint}")
     return value
+
+
+def _shown_number(value: int) -> str:
+    """An integer for an error message: 1e300 sent as a number is a 301-digit int, not worth echoing whole."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} digits)"
 
 
 def _float_option(name: str, value: Any, low: float, high: float, *, above_low: bool = False) -> float:
@@ -270,21 +281,23 @@ def _beam_group_options(given: Mapping[str, Any], beam_size: int, limits: Reques
 
 def _num_captions(given: Mapping[str, Any], beam_size: int, do_sample: bool, limits: RequestLimits) -> int:
     """How many captions to return: `num_captions`, or `n_best`, its older name (not both, unless equal)."""
-    names = [name for name in ("num_captions", "n_best") if name in given]
-    if not names:
-        return 1
-    if len(names) == 2 and _as_text(given["num_captions"]) != _as_text(given["n_best"]):
+    counts = {name: _caption_count(name, given[name], beam_size, do_sample, limits)
+              for name in ("num_captions", "n_best") if name in given}
+    if len(set(counts.values())) > 1:
         raise BadRequest(
             f"n_best is the older name of num_captions; give one of them "
-            f"(got num_captions={given['num_captions']!r}, n_best={given['n_best']!r})"
+            f"(got num_captions={counts['num_captions']}, n_best={counts['n_best']})"
         )
-    name = names[0]
+    return next(iter(counts.values()), 1)
+
+
+def _caption_count(name: str, value: Any, beam_size: int, do_sample: bool, limits: RequestLimits) -> int:
     if beam_size > 1:
-        return _int_option(name, given[name], 1, beam_size, " (at most beam_size)")
+        return _int_option(name, value, 1, beam_size, " (at most beam_size)")
     if do_sample:
-        return _int_option(name, given[name], 1, limits.max_num_captions, " (max_num_captions of this model)")
+        return _int_option(name, value, 1, limits.max_num_captions, " (max_num_captions of this model)")
     return _int_option(
-        name, given[name], 1, 1, "; greedy decoding gives one caption: for more, ask beam_size >= that many "
+        name, value, 1, 1, "; greedy decoding gives one caption: for more, ask beam_size >= that many "
         "or do_sample=true",
     )
 
@@ -348,7 +361,9 @@ def decode_image(data: bytes, limits: RequestLimits) -> Image.Image:
         raise BadRequest("empty image: send the image file's bytes")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # This service's own limit, checked next, is the one that counts; Pillow's warning (at 89 M
+            # pixels) would refuse what `max_image_pixels` allows, and name a second limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
             width, height = image.size
             if width < 1 or height < 1:
@@ -362,13 +377,15 @@ def decode_image(data: bytes, limits: RequestLimits) -> Image.Image:
             return to_rgb(image)
     except BadRequest:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise BadRequest(f"image refused as a decompression bomb: {error} (this service's limit is "
-                         f"{limits.max_image_pixels} pixels)", status=413) from error
+    except Image.DecompressionBombError:
+        # Above twice Pillow's MAX_IMAGE_PIXELS it refuses to open at all, whatever this service allows.
+        most = min(limits.max_image_pixels, 2 * (Image.MAX_IMAGE_PIXELS or 0)) or limits.max_image_pixels
+        raise BadRequest(f"image is over {most} pixels, the most this service decodes", status=413) from None
     except UnidentifiedImageError:
+        hint = BASE64_BODY_HINT if BASE64_TEXT.fullmatch(bytes(data[:64])) else ""
         raise BadRequest(
             f"body is not an image this service reads ({len(data)} bytes starting {bytes(data[:8])!r}): "
-            "unknown or corrupt header; send JPEG, PNG, GIF, BMP, TIFF or WebP bytes",
+            f"unknown or corrupt header; send JPEG, PNG, GIF, BMP, TIFF or WebP bytes{hint}",
             status=415,
         ) from None
     except MemoryError:
@@ -381,14 +398,19 @@ def decode_image(data: bytes, limits: RequestLimits) -> Image.Image:
 
 
 def _base64_image(value: Any, where: str = 'JSON field "image"') -> bytes:
+    """The file in a base64 string, as tools write it: line-wrapped (`base64 FILE`), URL-safe, or unpadded."""
     if not isinstance(value, str) or not value:
         raise BadRequest(f"{where} must be a non-empty base64 string")
     if value.startswith("data:") and "," in value:  # a data URL from a browser
         value = value.split(",", 1)[1]
+    text = WHITESPACE.sub("", value)
+    if "-" in text or "_" in text:  # the URL-safe alphabet (RFC 4648 section 5)
+        text = text.replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
     try:
-        return base64.b64decode(value, validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as error:
-        raise BadRequest(f"{where} is not valid base64: {error}") from error
+        raise BadRequest(f"{where} is not valid base64 ({error}): send the file's bytes base64-encoded") from error
 
 
 class ImageInput:
@@ -418,7 +440,8 @@ def _from_json(document: Any, limits: RequestLimits, media: ImageInput = IMAGE_I
     unknown = sorted(set(document) - {*media.json_fields, *OPTION_FIELDS})
     if unknown:
         raise BadRequest(
-            f"unknown JSON fields {unknown}; allowed: {', '.join(media.json_fields)}, {', '.join(OPTION_FIELDS)}"
+            f"unknown JSON fields {_shown(unknown)}; allowed: {', '.join(media.json_fields)}, "
+            f"{', '.join(OPTION_FIELDS)}"
         )
     if not any(name in document for name in media.json_fields):
         raise BadRequest(media.missing_json)
@@ -464,7 +487,7 @@ def _v2_tensors(inputs: Any, media_names: tuple[str, ...]) -> tuple[dict[str, di
         if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
             raise BadRequest(f'input {position} must be an object with a string "name"')
         if tensor["name"] in tensors:
-            raise BadRequest(f"input {tensor['name']!r} is given twice")
+            raise BadRequest(f"input {_shown([tensor['name']])} is given twice")
         tensors[tensor["name"]] = tensor
     if "stream" in tensors:
         raise BadRequest(V2_NO_STREAM)
@@ -487,14 +510,14 @@ def _v2_element(tensor: dict[str, Any], datatypes: frozenset[str] | set[str]) ->
     """The one element of a shape-[1] tensor (its `data` flat, [x], or nested, [[x]])."""
     name, datatype, shape = tensor["name"], tensor.get("datatype"), tensor.get("shape")
     if datatype not in datatypes:
-        raise BadRequest(f"input {name!r} must have datatype {' or '.join(sorted(datatypes))}, got {datatype!r}")
+        raise BadRequest(f"input {name!r} must have datatype {' or '.join(sorted(datatypes))}, "
+                         f"got {_shown([str(datatype)])}")
     if (
         not isinstance(shape, list)
-        or not all(isinstance(size, int) and not isinstance(size, bool) for size in shape)
-        or math.prod(shape) != 1
+        or not all(isinstance(size, int) and not isinstance(size, bool) and size == 1 for size in shape)
     ):
         raise BadRequest(
-            f"input {name!r} must hold one element (shape [1]), got shape {shape!r}; "
+            f"input {name!r} must hold one element (shape [1]), got shape {str(shape)[:40]}; "
             "send one image per request (TorchServe batches concurrent requests)"
         )
     data = tensor.get("data")
@@ -549,7 +572,7 @@ def _v2_call(document: dict[str, Any]) -> OpenInferenceCall:
     """The `id` to echo and the outputs asked for (all of them when "outputs" is absent)."""
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise BadRequest(f'"id" must be a string, got {request_id!r}')
+        raise BadRequest(f'"id" must be a string, got {JSON_SCALAR_NAMES.get(type(request_id), "a JSON value")}')
     requested = document.get("outputs")
     if requested is None:
         return OpenInferenceCall(request_id or None)
@@ -559,7 +582,7 @@ def _v2_call(document: dict[str, Any]) -> OpenInferenceCall:
     names = tuple(o["name"] for o in requested)
     unknown = sorted(set(names) - set(V2_OUTPUTS))
     if unknown:
-        raise BadRequest(f"unknown outputs {unknown}; this model answers {', '.join(V2_OUTPUTS)}")
+        raise BadRequest(f"unknown outputs {_shown(unknown)}; this model answers {', '.join(V2_OUTPUTS)}")
     return OpenInferenceCall(request_id or None, tuple(name for name in V2_OUTPUTS if name in names))
 
 
@@ -574,7 +597,7 @@ def parse_v2_body(document: dict[str, Any], limits: RequestLimits, media: ImageI
     """
     unknown = sorted(set(document) - set(V2_BODY_FIELDS))
     if unknown:
-        raise BadRequest(f"unknown fields {unknown} in the v2 request; allowed: {', '.join(V2_BODY_FIELDS)}")
+        raise BadRequest(f"unknown fields {_shown(unknown)} in the v2 request; allowed: {', '.join(V2_BODY_FIELDS)}")
     tensors, picture = _v2_tensors(document["inputs"], media.v2_inputs)
     call = _v2_call(document)
     options = parse_options(_v2_options(tensors, document.get("parameters"), limits), limits)

@@ -258,10 +258,10 @@ def bad_input_corpus(
         Probe("png-zero-width", 415, "not an image", **raw(png_bytes(0, 10, 8, 0, b"", rows=0), "image/png")),
         # --- too big
         Probe("decompression-bomb-png", 413, "pixels", **raw(over_limit_png, "image/png")),
-        Probe("decompression-bomb-png-header", 413, "decompression bomb",
+        Probe("decompression-bomb-png-header", 413, "the most this service decodes",
               **raw(png_bytes(100_000, 100_000, 8, 0, b"\x00" * 100_001, rows=4), "image/png")),
-        Probe("decompression-bomb-jpeg-header", 413, "decompression bomb", **raw(_with_jpeg_size(jpeg, 65500, 65500))),
-        Probe("decompression-bomb-gif-header", 413, "decompression bomb",
+        Probe("decompression-bomb-jpeg-header", 413, "the most this service decodes", **raw(_with_jpeg_size(jpeg, 65500, 65500))),
+        Probe("decompression-bomb-gif-header", 413, "the most this service decodes",
               **raw(_with_gif_size(gif, 65535, 65535), "image/gif")),
         Probe("body-over-max-request-size", 413, json_error=False,
               **raw(jpeg + b"\x00" * (max_request_size + 1 - len(jpeg)))),
