@@ -45,9 +45,15 @@ class ExportError(RuntimeError):
 
 
 def export_captioner(model: Captioner, vocab: Vocabulary, out_dir: Path | str) -> Path:
-    """Write the three export files into `out_dir` (created if needed)."""
+    """Write the three export files into `out_dir` (created if needed).
+
+    Optional files of an earlier export there (its domain statistics) are removed:
+    they describe another model's features, and would be served with this one.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in OPTIONAL_FILES:
+        (out_dir / name).unlink(missing_ok=True)
     (out_dir / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
     (out_dir / VOCAB_FILE).write_text(json.dumps(vocab.to_dict()) + "\n")
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}

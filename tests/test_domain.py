@@ -369,3 +369,29 @@ def test_a_video_export_is_fitted_on_its_clips_and_its_replies_are_scored(tmp_pa
     reply = json.loads(handler.handle([{"body": bytearray(clip)}], context)[0])
     assert reply["frames_sampled"] and isinstance(reply["domain_score"], float)
     assert reply["in_domain"] is True, "a held-out clip the threshold was calibrated on"
+
+
+def test_an_export_over_an_earlier_one_drops_that_models_statistics(tmp_path):
+    export, _ = write_domain_export(tmp_path / "export")
+    assert DOMAIN_FILE in export_file_names(export)
+    write_tiny_export(export, seed=7)  # another model, exported into the same folder
+    assert read_domain_statistics(export) is None and DOMAIN_FILE not in export_file_names(export)
+
+
+def test_an_export_whose_domain_fit_fails_writes_nothing(tmp_path):
+    from training import export, train
+
+    data = generate(tmp_path / "shapes", train=12, val=4, seed=3, canvas=64)
+    annotations, images = data / "annotations" / "captions_train.json", data / "images"
+    checkpoint = train.main(train.get_args_parser().parse_args([
+        "--annotations", str(annotations), "--images", str(images), "--output-dir", str(tmp_path / "run"),
+        "--encoder-weights", "none", "--embed-size", "16", "--hidden-size", "32", "--image-size", "32",
+        "--batch-size", "8", "--min-word-count", "1", "--epochs", "1", "--quiet",
+    ]))
+    parser = export.get_args_parser()
+    args = parser.parse_args(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "export"), "--quiet",
+                              "--fit-annotations", str(annotations), "--held-out", str(annotations),
+                              "--images", str(images)])
+    with pytest.raises(ValueError, match="are also fitting images"):
+        export.export_checkpoint(args.checkpoint, args.out, export.domain_sources(args, parser))
+    assert not (tmp_path / "export").exists(), "no export without the statistics asked for"

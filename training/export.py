@@ -27,14 +27,20 @@ from training.domain_calibration import DomainSources, add_domain_arguments, dom
 
 
 def export_checkpoint(checkpoint_path: Path | str, out_dir: Path | str, domain: DomainSources | None = None) -> Path:
-    """Export the model stored in a training checkpoint; with `domain`, its domain statistics too."""
+    """Export the model stored in a training checkpoint; with `domain`, its domain statistics too.
+
+    The statistics are fitted before anything is written, so a fit that fails (a
+    wrong caption file, an overlap between the sets) leaves no export without them.
+    """
     checkpoint = load_checkpoint(checkpoint_path)
     model = build_captioner(CaptionerConfig.from_dict(checkpoint["config"]))
     model.load_state_dict(checkpoint["model"])
     vocab = Vocabulary.from_dict(checkpoint["vocab"])
-    out_dir = export_captioner(model, vocab, out_dir)
+    statistics = None
     if domain is not None:
         statistics = fit_export_domain(model.to(domain.device).eval(), vocab, domain)
+    out_dir = export_captioner(model.cpu(), vocab, out_dir)
+    if statistics is not None:
         write_domain_statistics(statistics, out_dir)
         print(summary(statistics))
     return out_dir
@@ -52,8 +58,8 @@ if __name__ == "__main__":
     parser = get_args_parser()
     args = parser.parse_args()
     sources = domain_sources(args, parser)
+    with user_errors():
+        print(f"exported to {export_checkpoint(args.checkpoint, args.out, sources)}")
     if sources is None:
         print("no domain statistics (give --fit-annotations and --held-out for them): replies will carry "
               "domain_score null")
-    with user_errors():
-        print(f"exported to {export_checkpoint(args.checkpoint, args.out, sources)}")
