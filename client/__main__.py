@@ -27,7 +27,10 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from client.auth import TokenStore, key_file_from_env
+import grpc
+import requests
+
+from client.auth import KeyFileError, TokenStore, key_file_from_env
 from client.domain import out_of_domain_message
 from client.rest import CaptionClient, ServiceError
 
@@ -214,7 +217,22 @@ def _caption(args: argparse.Namespace, tokens: TokenStore) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; what a user can fix (no server, a wrong key file) ends in one `error:` line."""
     args = get_args_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (requests.ConnectionError, requests.Timeout) as error:
+        print(f"error: {error}; is the server running? (`make serve` starts it, `--host` and the port "
+              f"options point elsewhere)", file=sys.stderr)
+    except grpc.RpcError as error:
+        hint = "; is the server running? (`make serve` starts it)" if error.code() == grpc.StatusCode.UNAVAILABLE else ""
+        print(f"error: gRPC {error.code().name}: {error.details()}{hint}", file=sys.stderr)
+    except (KeyFileError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+    return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     key_file = key_file_from_env() if args.key_file is None else (Path(args.key_file) if args.key_file else None)
     management_url = f"http://{args.host}:{args.management_port}"
     tokens = TokenStore(key_file, management_url)

@@ -44,8 +44,14 @@ class TokenStore:
                 "or pass --key-file (the file is written in the server's working directory)"
             ) from None
         if mtime != self._mtime:
-            self._keys = json.loads(self.key_file.read_text())
-            self._mtime = mtime
+            try:
+                keys = json.loads(self.key_file.read_text())
+            except (OSError, ValueError) as error:  # a folder, unreadable, not JSON
+                raise KeyFileError(f"{self.key_file} is not a TorchServe key file ({error}); pass the "
+                                   "key_file.json the server wrote in its working directory") from None
+            if not isinstance(keys, dict):
+                raise KeyFileError(f"{self.key_file} is not a TorchServe key file (no API keys in it)")
+            self._keys, self._mtime = keys, mtime
         return self._keys
 
     def _expires(self, api: str) -> datetime | None:
@@ -80,6 +86,10 @@ class TokenStore:
             self.refresh(api)
             keys = self._load()
         return {"Authorization": f"Bearer {keys[api]['key']}"}
+
+
+class KeyFileError(RuntimeError):
+    """The key file is there but is not TorchServe's `key_file.json`."""
 
 
 def key_file_from_env() -> Path | None:

@@ -103,3 +103,28 @@ def test_cli_captions_over_kserve_v2_rest_and_grpc_as_over_predictions(torchserv
     assert reply["caption"] == registered.caption(path.read_bytes(), do_sample=True, seed=5)["caption"]
     with pytest.raises(SystemExit, match="no streaming over v2"):
         _cli(torchserve, "caption", str(path), "--v2", "--stream")
+
+
+def test_cli_without_a_server_or_with_a_wrong_key_file_says_so_in_one_line(tmp_path, capsys):
+    """No server on the ports, a key file that is missing, a folder or not JSON: `error:` and exit 1."""
+    from ops.server import free_ports
+
+    image = tmp_path / "scene.jpg"
+    image.write_bytes(shape_image_bytes(0)[0])
+    keys = tmp_path / "key_file.json"
+    keys.write_text(json.dumps({"management": {"key": "m"}, "inference": {"key": "i"}}))
+    rest, management, grpc_port, grpc_management = (str(port) for port in free_ports(4))
+    ports = ["--inference-port", rest, "--management-port", management, "--grpc-port", grpc_port,
+             "--grpc-management-port", grpc_management, "--retries", "0"]
+    cases = [
+        (["--key-file", str(keys), "describe"], "is the server running?"),
+        (["--key-file", str(keys), "caption", str(image), "--stream"], "is the server running?"),
+        (["--key-file", str(keys), "caption", str(image), "--grpc"], "gRPC UNAVAILABLE"),
+        (["--key-file", str(tmp_path / "none.json"), "describe"], "no TorchServe key file at"),
+        (["--key-file", str(tmp_path), "describe"], "is not a TorchServe key file"),
+        (["--key-file", str(image), "describe"], "is not a TorchServe key file"),
+    ]
+    for args, words in cases:
+        assert main([*ports, *args]) == 1, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and words in err and "Traceback" not in err, (args, err)
