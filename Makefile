@@ -66,7 +66,7 @@ HELD_OUT_ARGS ?= --held-out $(VAL_JSON) --held-out $(SECOND_JSON) $(SECOND_DIR)/
 GALLERY_ARGS = --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images --count 8 \
 	--held-out "second renderer" $(SECOND_JSON) $(SECOND_DIR)/images --photos 1 --out build/gallery.png
 # 2,000 training images estimate the pooled features' mean and shrunk covariance (the held-out sets
-# then set the threshold); all 6,000 cost `make model` another 70 s (README "Domain score").
+# then set the threshold); fitting on all 6,000 takes `make model` longer and was not measured to help.
 DOMAIN_ARGS ?= --fit-annotations $(TRAIN_JSON) --fit-max-images 2000 $(HELD_OUT_ARGS) --images $(DATA)/images
 
 CLIENT := $(PY) -m client --key-file $(SERVE_DIR)/key_file.json --model $(MODEL_NAME)
@@ -79,7 +79,9 @@ help:
 	@echo "make test         run the test suite"
 	@echo "make model        generate data, train, export to $(EXPORT), evaluate, draw the gallery"
 	@echo "make eval         evaluate $(EXPORT) on the held-out generated images and the second renderer's"
+	@echo "make data         generate the shapes set into $(DATA) and the second held-out set (make model does too)"
 	@echo "make second-data  render the second held-out set into $(SECOND_DIR) (make data does too)"
+	@echo "make gallery      draw build/gallery.png (and build/attention.png) from $(EXPORT)"
 	@echo "make domain       (re)fit $(EXPORT)'s domain statistics (domain.safetensors) without retraining"
 	@echo "make domain-report  AUROC of the domain score: held-out scenes vs photos, noise, text, plain pictures (build/domain_report.json)"
 	@echo "make mar          pack $(STORE)/$(MODEL_NAME).mar"
@@ -91,9 +93,14 @@ help:
 	@echo "make soak | overload | drill   load runs on their own TorchServe (SECURITY.md)"
 	@echo "make tiny-export  a tiny random model in build/tiny-export (LOAD_EXPORT=build/tiny-export for the load runs)"
 	@echo "make bench        benchmarks: writes BENCHMARKS.md, docs/bench.json, docs/bench.png"
+	@echo "make bench-quick  a short benchmark run into build/bench/quick/ (BENCHMARKS.md untouched)"
+	@echo "make bench-gpu    the GPU benchmark (bench/gpu.py); make gpu-deps stages what a bare GPU machine lacks"
 	@echo "make compare      train, evaluate and time backbones x decoders with the default recipe (build/compare)"
 	@echo "make video-model  generate clips, train the video captioner, export to $(VIDEO_EXPORT), evaluate, gallery"
+	@echo "make video-data   generate the clips (make video-model does too)"
+	@echo "make video-eval   evaluate the video export on its held-out clips"
 	@echo "make video-mar    pack $(STORE)/$(VIDEO_MODEL_NAME).mar (make serve registers it when present)"
+	@echo "make clean        delete build/ (exports, archives, server folders; data/ stays)"
 
 install: $(INSTALLED) $(STUBS)
 
