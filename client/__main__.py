@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -219,6 +220,7 @@ def _caption(args: argparse.Namespace, tokens: TokenStore) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; what a user can fix (no server, a wrong key file) ends in one `error:` line."""
     args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the client's notes go to stderr
     try:
         return _run(args)
     except (requests.ConnectionError, requests.Timeout) as error:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import random
 import threading
 import time
@@ -37,6 +38,8 @@ from client.retry import (  # noqa: F401 - RETRY_STATUSES, WORKER_DIED and shoul
     retry_after_s,
     should_retry,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class ServiceError(RuntimeError):
@@ -114,6 +117,7 @@ class CaptionClient:
         self.scales_retried = 0  # scale requests sent again after TorchServe's scale-down race (see `scale`)
         self._retried_lock = threading.Lock()
         self._rng = random.Random()
+        self._told_unreachable = False  # the first unreachable attempt is logged, once per client
 
     # --- inference --------------------------------------------------------------------------
 
@@ -143,6 +147,7 @@ class CaptionClient:
                 delivery.response, delivery.error = None, error
                 delivery.statuses.append(type(error).__name__)
                 retryable = True
+                self._tell_unreachable(error)
             delivery.seconds = time.monotonic() - started
             if not retryable:
                 return delivery
@@ -158,6 +163,15 @@ class CaptionClient:
             with self._retried_lock:
                 self.retried += 1
             time.sleep(wait)
+
+    def _tell_unreachable(self, error: Exception) -> None:
+        """Say once that the server is not answering, so a waiting caller knows what the retries wait for."""
+        with self._retried_lock:
+            if self._told_unreachable or self.retries == 0:
+                return
+            self._told_unreachable = True
+        logger.warning("%s does not answer (%s); retrying for up to %.0f s", self.inference_url,
+                       type(error).__name__, self.give_up_after)
 
     def _stop_reason(self, delivery: Delivery, worker_deaths: int) -> str | None:
         if delivery.retried >= self.retries:
