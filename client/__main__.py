@@ -7,9 +7,10 @@
     python -m client --model captioner-video caption anim.gif --video --beam-size 3
     python -m client describe | scale 2 | register captioner.mar | unregister | set-default 2.0
 
-A request the server refuses for overload (503) or fails while restarting a worker
-is sent again with exponential backoff (following Retry-After when given), up to
---retries retries or --give-up-after seconds; then the error says what was tried.
+A request the server refuses for overload or for want of a worker (REST 503, gRPC
+INTERNAL "no worker") or fails while restarting a worker is sent again with
+exponential backoff (following Retry-After when given), up to --retries retries or
+--give-up-after seconds, over REST and gRPC; then the error says what was tried.
 
 Every reply says how much the image looks like the model's training images
 (`domain_score`, `in_domain`); an image the service flags as out of domain gets
@@ -164,7 +165,7 @@ def _client(args: argparse.Namespace, tokens: TokenStore):
         if args.version:
             raise SystemExit("TorchServe serves no versioned v2 path: drop --version, or --v2")
         if args.grpc:
-            return OpenInferenceClient(f"{args.host}:{args.grpc_port}", tokens, args.model)
+            return OpenInferenceClient(f"{args.host}:{args.grpc_port}", tokens, args.model, retries=_grpc_retries(args))
         return OpenInferenceRestClient(
             f"http://{args.host}:{args.inference_port}", f"http://{args.host}:{args.management_port}", tokens,
             args.model, retries=args.retries, give_up_after=args.give_up_after,
@@ -173,12 +174,19 @@ def _client(args: argparse.Namespace, tokens: TokenStore):
         from client.grpc_client import GrpcCaptionClient
 
         return GrpcCaptionClient(
-            f"{args.host}:{args.grpc_port}", f"{args.host}:{args.grpc_management_port}", tokens, args.model, args.version
+            f"{args.host}:{args.grpc_port}", f"{args.host}:{args.grpc_management_port}", tokens, args.model, args.version,
+            retries=_grpc_retries(args),
         )
     return CaptionClient(
         f"http://{args.host}:{args.inference_port}", f"http://{args.host}:{args.management_port}", tokens,
         args.model, args.version, retries=args.retries, give_up_after=args.give_up_after,
     )
+
+
+def _grpc_retries(args: argparse.Namespace):
+    from client.grpc_retry import GrpcRetries
+
+    return GrpcRetries(retries=args.retries, give_up_after=args.give_up_after)
 
 
 def _caption(args: argparse.Namespace, tokens: TokenStore) -> int:

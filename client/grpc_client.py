@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import grpc
 
 from client.auth import TokenStore
+from client.grpc_retry import GrpcRetries
 from client.grpc_stubs import import_stubs
 from client.rest import ServiceError
 from client.retry import call_again
@@ -30,7 +31,11 @@ def _option_bytes(value: Any) -> bytes:
 
 
 class GrpcCaptionClient:
-    """Captions over gRPC `Predictions`/`StreamPredictions`; management over its own service."""
+    """Captions over gRPC `Predictions`/`StreamPredictions`; management over its own service.
+
+    `caption` is sent again while the server has no free worker (`client/grpc_retry.py`);
+    `predict` sends once, for callers that check every reply themselves.
+    """
 
     def __init__(
         self,
@@ -40,8 +45,10 @@ class GrpcCaptionClient:
         model: str = "captioner",
         version: str | None = None,
         timeout: float = 60.0,
+        retries: GrpcRetries | None = None,
     ) -> None:
         self.pb, pb_grpc, self.mpb, mpb_grpc = import_stubs()
+        self.retries = retries or GrpcRetries()
         self.tokens = tokens or TokenStore(None)
         self.model, self.version, self.timeout = model, version, timeout
         self._channels = [grpc.insecure_channel(inference_target), grpc.insecure_channel(management_target)]
@@ -96,9 +103,9 @@ class GrpcCaptionClient:
         `field` is accepted as `CaptionClient` takes it: over gRPC the file's bytes go
         under `data` for images and clips alike.
         """
-        reply = self.inference.Predictions(
+        reply = self.retries.call(lambda: self.inference.Predictions(
             self._request(image, options), metadata=self._metadata("inference"), timeout=self.timeout
-        )
+        ))
         return self._decode(reply.prediction)
 
     def caption_stream(self, image: bytes, *, field: str = "image", **options: Any) -> Iterator[dict[str, Any]]:

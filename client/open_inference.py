@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 
 from client.auth import TokenStore
+from client.grpc_retry import GrpcRetries
 from client.grpc_stubs import import_open_inference_stubs
 from client.rest import CaptionClient, ServiceError
 
@@ -72,8 +73,10 @@ class OpenInferenceClient:
     """`ModelInfer`, `ModelReady` and `ServerLive` over gRPC, with the inference token."""
 
     def __init__(self, target: str = "127.0.0.1:7070", tokens: TokenStore | None = None,
-                 model: str = "captioner", version: str | None = None, timeout: float = 60.0) -> None:
+                 model: str = "captioner", version: str | None = None, timeout: float = 60.0,
+                 retries: GrpcRetries | None = None) -> None:
         self.pb, pb_grpc = import_open_inference_stubs()
+        self.retries = retries or GrpcRetries()  # `infer` and `caption` wait out a busy server; `infer_raw` does not
         self.tokens = tokens or TokenStore(None)
         self.model, self.version, self.timeout = model, version, timeout
         self._channel = grpc.insecure_channel(target)
@@ -110,7 +113,8 @@ class OpenInferenceClient:
 
     def _outputs(self, image: bytes, request_id: str, field: str, options: dict[str, Any]):
         """(the answer, its output values by name with `attention` folded), or `ServiceError` for a refusal."""
-        reply = self.infer_raw(self.request(image, request_id, field=field, **options))
+        request = self.request(image, request_id, field=field, **options)
+        reply = self.retries.call(lambda: self.infer_raw(request))
         outputs: dict[str, Any] = {tensor.name: _output_values(tensor) for tensor in reply.outputs}
         if "error" in outputs:
             status = outputs.get("status", [400])[0]

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import psutil
 import pytest
 import requests
 
+from client.grpc_client import GrpcCaptionClient
+from client.grpc_retry import GrpcRetries
+from client.open_inference import OpenInferenceClient
 from client.rest import ServiceError
 from ops.server import WORKER_ENV
 from tests.helpers import shape_image_bytes
@@ -62,6 +67,40 @@ def test_register_and_unregister_a_second_model(registered):
     with pytest.raises(ServiceError) as error:
         scratch.describe()
     assert error.value.status == 404
+
+
+def _grpc_clients(torchserve, model: str, retries: GrpcRetries) -> list:
+    """A `Predictions` client and a `ModelInfer` client of `model`, with these retries."""
+    target, tokens = torchserve.grpc_target("grpc_inference"), torchserve.tokens()
+    return [GrpcCaptionClient(target, torchserve.grpc_target("grpc_management"), tokens, model, retries=retries),
+            OpenInferenceClient(target, tokens, model, retries=retries)]
+
+
+def test_grpc_captions_wait_for_a_worker_as_rest_ones_do(torchserve, registered):
+    """No worker for a moment: TorchServe answers gRPC INTERNAL "no worker", which both gRPC clients wait out."""
+    registered.register("captioner.mar", model_name="waiting", initial_workers=1)
+    waiting = type(registered)(registered.inference_url, registered.management_url, registered.tokens, model="waiting")
+    patient = _grpc_clients(torchserve, "waiting", GrpcRetries(backoff=0.5))
+    hasty = _grpc_clients(torchserve, "waiting", GrpcRetries(retries=0))
+    try:
+        for client, without_retries in zip(patient, hasty):
+            waiting.scale(0, 0)
+            with pytest.raises(grpc.RpcError) as refused:
+                without_retries.caption(JPEG)
+            assert refused.value.code() == grpc.StatusCode.INTERNAL and "no worker" in refused.value.details()
+            scale_up = threading.Timer(2.0, lambda: waiting.scale(1))
+            scale_up.start()
+            assert client.caption(JPEG)["model"] == "waiting"
+            scale_up.join()
+            retried = client.retries.retried
+            assert retried > 0, type(client).__name__
+            with pytest.raises(ServiceError):
+                client.caption(b"\xff\xd8\xff not a jpeg")
+            assert client.retries.retried == retried, "a refused image is final"
+    finally:
+        for client in patient + hasty:
+            client.close()
+        waiting.unregister()
 
 
 def test_remote_and_outside_store_urls_are_refused(registered, tmp_path):
