@@ -7,7 +7,9 @@ Untrusted bytes are handled with care: the container is recognised by its
 magic bytes (MP4/MOV, WebM/Matroska, GIF) and PyAV is told that format, so no
 other demuxer ever sees them; the frame size, duration and frame count are
 checked against `VideoLimits` from the headers and a packet pass before a
-single frame is decoded; and only the sampled frames are kept as pictures.
+single frame is decoded; and only the sampled frames are kept as pictures,
+turned upright as a player shows them when the stream's display matrix says
+the clip is rotated (a phone's portrait clip).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class Clip:
     total_frames: int
     fps: float | None
     duration: float | None
-    width: int
+    width: int  # as a player shows the frames (after the display matrix's rotation)
     height: int
     container: str
     indices: list[int] = field(default_factory=list)
@@ -114,7 +116,7 @@ def read_clip(data: bytes, num_frames: int, limits: VideoLimits = VideoLimits())
     try:
         total, fps, duration, width, height = _survey(av, data, fmt, limits)
         indices = sample_frame_indices(total, num_frames)
-        frames = _decode_frames(av, data, fmt, set(indices))
+        frames, turn = _decode_frames(av, data, fmt, set(indices))
     except VideoReadError:
         raise
     except (av.error.FFmpegError, ValueError, IndexError, OSError, EOFError) as error:
@@ -123,6 +125,8 @@ def read_clip(data: bytes, num_frames: int, limits: VideoLimits = VideoLimits())
         raise VideoReadError(f"no frame of the {container_name} could be decoded (truncated or corrupt?)", "corrupt")
     # A decoder can yield fewer frames than the container has packets; the last good frame stands in.
     picked = [frames[max((k for k in frames if k <= i), default=min(frames))] for i in indices]
+    if turn in (90, 270):
+        width, height = height, width  # the size a player shows
     return Clip(SampledFrames(picked, indices, total), total, fps, duration, width, height, container_name, indices)
 
 
@@ -164,14 +168,35 @@ def _survey(av, data: bytes, fmt: str, limits: VideoLimits) -> tuple[int, float 
     return total, fps, duration, width, height
 
 
-def _decode_frames(av, data: bytes, fmt: str, wanted: set[int]) -> dict[int, Image.Image]:
-    """Decode every frame in order (each may depend on the ones before), keeping only the wanted ones."""
+def _decode_frames(av, data: bytes, fmt: str, wanted: set[int]) -> tuple[dict[int, Image.Image], int]:
+    """Decode every frame in order (each may depend on the ones before), keeping only the wanted ones, upright.
+
+    Also returns the quarter turn applied (0, 90, 180 or 270 degrees counter-clockwise).
+    """
     kept: dict[int, Image.Image] = {}
+    turn = 0
     with av.open(io.BytesIO(data), mode="r", format=fmt) as container:
         stream = container.streams.video[0]
         for index, frame in enumerate(container.decode(stream)):
             if index in wanted:
-                kept[index] = frame.to_image().convert("RGB")
+                turn = _quarter_turn(frame.rotation)
+                image = frame.to_image().convert("RGB")
+                kept[index] = image.transpose(QUARTER_TURNS[turn]) if turn else image
             if index >= max(wanted):
                 break
-    return kept
+    return kept, turn
+
+
+# counter-clockwise degrees -> the PIL transpose that turns a picture that way
+QUARTER_TURNS = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+
+
+def _quarter_turn(rotation: float) -> int:
+    """The display matrix's rotation as players apply it: 0, 90, 180 or 270 degrees counter-clockwise.
+
+    PyAV's `frame.rotation` is FFmpeg's `av_display_rotation_get`: the degrees the display
+    matrix turns the coded picture counter-clockwise (a phone's portrait clip, tagged
+    `rotate=90`, reads -90: turned a quarter clockwise). Other angles are rounded to the
+    nearest quarter turn, as FFmpeg's autorotate does; flips in the matrix are not applied.
+    """
+    return round(rotation / 90) % 4 * 90

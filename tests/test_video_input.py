@@ -3,13 +3,15 @@
 import base64
 import io
 import re
+import struct
+from fractions import Fraction
 
 import pytest
 from PIL import Image
 
 from handler.request_parsing import BadRequest, RequestLimits, parse_request
 from handler.video_input import VideoInput, video_limits
-from model.video_frames import VideoLimits
+from model.video_frames import VideoLimits, read_clip
 from training.video_data import write_video
 
 LIMITS = RequestLimits()
@@ -99,3 +101,67 @@ def test_a_v2_clip_comes_as_one_input_named_video_or_image():
                           ([{"name": "beam_size", "datatype": "INT32", "shape": [1], "data": [2]}], "no 'video' input")):
         with pytest.raises(BadRequest, match=re.escape(words)):
             parse_request({"body": {"inputs": inputs}}, LIMITS, MEDIA)
+
+
+def _clip(fmt: str, frames: list[Image.Image], start: int = 0, rotation: int | None = None) -> bytes:
+    """A real clip at 10 fps ("mp4": H.264, "webm": VP9) whose first frame is at `start` tenths of a second."""
+    import av
+
+    codec = {"mp4": "libx264", "webm": "libvpx-vp9"}[fmt]
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=10)
+        stream.width, stream.height = frames[0].size
+        stream.pix_fmt = "yuv420p"
+        if rotation is not None:
+            stream.set_display_rotation(rotation)  # degrees counter-clockwise, as frame.rotation reads it
+        for number, image in enumerate(frames):
+            frame = av.VideoFrame.from_image(image)
+            frame.pts, frame.time_base = start + number, Fraction(1, 10)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def _tkhd_matrix(mp4: bytes) -> list[int]:
+    """The 3x3 display matrix of an MP4's (only) track header, 16.16 fixed point, as stored."""
+    at = mp4.index(b"tkhd") + 4
+    at += 4 + (32 if mp4[at] == 1 else 20) + 16  # version, flags, times, id, duration; reserved, layer, group, volume
+    return list(struct.unpack(">9i", mp4[at:at + 36]))
+
+
+def _red_top_half(size=(96, 48)) -> Image.Image:
+    image = Image.new("RGB", size, (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, size[0], size[1] // 2))
+    return image
+
+
+def _reddest_side(frame: Image.Image) -> str:
+    width, height = frame.size
+    probes = {"top": (width // 2, height // 5), "bottom": (width // 2, height * 4 // 5),
+              "left": (width // 5, height // 2), "right": (width * 4 // 5, height // 2)}
+    return max(probes, key=lambda side: frame.getpixel(probes[side])[0])
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "webm"])
+@pytest.mark.parametrize("rotation,size,red_side", [
+    (-90, (48, 96), "right"),  # a phone's portrait clip (MP4 `rotate=90`): turned a quarter clockwise
+    (90, (48, 96), "left"),
+    (180, (96, 48), "bottom"),
+    (None, (96, 48), "top"),
+])
+def test_a_rotated_clip_is_read_upright_as_a_player_shows_it(fmt, rotation, size, red_side):
+    import av
+
+    data = _clip(fmt, [_red_top_half()] * 5, rotation=rotation)
+    with av.open(io.BytesIO(data)) as container:  # the metadata survived the round trip
+        assert next(container.decode(video=0)).rotation == {None: 0, 180: -180}.get(rotation, rotation)
+    if fmt == "mp4" and rotation == -90:  # the track matrix a phone writes for a portrait clip: x' = -y, y' = x
+        assert _tkhd_matrix(data)[:5] == [0, 0x10000, 0, -0x10000, 0]
+    clip = read_clip(data, 2)
+    assert (clip.width, clip.height) == size
+    assert all(frame.size == size and _reddest_side(frame) == red_side for frame in clip.frames)
+    frames = parse_request({"body": bytearray(data)}, LIMITS, MEDIA).image
+    assert [frame.size for frame in frames] == [size] * 4
