@@ -145,7 +145,9 @@ def _survey(av, data: bytes, fmt: str, limits: VideoLimits) -> tuple[int, float 
                 f"max_frame_pixels={limits.max_frame_pixels}", "too_large",
             )
         fps = float(stream.average_rate) if stream.average_rate else None
-        total, last_time = 0, 0.0
+        # The span from the first frame's time to the last one's end: a clip cut from a longer
+        # recording (or a live stream) starts at 10 minutes or 1 hour, not at 0.
+        total, first_time, last_time = 0, None, None
         for packet in container.demux(stream):
             if packet.size == 0:
                 continue  # the flush packet at the end
@@ -155,9 +157,14 @@ def _survey(av, data: bytes, fmt: str, limits: VideoLimits) -> tuple[int, float 
                     f"clip has more than max_video_frames={limits.max_video_frames} frames", "too_large"
                 )
             if packet.pts is not None and packet.time_base is not None:
-                end = packet.pts + (packet.duration or 0)
-                last_time = max(last_time, float(end * packet.time_base))
-        duration = last_time or (container.duration / 1e6 if container.duration else None)
+                start = float(packet.pts * packet.time_base)
+                end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                first_time = start if first_time is None else min(first_time, start)
+                last_time = end if last_time is None else max(last_time, end)
+        if first_time is not None and last_time > first_time:
+            duration = last_time - first_time
+        else:
+            duration = container.duration / 1e6 if container.duration else None
         if duration is not None and duration > limits.max_video_seconds:
             raise VideoReadError(
                 f"clip lasts {duration:.1f} s; the limit is max_video_seconds={limits.max_video_seconds:g}",

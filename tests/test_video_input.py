@@ -165,3 +165,18 @@ def test_a_rotated_clip_is_read_upright_as_a_player_shows_it(fmt, rotation, size
     assert all(frame.size == size and _reddest_side(frame) == red_side for frame in clip.frames)
     frames = parse_request({"body": bytearray(data)}, LIMITS, MEDIA).image
     assert [frame.size for frame in frames] == [size] * 4
+
+
+@pytest.mark.parametrize("fmt,start", [("mp4", 6_000), ("webm", 36_000)])  # 10 minutes, 1 hour (tenths of a s)
+def test_a_clip_whose_timestamps_start_late_lasts_as_long_as_its_frames(fmt, start):
+    import av
+
+    data = _clip(fmt, _frames(20), start=start)
+    with av.open(io.BytesIO(data)) as container:  # the late start survived the round trip
+        assert container.streams.video[0].start_time * container.streams.video[0].time_base == start / 10
+    clip = read_clip(data, 4, VideoLimits(max_video_seconds=3.0))
+    assert clip.duration == pytest.approx(2.0) and clip.total_frames == 20
+    request = parse_request({"body": bytearray(data)}, LIMITS, VideoInput(4, VideoLimits(max_video_seconds=3.0)))
+    assert request.image.indices == [2, 7, 12, 17] and [_level(f) for f in request.image] == [2, 7, 12, 17]
+    with pytest.raises(BadRequest, match=re.escape("clip lasts 2.0 s; the limit is max_video_seconds=1.5")):
+        parse_request({"body": bytearray(data)}, LIMITS, VideoInput(4, VideoLimits(max_video_seconds=1.5)))
