@@ -1,11 +1,11 @@
 """How the video model reads a request's clip: container bytes, or JSON with a clip or its frames.
 
-- raw bytes or a multipart `data` field: an MP4 (H.264), WebM (VP8/VP9) or animated GIF file
+- raw bytes or a multipart `data` field: an MP4 (H.264), WebM (VP8/VP9), animated GIF or animated WebP file
 - JSON `{"video": "<base64 of the file>"}`, or `{"frames": ["<base64 image>", ...]}` (JPEG, PNG, ...
   frames in order; one frame is a one-frame clip)
 - KServe v2: the file, base64, as the BYTES input `video` (or `image`)
 
-A still image sent as a file gets 415 (send it as `frames` to caption it as a
+A still image (a WebP without animation too) sent as a file gets 415 (send it as `frames` to caption it as a
 one-frame clip). Limits come from the `captioner:` section of model-config.yaml;
 a clip over one gets 413 naming it, a corrupt or truncated clip 400, bytes in no
 container read here 415. Frames are decoded and sampled by `model/video_frames.py`,

@@ -5,7 +5,9 @@ and the handler (request bytes), as `model/transforms.py` is for pixels.
 
 Untrusted bytes are handled with care: the container is recognised by its
 magic bytes (MP4/MOV, WebM/Matroska, GIF) and PyAV is told that format, so no
-other demuxer ever sees them; the frame size, duration and frame count are
+other demuxer ever sees them (an animated WebP, which FFmpeg does not decode,
+is read by Pillow's WebP reader alone, its frame count and length taken from
+its chunks); the frame size, duration and frame count are
 checked against `VideoLimits` from the headers and a packet pass before a
 single frame is decoded; and only the sampled frames are kept as pictures,
 turned upright as a player shows them when the stream's display matrix says
@@ -22,7 +24,7 @@ from PIL import Image
 from model.video import sample_frame_indices
 
 # magic bytes -> the PyAV (FFmpeg) input format that reads them
-CONTAINERS = {"mp4": "mp4", "webm": "matroska", "gif": "gif"}
+CONTAINERS = {"mp4": "mp4", "webm": "matroska", "gif": "gif"}  # "webp" (animated) is read by Pillow
 STILL_IMAGE_MAGIC = {
     b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
 }
@@ -78,7 +80,7 @@ class Clip:
 
 
 def container_of(data: bytes) -> str:
-    """"mp4", "webm" or "gif" from the magic bytes, or `VideoReadError` ("unsupported")."""
+    """"mp4", "webm", "gif" or "webp" (an animated one) from the magic bytes, or `VideoReadError` ("unsupported")."""
     if data[4:8] == b"ftyp":
         return "mp4"
     if data[:4] == b"\x1a\x45\xdf\xa3":
@@ -87,22 +89,24 @@ def container_of(data: bytes) -> str:
         return "gif"
     still = next((name for magic, name in STILL_IMAGE_MAGIC.items() if data.startswith(magic)), None)
     if still is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        if _webp_is_animated(data):
+            return "webp"
         still = "WebP"
     if still is not None:
         raise VideoReadError(
-            f"got a still {still} image; this model captions clips: send an MP4, WebM or animated GIF, "
+            f"got a still {still} image; this model captions clips: send an MP4, WebM, animated GIF or WebP, "
             'or JSON {"frames": ["<base64 image>", ...]} (one frame is a one-frame clip)',
             "unsupported",
         )
     raise VideoReadError(
         f"body is not a video container this service reads ({len(data)} bytes starting {bytes(data[:8])!r}); "
-        "send MP4 (H.264), WebM (VP8/VP9) or an animated GIF",
+        "send MP4 (H.264), WebM (VP8/VP9) or an animated GIF or WebP",
         "unsupported",
     )
 
 
 def read_clip(data: bytes, num_frames: int, limits: VideoLimits = VideoLimits()) -> Clip:
-    """Bytes of an MP4, WebM or GIF -> its `num_frames` uniformly sampled frames as RGB images."""
+    """Bytes of an MP4, WebM, GIF or animated WebP -> its `num_frames` uniformly sampled frames as RGB images."""
     import av  # imported here: only video models need PyAV
 
     if not data:
@@ -112,14 +116,19 @@ def read_clip(data: bytes, num_frames: int, limits: VideoLimits = VideoLimits())
             f"clip is {len(data)} bytes; the limit is max_video_bytes={limits.max_video_bytes}", "too_large"
         )
     container_name = container_of(data)
-    fmt = CONTAINERS[container_name]
     try:
-        total, fps, duration, width, height = _survey(av, data, fmt, limits)
-        indices = sample_frame_indices(total, num_frames)
-        frames, turn = _decode_frames(av, data, fmt, set(indices))
+        if container_name == "webp":
+            total, fps, duration, width, height = _survey_webp(data, limits)
+            indices = sample_frame_indices(total, num_frames)
+            frames, turn = _decode_webp(data, set(indices)), 0
+        else:
+            fmt = CONTAINERS[container_name]
+            total, fps, duration, width, height = _survey(av, data, fmt, limits)
+            indices = sample_frame_indices(total, num_frames)
+            frames, turn = _decode_frames(av, data, fmt, set(indices))
     except VideoReadError:
         raise
-    except (av.error.FFmpegError, ValueError, IndexError, OSError, EOFError) as error:
+    except (av.error.FFmpegError, ValueError, IndexError, OSError, EOFError, SyntaxError) as error:
         raise VideoReadError(f"{container_name} could not be read (truncated or corrupt?): {error}", "corrupt") from error
     if not frames:
         raise VideoReadError(f"no frame of the {container_name} could be decoded (truncated or corrupt?)", "corrupt")
@@ -207,3 +216,65 @@ def _quarter_turn(rotation: float) -> int:
     nearest quarter turn, as FFmpeg's autorotate does; flips in the matrix are not applied.
     """
     return round(rotation / 90) % 4 * 90
+
+
+def _webp_is_animated(data: bytes) -> bool:
+    """A WebP whose extended header (VP8X) sets the animation flag."""
+    return data[12:16] == b"VP8X" and len(data) > 20 and bool(data[20] & 0x02)
+
+
+def _survey_webp(data: bytes, limits: VideoLimits) -> tuple[int, float | None, float | None, int, int]:
+    """An animated WebP's frame count, fps, duration and canvas size from its chunks, checked against the limits.
+
+    Nothing is decoded: the canvas size is the VP8X header's, and each frame is an ANMF
+    chunk whose header holds its duration in milliseconds.
+    """
+    if len(data) < 30:
+        raise VideoReadError("the WebP header is cut short (truncated or corrupt?)", "corrupt")
+    width = 1 + int.from_bytes(data[24:27], "little")
+    height = 1 + int.from_bytes(data[27:30], "little")
+    if width * height > limits.max_frame_pixels:
+        raise VideoReadError(
+            f"frames are {width}x{height} = {width * height} pixels; the limit is "
+            f"max_frame_pixels={limits.max_frame_pixels}", "too_large",
+        )
+    total, milliseconds, at = 0, 0, 12
+    while at + 8 <= len(data):
+        tag, size = data[at:at + 4], int.from_bytes(data[at + 4:at + 8], "little")
+        if tag == b"ANMF":
+            if size < 16 or at + 24 > len(data):
+                raise VideoReadError("a WebP frame header is cut short (truncated or corrupt?)", "corrupt")
+            total += 1
+            if total > limits.max_video_frames:
+                raise VideoReadError(
+                    f"clip has more than max_video_frames={limits.max_video_frames} frames", "too_large"
+                )
+            milliseconds += int.from_bytes(data[at + 20:at + 23], "little")
+        at += 8 + size + (size & 1)  # chunks are padded to an even size
+    if total == 0:
+        raise VideoReadError("the animated WebP holds no frames (truncated or corrupt?)", "corrupt")
+    duration = milliseconds / 1000 if milliseconds else None
+    if duration is not None and duration > limits.max_video_seconds:
+        raise VideoReadError(
+            f"clip lasts {duration:.1f} s; the limit is max_video_seconds={limits.max_video_seconds:g}",
+            "too_large",
+        )
+    return total, (total / duration if duration else None), duration, width, height
+
+
+def _decode_webp(data: bytes, wanted: set[int]) -> dict[int, Image.Image]:
+    """Decode an animated WebP's frames in order with Pillow (libwebp composites each onto the canvas).
+
+    Transparency is flattened onto white, as a browser shows it and `model/transforms.to_rgb`
+    does for a still image.
+    """
+    kept: dict[int, Image.Image] = {}
+    with Image.open(io.BytesIO(data), formats=["WEBP"]) as image:
+        for index in range(min(getattr(image, "n_frames", 1), max(wanted) + 1)):
+            image.seek(index)
+            if index in wanted:
+                rgba = image.convert("RGBA")
+                flat = Image.new("RGB", rgba.size, (255, 255, 255))
+                flat.paste(rgba, mask=rgba.getchannel("A"))
+                kept[index] = flat
+    return kept

@@ -180,3 +180,47 @@ def test_a_clip_whose_timestamps_start_late_lasts_as_long_as_its_frames(fmt, sta
     assert request.image.indices == [2, 7, 12, 17] and [_level(f) for f in request.image] == [2, 7, 12, 17]
     with pytest.raises(BadRequest, match=re.escape("clip lasts 2.0 s; the limit is max_video_seconds=1.5")):
         parse_request({"body": bytearray(data)}, LIMITS, VideoInput(4, VideoLimits(max_video_seconds=1.5)))
+
+
+def _webp(frames: list[Image.Image], duration: int = 100, **options) -> bytes:
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="WEBP", save_all=True, append_images=frames[1:], duration=duration, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("options", [{"lossless": True}, {"quality": 90}])
+def test_an_animated_webp_is_read_as_a_clip_like_an_animated_gif(options):
+    data = _webp(_frames(20), **options)
+    assert data[12:16] == b"VP8X" and data[20] & 0x02  # an animated WebP, as Pillow writes one
+    for body in (bytearray(data), {"video": _b64(data)}):
+        request = parse_request({"body": body}, LIMITS, MEDIA)
+        assert request.image.indices == [2, 7, 12, 17] and request.image.total_frames == 20
+        assert [_level(f) for f in request.image] == [2, 7, 12, 17]
+    clip = read_clip(data, 4)
+    assert (clip.container, clip.duration, clip.fps, clip.width, clip.height) == ("webp", 2.0, 10.0, 32, 32)
+
+
+def test_an_animated_webp_is_held_to_the_clip_limits_and_its_transparency_shows_white():
+    half_clear = [Image.new("RGBA", (32, 32), (200, 0, 0, 255)) for _ in range(3)]
+    for number, image in enumerate(half_clear):
+        image.paste((0, 0, 0, 0), (0, 0, 16, 32))
+        image.putpixel((31, 31), (number, 0, 0, 255))  # frames differ, so Pillow keeps all three
+    frames = read_clip(_webp(half_clear, lossless=True), 3).frames
+    assert [(f.mode, f.getpixel((4, 16)), f.getpixel((24, 16))) for f in frames] == \
+        [("RGB", (255, 255, 255), (200, 0, 0))] * 3
+    for data, limits, words in (
+        (_webp(_frames(31)), VideoLimits(max_video_frames=30), "more than max_video_frames=30"),
+        (_webp(_frames(20), duration=250), VideoLimits(max_video_seconds=4.0), "clip lasts 5.0 s"),
+        (_webp(_frames(3)), VideoLimits(max_frame_pixels=1000), "32x32 = 1024 pixels"),
+    ):
+        with pytest.raises(BadRequest) as caught:
+            parse_request({"body": bytearray(data)}, LIMITS, VideoInput(4, limits))
+        assert caught.value.status == 413 and words in caught.value.message
+
+
+def test_a_still_webp_is_still_refused_as_an_image():
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buffer, format="WEBP")
+    with pytest.raises(BadRequest) as caught:
+        parse_request({"body": bytearray(buffer.getvalue())}, LIMITS, MEDIA)
+    assert caught.value.status == 415 and "got a still WebP image" in caught.value.message
