@@ -35,7 +35,7 @@ from client.domain import out_of_domain_message  # noqa: E402
 MOST_WORDS = 20
 LARGEST_BEAM = 8
 IMAGE_TYPES = ["jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp"]
-VIDEO_TYPES = ["mp4", "m4v", "mov", "webm", "mkv", "gif"]  # what the video model reads (README "Video")
+VIDEO_TYPES = ["mp4", "m4v", "mov", "webm", "mkv", "gif", "webp"]  # what the video model reads (README "Video")
 
 
 def sidebar() -> tuple[ServerSettings, DecodingOptions, bool]:
@@ -74,7 +74,7 @@ def picture_input() -> tuple[object, bool]:
     """The uploaded file, the camera's photo or the uploaded clip (an UploadedFile, or None), and
     whether it is a clip for the video model."""
     if st.toggle("Caption a video clip", key="use_video"):
-        return st.file_uploader("Upload a video clip (MP4, WebM or animated GIF)", type=VIDEO_TYPES,
+        return st.file_uploader("Upload a video clip (MP4, WebM, animated GIF or WebP)", type=VIDEO_TYPES,
                                 key="video_upload"), True
     if st.toggle("Take a photo with the camera", key="use_camera"):
         return st.camera_input("Take a photo", key="camera"), False
