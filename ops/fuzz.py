@@ -31,6 +31,7 @@ from ops.fuzzing.in_process import InProcessService, batches, check_batch
 from ops.fuzzing.profiles import FUZZ
 from ops.fuzzing.request_strategies import STRATEGIES
 from ops.tiny_model import write_tiny_export
+from training.cli import positive_int
 
 
 def run_strategy(service: InProcessService, name: str, count: int, random_seed: int, figures: dict) -> None:
@@ -55,7 +56,7 @@ def run_strategy(service: InProcessService, name: str, count: int, random_seed: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=350, help="batches per strategy (each 1-5 fuzzed requests)")
+    parser.add_argument("--batches", type=positive_int, default=350, help="batches per strategy (each 1-5 fuzzed requests)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strategies", nargs="*", default=sorted(STRATEGIES), choices=sorted(STRATEGIES))
     args = parser.parse_args(argv)

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
+from model.backbones import BACKBONES
 from model.captioner import Captioner
+from model.decoders import DECODERS
 from model.modalities import build_captioner
 from model.config import CaptionerConfig
 from model.vocabulary import Vocabulary
@@ -63,8 +65,9 @@ if __name__ == "__main__":
     # Seed 2's model says words that depend a little on the image; seed 0's ends every caption at
     # once, and an empty caption would make the load runs' "each image its own caption" check vacuous.
     parser.add_argument("--seed", type=int, default=2)
-    parser.add_argument("--backbone", default="resnet34")
-    parser.add_argument("--decoder", default="show_tell")
+    # The registries' names, so a misspelt one is refused with the list instead of a KeyError traceback.
+    parser.add_argument("--backbone", default="resnet34", choices=sorted(BACKBONES))
+    parser.add_argument("--decoder", default="show_tell", choices=sorted(DECODERS))
     args = parser.parse_args()
     out = write_tiny_export(Path(args.out), args.seed, backbone=args.backbone, decoder=args.decoder)
     print(f"tiny random model exported to {out}")

@@ -8,11 +8,16 @@ is a bug and keeps its traceback.
     if __name__ == "__main__":
         with user_errors():
             main(get_args_parser().parse_args())
+
+The argparse types below refuse numbers an option cannot mean (0 epochs, a
+batch of -4, a limit of -8 that would slice from the end) when the command line
+is read, so argparse names the option and the tool does no work first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import argparse
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from model.export_format import ExportError
@@ -27,3 +32,83 @@ def user_errors() -> Iterator[None]:
         yield
     except USER_ERRORS as error:
         raise SystemExit(f"error: {error}") from None
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):  # nan and inf pass float() but mean nothing here
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A count that must be at least 1: epochs, a batch size, images to draw.
+
+    0 would run and do nothing (0 epochs exits successfully having trained
+    nothing) and a negative count would slice from the end of a list.
+    """
+    value = _whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A count where 0 means none (data-loader processes, held-out images), but never below 0."""
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A rate or scale above 0 (a learning rate of 0 trains nothing, a negative one climbs the loss)."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A weight where 0 turns something off (an auxiliary loss, weight decay), but never below 0."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def fraction_below_one(text: str) -> float:
+    """A share in [0, 1): of the images held out, at least one must be left to train on."""
+    value = _number(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
+    return value
+
+
+def int_between(minimum: int, maximum: int, *, even: bool = False) -> Callable[[str], int]:
+    """An argparse type for a whole number in [minimum, maximum] (and even, for H.264's 4:2:0 frames).
+
+    For sizes in pixels: a canvas too small to draw a shape on, or one so large a
+    set of thousands fills the disk, is refused before anything is written.
+    """
+
+    def parse(text: str) -> int:
+        value = _whole_number(text)
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be from {minimum} to {maximum}, got {value}")
+        if even and value % 2:
+            raise argparse.ArgumentTypeError(f"must be even, got {value} (try {value + 1 if value < maximum else value - 1})")
+        return value
+
+    parse.__name__ = f"int_between_{minimum}_{maximum}"
+    return parse

@@ -36,7 +36,7 @@ from model.domain import DEFAULT_QUANTILE, DEFAULT_SAFETY, DomainStatistics, cal
 from model.export_format import load_exported_captioner, write_domain_statistics
 from model.transforms import eval_transform
 from model.vocabulary import Vocabulary
-from training.cli import user_errors
+from training.cli import positive_int, user_errors
 from training.coco_data import CocoCaptions, caption_set, load_captions
 
 
@@ -174,9 +174,9 @@ def add_domain_arguments(parser: argparse.ArgumentParser) -> None:
                        help="quantile of each held-out set's distances the threshold is set from")
     group.add_argument("--domain-safety", type=float, default=DEFAULT_SAFETY,
                        help="the threshold is this times the largest held-out quantile (at least 1)")
-    group.add_argument("--fit-max-images", type=int, default=None,
+    group.add_argument("--fit-max-images", type=positive_int, default=None,
                        help="fit on at most this many training images (default: all)")
-    group.add_argument("--domain-batch-size", type=int, default=64)
+    group.add_argument("--domain-batch-size", type=positive_int, default=64)
     group.add_argument("--device", default="cpu", help="where features are computed (cpu, cuda)")
     group.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -39,7 +39,7 @@ from model.domain import DomainScorer, DomainStatistics
 from model.export_format import load_exported_captioner, read_domain_statistics
 from model.transforms import eval_transform, to_rgb
 from model.vocabulary import Vocabulary
-from training.cli import user_errors
+from training.cli import non_negative_int, positive_int, user_errors
 from training.domain_calibration import (
     add_domain_arguments,
     domain_features_of,
@@ -133,8 +133,8 @@ def markdown(report: dict[str, Any]) -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="AUROC of the domain score: held-out scenes vs other images.")
     parser.add_argument("--export-dir", default="build/export")
-    parser.add_argument("--fresh-scenes", type=int, default=300, help="freshly generated scenes to score (0: none)")
-    parser.add_argument("--per-kind", type=int, default=12, help="generated out-of-domain images of each kind")
+    parser.add_argument("--fresh-scenes", type=non_negative_int, default=300, help="freshly generated scenes to score (0: none)")
+    parser.add_argument("--per-kind", type=positive_int, default=12, help="generated out-of-domain images of each kind")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
     add_domain_arguments(parser)
     return parser
@@ -143,6 +143,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    if not args.held_out and not args.fresh_scenes:  # before the export is read: nothing would be scored
+        parser.error("--fresh-scenes 0 and no --held-out set leave no in-domain images to score: give "
+                     "--held-out ANNOTATIONS [IMAGES], or --fresh-scenes N")
     started = time.perf_counter()
     model, vocab = load_exported_captioner(args.export_dir, args.device)
     if model.config.modality != "image":

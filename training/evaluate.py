@@ -60,7 +60,7 @@ from model.captioner import Captioner
 from model.export_format import load_exported_captioner
 from model.transforms import eval_transform
 from model.vocabulary import Vocabulary, tokenize
-from training.cli import user_errors
+from training.cli import non_negative_int, positive_float, positive_int, user_errors
 from training.coco_data import DEFAULT_LANGUAGE, CocoCaptions, caption_set, is_video_set, load_captions
 from training.shapes_dataset import names_every_object
 from training.video_data import names_clip
@@ -352,17 +352,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="another held-out set (a COCO caption file and its image folder), scored like the first "
                              "and reported under NAME, e.g. `--held-out second_renderer "
                              "data/second/annotations/captions_val.json data/second/images`; may be repeated")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     decoding = parser.add_argument_group("decoding (as the service's request options)")
-    decoding.add_argument("--beam-size", type=int, default=1, help="1 = greedy")
-    decoding.add_argument("--num-captions", type=int, default=1,
+    decoding.add_argument("--beam-size", type=positive_int, default=1, help="1 = greedy")
+    decoding.add_argument("--num-captions", type=positive_int, default=1,
                           help="captions per image; > 1 adds the diversity metrics")
-    decoding.add_argument("--beam-groups", type=int, default=1, help="> 1: diverse beam search")
+    decoding.add_argument("--beam-groups", type=positive_int, default=1, help="> 1: diverse beam search")
     decoding.add_argument("--diversity", type=float, default=0.5, help="diverse beam search penalty")
     decoding.add_argument("--do-sample", action="store_true", help="sample instead of searching")
-    decoding.add_argument("--temperature", type=float, default=1.0)
-    decoding.add_argument("--top-k", type=int, default=0, help="0 = no limit")
+    decoding.add_argument("--temperature", type=positive_float, default=1.0)
+    decoding.add_argument("--top-k", type=non_negative_int, default=0, help="0 = no limit")
     decoding.add_argument("--top-p", type=float, default=1.0)
     decoding.add_argument("--seed", type=int, default=0, help="sampling seed (image i uses seed + its id)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -32,7 +32,7 @@ from model.export_format import load_exported_captioner, read_domain_statistics
 from model.transforms import eval_transform
 from model.vocabulary import Vocabulary
 from model.word_attention import word_maps
-from training.cli import user_errors
+from training.cli import non_negative_int, positive_int, user_errors
 from training.coco_data import load_coco
 from training.domain_calibration import domain_features_of
 from training.domain_report import picture_inputs
@@ -168,16 +168,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export-dir", default="build/export")
     parser.add_argument("--annotations", required=True)
     parser.add_argument("--images", required=True)
-    parser.add_argument("--count", type=int, default=12, help="images of the first held-out set")
+    parser.add_argument("--count", type=positive_int, default=12, help="images of the first held-out set")
     parser.add_argument("--held-out", nargs=3, action="append", metavar=("NAME", "ANNOTATIONS", "IMAGES"),
                         help="a row of another held-out set's images, labelled NAME; may be repeated")
-    parser.add_argument("--held-out-count", type=int, default=4, help="images of each --held-out set")
-    parser.add_argument("--photos", type=int, default=0,
+    parser.add_argument("--held-out-count", type=positive_int, default=4, help="images of each --held-out set")
+    parser.add_argument("--photos", type=non_negative_int, default=0,
                         help="add this many package-shipped photos with the domain flag (at most 3)")
     parser.add_argument("--out", default="build/gallery.png")
     parser.add_argument("--attention-out", default="build/attention.png",
                         help="attention models: per-word attention maps of held-out images ('' for none)")
-    parser.add_argument("--attention-count", type=int, default=3, help="images in --attention-out")
+    parser.add_argument("--attention-count", type=positive_int, default=3, help="images in --attention-out")
     return parser
 
 

@@ -34,6 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from training.caption_languages import LANGUAGES, get_language
+from training.cli import int_between, non_negative_int
 from training.shapes_render import encode, render
 from training.shapes_world import (
     COLORS, COLUMNS, DEFAULT_RANGES, SHAPES, SIZES, Scene, ShapeObject, WorldRanges, random_scene,
@@ -169,15 +170,21 @@ def generate(
     return out_dir
 
 
+# `--canvas`: below 32 px the smallest shapes are a few pixels and their colours blur into the JPEG's
+# chroma; above 2048 px a set of thousands fills gigabytes, and the default recipe reads images at 160 px.
+MIN_CANVAS, MAX_CANVAS = 32, 2048
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Generate the COCO-format shapes captioning set.")
     parser.add_argument("--out", required=True, help="output folder (images/ and annotations/ are created)")
-    parser.add_argument("--train", type=int, default=3000, help="training images")
-    parser.add_argument("--val", type=int, default=300, help="held-out images")
+    parser.add_argument("--train", type=non_negative_int, default=3000, help="training images")
+    parser.add_argument("--val", type=non_negative_int, default=300, help="held-out images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-objects", type=int, default=3, choices=(1, 2, 3))
-    parser.add_argument("--canvas", type=int, default=None,
-                        help="fix every canvas's long side to this many pixels (default: 64..512)")
+    parser.add_argument("--canvas", type=int_between(MIN_CANVAS, MAX_CANVAS), default=None,
+                        help=f"fix every canvas's long side to this many pixels, {MIN_CANVAS} to {MAX_CANVAS} "
+                             "(default: 64..512)")
     parser.add_argument("--languages", nargs="+", default=["en"], choices=list(LANGUAGES),
                         help="caption languages (ISO 639-1), five captions per image in each")
     return parser

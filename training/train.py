@@ -55,7 +55,9 @@ from training.auxiliary_losses import (
     ConceptHead, ObjectMapHead, SceneHead, WordPositionHead, clip_object_map_labels, doubly_stochastic_penalty,
     object_map_labels,
 )
-from training.cli import user_errors
+from training.cli import (
+    fraction_below_one, non_negative_float, non_negative_int, positive_float, positive_int, user_errors,
+)
 from training.coco_data import (
     CaptionBatch, CocoCaptions, caption_language, caption_languages, caption_set, collate_captions,
     is_video_set, load_captions, split_image_ids,
@@ -75,7 +77,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--val-annotations", default=None, nargs="+",
                       help="held-out caption file(s), as --annotations (else split by image)")
     data.add_argument("--val-images", default=None, help="image folder for --val-annotations (default --images)")
-    data.add_argument("--val-fraction", type=float, default=0.05, help="images held out when no val file")
+    data.add_argument("--val-fraction", type=fraction_below_one, default=0.05,
+                      help="share of the images held out when no val file (0 to below 1)")
     data.add_argument("--skip-missing-images", action="store_true",
                       help="train on the images that are there when some the captions name are missing "
                            "(by default the run stops at once and names them)")
@@ -88,50 +91,50 @@ def get_args_parser() -> argparse.ArgumentParser:
         "feature grid. With --init-from, another decoder than the checkpoint's starts afresh on its encoder",
     )
     model.add_argument(
-        "--grid-size", type=int, default=None,
+        "--grid-size", type=positive_int, default=None,
         help="soft_attention: side G of the feature grid (default: the backbone's own map, image size / 32)",
     )
-    model.add_argument("--embed-size", type=int, default=256)
-    model.add_argument("--hidden-size", type=int, default=512)
-    model.add_argument("--num-layers", type=int, default=1)
-    model.add_argument("--max-length", type=int, default=20, help="most tokens per decoded caption")
-    model.add_argument("--image-size", type=int, default=224)
+    model.add_argument("--embed-size", type=positive_int, default=256)
+    model.add_argument("--hidden-size", type=positive_int, default=512)
+    model.add_argument("--num-layers", type=positive_int, default=1)
+    model.add_argument("--max-length", type=positive_int, default=20, help="most tokens per decoded caption")
+    model.add_argument("--image-size", type=positive_int, default=224)
     model.add_argument("--encoder-weights", default="imagenet", help="imagenet | none | PATH to a state_dict")
     model.add_argument("--train-backbone", action="store_true", help="fine-tune the backbone (frozen by default)")
-    model.add_argument("--num-frames", type=int, default=8, help="video sets: frames sampled from each clip")
+    model.add_argument("--num-frames", type=positive_int, default=8, help="video sets: frames sampled from each clip")
     model.add_argument("--temporal", default="concat", help="video sets: how frames become a clip embedding "
                        "(model.video.TEMPORAL_MODULES: concat, lstm, mean)")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, default=5)
-    optim.add_argument("--batch-size", type=int, default=64)
-    optim.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the head and decoder")
-    optim.add_argument("--backbone-lr", type=float, default=None, help="peak rate of a fine-tuned backbone (default --lr)")
-    optim.add_argument("--weight-decay", type=float, default=1e-4)
+    optim.add_argument("--epochs", type=positive_int, default=5)
+    optim.add_argument("--batch-size", type=positive_int, default=64)
+    optim.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate of the head and decoder")
+    optim.add_argument("--backbone-lr", type=positive_float, default=None, help="peak rate of a fine-tuned backbone (default --lr)")
+    optim.add_argument("--weight-decay", type=non_negative_float, default=1e-4)
     optim.add_argument(
-        "--concept-weight", type=float, default=0.0,
+        "--concept-weight", type=non_negative_float, default=0.0,
         help="weight of the auxiliary caption-word prediction loss on the image embedding (helps from scratch)",
     )
     optim.add_argument(
-        "--word-position-weight", type=float, default=0.0,
+        "--word-position-weight", type=non_negative_float, default=0.0,
         help="weight of the auxiliary loss that predicts each word of an image's first caption, position by "
         "position, from the image embedding (for short, regular captions such as the generated set's)",
     )
     optim.add_argument(
-        "--scene-weight", type=float, default=0.0,
+        "--scene-weight", type=non_negative_float, default=0.0,
         help="weight of the auxiliary loss that predicts each column's colour, shape and size from the image "
         "embedding (the generated set only: its image records carry their scenes)",
     )
     optim.add_argument(
-        "--object-map-weight", type=float, default=0.0,
+        "--object-map-weight", type=non_negative_float, default=0.0,
         help="weight of the auxiliary loss that predicts, for every cell of layer3's feature map, the colour and "
         "shape of the object there (the generated set only; needs --train-backbone)",
     )
     optim.add_argument(
-        "--attention-reg", type=float, default=1.0,
+        "--attention-reg", type=non_negative_float, default=1.0,
         help="soft_attention: weight of the doubly stochastic attention regularisation (Xu et al., 2015)",
     )
     optim.add_argument(
-        "--captions-per-image", type=int, default=None,
+        "--captions-per-image", type=positive_int, default=None,
         help="captions of each image per step, drawn at random (default: all)",
     )
     optim.add_argument(
@@ -143,7 +146,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="autocast of the training step: auto is bf16 on CUDA and on CPUs with AMX or "
                             "AVX512-BF16, fp32 elsewhere")
     optim.add_argument("--augment", action="store_true", help="random shifts/scales (disables feature cache)")
-    optim.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps")
+    optim.add_argument("--max-steps", type=positive_int, default=None, help="stop each epoch after this many steps")
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", default="build/train")
     run.add_argument("--resume", default=None, help="checkpoint to continue from")
@@ -153,7 +156,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "image size; e.g. train the decoder on a backbone fine-tuned by an earlier run, now frozen",
     )
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    run.add_argument("--workers", type=int, default=1, help="data loader processes")
+    run.add_argument("--workers", type=non_negative_int, default=1, help="data loader processes")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--eval-captions", action="store_true", help="decode the val set and score it every epoch")

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from training.cli import int_between, non_negative_int
+
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230), "yellow": (235, 205, 30)}
 SHAPES = ("circle", "square", "triangle")
 BACKGROUND = (235, 235, 235)
@@ -242,13 +244,20 @@ def generate(out: Path | str, train: int, val: int, seed: int = 0, frame_size: i
             write_split(out, "val", train, val, rng, frame_size))
 
 
+# `--frame-size`: H.264's 4:2:0 frames need an even side, and below 16 px a shape spans a few pixels
+# that x264 smears; above 1024 px each clip is megabytes and the model reads frames at 48 px.
+MIN_FRAME_SIZE, MAX_FRAME_SIZE = 16, 1024
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Generate the moving-shapes video set.")
     parser.add_argument("--out", default="data/videos")
-    parser.add_argument("--train", type=int, default=600)
-    parser.add_argument("--val", type=int, default=100)
+    parser.add_argument("--train", type=non_negative_int, default=600)
+    parser.add_argument("--val", type=non_negative_int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--frame-size", type=int, default=64, help="frame side in pixels (even, for H.264)")
+    parser.add_argument("--frame-size", type=int_between(MIN_FRAME_SIZE, MAX_FRAME_SIZE, even=True), default=64,
+                        help=f"frame side in pixels: even (H.264's 4:2:0 halves it), {MIN_FRAME_SIZE} to "
+                             f"{MAX_FRAME_SIZE}")
     return parser
 
 
