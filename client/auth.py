@@ -88,8 +88,8 @@ class TokenStore:
         return {"Authorization": f"Bearer {keys[api]['key']}"}
 
 
-class KeyFileError(RuntimeError):
-    """The key file is there but is not TorchServe's `key_file.json`."""
+class KeyFileError(ValueError):
+    """The key file is there but is not TorchServe's `key_file.json` (or not yet: it is being written)."""
 
 
 def key_file_from_env() -> Path | None:

@@ -96,7 +96,8 @@ def _captions_one_language_at_a_time(model, vocab, dataset, spec, batch_size):
             images = torch.stack([dataset.transform(dataset.load_image(i)) for i in chunk])
             specs = [evaluate._for_image(spec, i) for i in chunk]
             captions, _ = decode_mixed(model.decoder, model.encode(images), specs,
-                                       start_id=vocab.start_id_for(language), end_id=vocab.end_id)
+                                       start_id=vocab.start_id_for(language), end_id=vocab.end_id,
+                                       unwritten_ids=vocab.unwritten_ids)
             for image_id, caption in zip(chunk, captions):
                 every[language][image_id] = [vocab.decode(c.tokens) for c in [caption, *caption.alternatives]]
     return every
