@@ -41,11 +41,16 @@ class VideoReadError(ValueError):
 
 @dataclass(frozen=True)
 class VideoLimits:
-    """What one clip may hold (the handler's come from model-config.yaml)."""
+    """What one clip may hold (the handler's come from model-config.yaml; these defaults are the shipped ones).
 
-    max_video_bytes: int = 20_000_000
-    max_video_seconds: float = 30.0
-    max_video_frames: int = 900
+    An archive packed with a model-config.yaml that leaves a limit out gets the value
+    README documents, and `max_video_bytes` stays below `max_request_size` (10 MiB),
+    so an oversized clip is refused with a message naming the limit.
+    """
+
+    max_video_bytes: int = 8_000_000
+    max_video_seconds: float = 20.0
+    max_video_frames: int = 600
     max_frame_pixels: int = 2_073_600  # 1920 x 1080
 
 

@@ -5,6 +5,7 @@ import io
 import re
 import struct
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -224,3 +225,14 @@ def test_a_still_webp_is_still_refused_as_an_image():
     with pytest.raises(BadRequest) as caught:
         parse_request({"body": bytearray(buffer.getvalue())}, LIMITS, MEDIA)
     assert caught.value.status == 415 and "got a still WebP image" in caught.value.message
+
+
+def test_the_video_limits_default_to_the_shipped_settings():
+    """An archive whose model-config.yaml leaves a limit out gets what README and the shipped file say."""
+    import yaml
+
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "handler" / "model-config.yaml").read_text())["captioner"]
+    defaults = VideoLimits()
+    for name in ("max_video_bytes", "max_video_seconds", "max_video_frames", "max_frame_pixels"):
+        assert getattr(defaults, name) == shipped.get(name, getattr(defaults, name)), name
+    assert defaults.max_video_bytes < 10 * 1024 * 1024, "below config.properties' max_request_size"
