@@ -109,3 +109,77 @@ def test_fuzz_batches_and_the_tiny_models_names_are_checked(capsys):
                              capture_output=True, text=True, timeout=120)
         last = run.stderr.strip().splitlines()[-1]
         assert run.returncode == 2 and f"invalid choice: '{name}'" in last and known in last, run.stderr
+
+
+# --- caption files that are not caption files ------------------------------------------------------
+
+NOT_CAPTION_FILES = {  # file text -> what the one line says of it
+    '{"images": [], "annotations": []}': "holds no captioned images (0 images, 0 captions)",
+    '{"foo": 1}': 'is not a COCO caption file (no "annotations" list)',
+    "[1, 2]": "is not a COCO caption file (a JSON list",
+    "not json at all": "is not a COCO caption file (not JSON",
+    '{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": 1, "image_id": 1, "bbox": [0, 0, 1, 1]}]}':
+        'its annotations have no "caption"',
+    '{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": 1, "image_id": 2, "caption": "a"}]}':
+        "holds no captioned images (1 images, 1 captions, none of a listed image)",
+}
+
+
+def one_line_error(run) -> str:
+    """The message `user_errors` turns `run()`'s user mistake into (what the command prints, exit 1)."""
+    from training.cli import user_errors
+
+    with pytest.raises(SystemExit) as stop, user_errors():
+        run()
+    message = str(stop.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+def test_training_on_a_file_that_is_not_a_caption_file_says_what_it_is(tmp_path):
+    from training import train
+
+    (tmp_path / "images").mkdir()
+    for number, (text, words) in enumerate(NOT_CAPTION_FILES.items()):
+        path = tmp_path / f"bad{number}.json"
+        path.write_text(text)
+        args = train.get_args_parser().parse_args([
+            "--annotations", str(path), "--images", str(tmp_path / "images"), "--encoder-weights", "none",
+            "--output-dir", str(tmp_path / "out")])
+        message = one_line_error(lambda: train.main(args))
+        assert message.startswith(f"error: {path} ") and words in message, (text, message)
+
+
+def test_evaluate_and_gallery_on_an_empty_caption_file_say_so(tmp_path):
+    from ops.tiny_model import write_tiny_export
+    from training import evaluate, gallery
+
+    export = write_tiny_export(tmp_path / "export", seed=1)
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"images": [], "annotations": []}')
+    argv = ["--export-dir", str(export), "--annotations", str(empty), "--images", str(tmp_path)]
+    for tool in (evaluate, gallery):
+        args = tool.get_args_parser().parse_args([*argv, "--out", str(tmp_path / "g.png")] if tool is gallery else argv)
+        message = one_line_error(lambda: tool.main(args))
+        assert message == f"error: {empty} holds no captioned images (0 images, 0 captions); give a caption file " \
+                          "whose captions name its images", message
+
+
+def test_the_training_command_says_an_empty_caption_file_or_a_split_with_nothing_to_train_in_one_line(tmp_path):
+    from training.shapes_dataset import generate
+
+    data = generate(tmp_path / "shapes", train=6, val=0, seed=3, canvas=32)
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"images": [], "annotations": []}')
+    common = ["--images", str(data / "images"), "--encoder-weights", "none", "--backbone", "resnet18",
+              "--image-size", "32", "--epochs", "1", "--quiet", "--output-dir", str(tmp_path / "out")]
+    runs = {
+        f"error: {empty} holds no captioned images": ["--annotations", str(empty)],
+        "error: --val-fraction 0.95 holds out all 6 images, leaving none to train on": [
+            "--annotations", str(data / "annotations" / "captions_train.json"), "--val-fraction", "0.95"],
+    }
+    for words, argv in runs.items():
+        run = subprocess.run([sys.executable, "-m", "training.train", *argv, *common],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+        assert run.stderr.strip().splitlines()[-1].startswith(words), run.stderr

@@ -21,9 +21,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from model.export_format import ExportError
-from training.coco_data import UnreadableImage
+from training.coco_data import NotACaptionFile, NothingToTrainOn, UnreadableImage
 
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, UnreadableImage, ExportError)
+USER_ERRORS = (
+    FileNotFoundError, NotADirectoryError, UnreadableImage, NotACaptionFile, NothingToTrainOn, ExportError,
+)
 
 
 @contextmanager

@@ -42,6 +42,18 @@ class UnreadableImage(OSError):
     """An image file of the set that cannot be decoded, named with its id so it can be fixed or dropped."""
 
 
+class NotACaptionFile(ValueError):
+    """A file given as captions that holds none: not JSON, another COCO task's file, or an empty set.
+
+    Caught at once, by name, rather than as pycocotools' KeyError or an empty
+    vocabulary's complaint about languages several steps later.
+    """
+
+
+class NothingToTrainOn(ValueError):
+    """A split that leaves no images to train on (`--val-fraction` holding out every image)."""
+
+
 def missing_image_ids(coco: COCO, image_dir: Path, image_ids: Sequence[int]) -> list[int]:
     """The ids among `image_ids` whose file is not under `image_dir` (a stat per file: seconds for all of COCO)."""
     return [i for i in image_ids if not (image_dir / coco.imgs[i]["file_name"]).exists()]
@@ -61,14 +73,47 @@ def load_coco(annotation_file: Path | str) -> COCO:
             f"no COCO annotation file at {path}; run `make data` for the generated set, "
             "or point --annotations at captions_train2017.json from cocodataset.org"
         )
-    document = json.loads(path.read_text())
-    if "videos" in document:
-        document = video_set_as_coco(document)
+    document = read_caption_document(path)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress chatter
         coco = COCO()
         coco.dataset = document
         coco.createIndex()
+    if not any(image_id in coco.imgToAnns for image_id in coco.imgs):
+        unmatched = ", none of a listed image" if coco.imgs and coco.anns else ""
+        raise NotACaptionFile(f"{path} holds no captioned images ({len(coco.imgs)} images, {len(coco.anns)} "
+                              f"captions{unmatched}); give a caption file whose captions name its images")
     return coco
+
+
+def read_caption_document(path: Path) -> dict:
+    """The JSON of a COCO caption file (or a video set's, as COCO), checked to have the lists it needs.
+
+    pycocotools indexes whatever it is given: a file of another kind would fail
+    later, far from its name (a KeyError, "max() arg is an empty sequence").
+    """
+    what = "a COCO caption file"
+    try:
+        document = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        reason = f"{error.msg} at line {error.lineno}" if isinstance(error, json.JSONDecodeError) else "not text"
+        raise NotACaptionFile(f"{path} is not {what} (not JSON: {reason})") from None
+    if not isinstance(document, dict):
+        raise NotACaptionFile(f"{path} is not {what} (a JSON {type(document).__name__}, not an object with "
+                              "\"images\" and \"annotations\" lists)")
+    if "videos" in document:  # MSR-VTT style
+        for key in ("videos", "sentences"):
+            if not isinstance(document.get(key), list):
+                raise NotACaptionFile(f"{path} is not a video caption file (no \"{key}\" list)")
+        document = video_set_as_coco(document)
+    for key in ("annotations", "images"):
+        if not isinstance(document.get(key), list):
+            raise NotACaptionFile(f"{path} is not {what} (no \"{key}\" list)")
+    if any(not isinstance(i, dict) or "id" not in i for i in document["images"]):
+        raise NotACaptionFile(f"{path} is not {what}: an image record has no \"id\"")
+    if any(not isinstance(a, dict) or "caption" not in a for a in document["annotations"]):
+        raise NotACaptionFile(f"{path} is not {what}: its annotations have no \"caption\" (an instances or "
+                              "keypoints file? COCO's captions are captions_train2017.json and captions_val2017.json)")
+    return document
 
 
 def video_set_as_coco(document: dict) -> dict:

@@ -60,7 +60,7 @@ from training.cli import (
 )
 from training.coco_data import (
     CaptionBatch, CocoCaptions, caption_language, caption_languages, caption_set, collate_captions,
-    is_video_set, load_captions, split_image_ids,
+    NothingToTrainOn, is_video_set, load_captions, split_image_ids,
 )
 from training.encoder_weights import load_encoder_weights
 from training.shapes_dataset import COLORS, SCENE_ATTRIBUTE_CLASSES, SCENE_SLOTS, SHAPES, scene_labels
@@ -413,6 +413,10 @@ def build_datasets(args: argparse.Namespace, vocab: Vocabulary | None, config_im
     else:
         train_ids, val_ids = split_image_ids(list(coco.imgs), args.val_fraction, args.seed)
         val_coco = coco
+        if not train_ids:  # a fraction that rounds every image of a small set into the held-out split
+            raise NothingToTrainOn(
+                f"--val-fraction {args.val_fraction} holds out all {len(val_ids)} images, leaving none to train on; "
+                "give a smaller fraction, or held-out captions with --val-annotations")
     if vocab is None:
         languages = caption_languages(coco, train_ids)
         vocab = Vocabulary.build(
