@@ -265,3 +265,39 @@ def test_a_video_set_trains_its_backbone_with_every_sampled_frames_object_map(tm
     config = checkpoint["config"]
     assert (config["modality"], config["backbone"], config["num_frames"]) == ("video", "resnet18", 4)
     assert checkpoint["model"]["encoder.linear.weight"].shape == (16, 512)
+
+
+def test_ctrl_c_says_in_one_line_where_the_last_checkpoint_is_and_how_to_resume(dataset, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "training.train", "--annotations", str(dataset / "annotations" / "captions_train.json"),
+        "--val-annotations", str(dataset / "annotations" / "captions_val.json"), "--images", str(dataset / "images"),
+        "--output-dir", str(out), "--encoder-weights", "none", "--backbone", "resnet18", "--embed-size", "16",
+        "--hidden-size", "32", "--image-size", "32", "--batch-size", "8", "--min-word-count", "1", "--quiet",
+        "--epochs", "1000",
+    ]
+    checkpoint = out / "checkpoint.pt"
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+        deadline = time.monotonic() + 120
+        while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        process.wait(timeout=60)
+    err = (tmp_path / "stderr").read_text()
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted; the last checkpoint is {checkpoint} (saved at the end of an epoch): to go on from it, run the "
+        f"same command with --resume {checkpoint}")
+
+    # Stopped in its first epoch: an older run's checkpoint in the folder is not this run's.
+    args = train.get_args_parser().parse_args(["--annotations", "a.json", "--images", "i", "--output-dir", str(out)])
+    assert train.interrupted_message(args, started=time.time() + 60).startswith(
+        "interrupted before the first epoch ended, so no checkpoint was written")
+    args.resume = "earlier/checkpoint.pt"
+    assert train.interrupted_message(args, started=time.time() + 60).endswith("--resume earlier/checkpoint.pt")

@@ -29,7 +29,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import random
+import sys
 import time
 import warnings
 from functools import partial
@@ -641,9 +643,34 @@ def main(args: argparse.Namespace) -> Path:
     return checkpoint_path
 
 
+def interrupted_message(args: argparse.Namespace, started: float) -> str:
+    """What Ctrl-C leaves behind, in one line: the checkpoint a rerun goes on from, and how.
+
+    A checkpoint is written at the end of every epoch. One in --output-dir newer
+    than this run's start is this run's latest; else the run's --resume is still
+    the latest; else (a new run stopped in its first epoch) there is none, and an
+    older run's file left in --output-dir is not offered as this one's.
+    """
+    written = Path(args.output_dir) / "checkpoint.pt"
+    if written.is_file() and written.stat().st_mtime >= started:
+        last = written
+    elif args.resume:
+        last = Path(args.resume)
+    else:
+        return "interrupted before the first epoch ended, so no checkpoint was written; run the command again to start over"
+    return (f"interrupted; the last checkpoint is {last} (saved at the end of an epoch): to go on from it, run the "
+            f"same command with --resume {last}")
+
+
 if __name__ == "__main__":
+    started = time.time()
+    args = get_args_parser().parse_args()
     try:
         with user_errors():
-            main(get_args_parser().parse_args())
+            main(args)
+    except KeyboardInterrupt:  # Ctrl-C: where to go on from, not a traceback of wherever the step was
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one process says it
+            print(interrupted_message(args, started), file=sys.stderr, flush=True)
+        raise SystemExit(130) from None  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
     finally:
         distributed.cleanup()
