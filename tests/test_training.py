@@ -301,3 +301,26 @@ def test_ctrl_c_says_in_one_line_where_the_last_checkpoint_is_and_how_to_resume(
         "interrupted before the first epoch ended, so no checkpoint was written")
     args.resume = "earlier/checkpoint.pt"
     assert train.interrupted_message(args, started=time.time() + 60).endswith("--resume earlier/checkpoint.pt")
+
+
+def test_resume_goes_on_from_the_saved_object_map_head_and_takes_a_checkpoint_without_one(dataset, tmp_path,
+                                                                                        monkeypatch):
+    from training.checkpoints import save_checkpoint
+
+    heads = ("--object-map-weight", "1.0", "--train-backbone", "--backbone", "resnet18")
+    first = train.main(train_args(dataset, tmp_path / "first", "--epochs", "1", *heads))
+    saved = load_checkpoint(first)
+    assert set(saved["object_map_head"]) == {"conv.weight", "conv.bias"}
+    loaded = []
+    load = auxiliary_losses.ObjectMapHead.load_state_dict
+    monkeypatch.setattr(auxiliary_losses.ObjectMapHead, "load_state_dict",
+                        lambda head, state, *a, **k: loaded.append(state) or load(head, state, *a, **k))
+    train.main(train_args(dataset, tmp_path / "resumed", "--epochs", "2", *heads, "--resume", str(first)))
+    assert len(loaded) == 1 and all(torch.equal(loaded[0][k], v) for k, v in saved["object_map_head"].items())
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    assert not resumed["object_map_head"]["conv.weight"].equal(saved["object_map_head"]["conv.weight"]), "trained on"
+
+    # A checkpoint from before the head was saved still resumes, the head starting afresh.
+    save_checkpoint({k: v for k, v in saved.items() if k != "object_map_head"}, tmp_path / "old.pt")
+    train.main(train_args(dataset, tmp_path / "from_old", "--epochs", "2", *heads, "--resume", str(tmp_path / "old.pt")))
+    assert load_checkpoint(tmp_path / "from_old" / "checkpoint.pt")["epoch"] == 1 and len(loaded) == 1

@@ -569,7 +569,9 @@ def main(args: argparse.Namespace) -> Path:
     scheduler = one_cycle_schedule(optimizer, max(1, args.epochs * steps_per_epoch))
     history: dict[str, Any] = {"train_loss": [], "val_loss": [], "epoch_seconds": [], "val_metrics": []}
     start_epoch = 0
-    for name, head in (("concept_head", concept_head), ("position_head", position_head), ("scene_head", scene_head)):
+    heads = (("concept_head", concept_head), ("position_head", position_head), ("scene_head", scene_head),
+             ("object_map_head", object_map_head))
+    for name, head in heads:  # a checkpoint written before a head was saved starts that head afresh
         if head is not None and source is not None and name in source:
             head.load_state_dict(source[name])
     if checkpoint is not None:
@@ -624,6 +626,7 @@ def main(args: argparse.Namespace) -> Path:
                 **({"concept_head": concept_head.state_dict()} if concept_head is not None else {}),
                 **({"position_head": position_head.state_dict()} if position_head is not None else {}),
                 **({"scene_head": scene_head.state_dict()} if scene_head is not None else {}),
+                **({"object_map_head": object_map_head.state_dict()} if object_map_head is not None else {}),
                 "epoch": epoch,
                 "args": {k: v for k, v in vars(args).items()},
                 "config": config.to_dict(),
