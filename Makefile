@@ -64,7 +64,8 @@ EVAL_ARGS = --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/im
 # HELD_OUT_ARGS (IMAGES defaults to $(DATA)/images).
 HELD_OUT_ARGS ?= --held-out $(VAL_JSON) --held-out $(SECOND_JSON) $(SECOND_DIR)/images
 GALLERY_ARGS = --export-dir $(EXPORT) --annotations $(VAL_JSON) --images $(DATA)/images --count 8 \
-	--held-out "second renderer" $(SECOND_JSON) $(SECOND_DIR)/images --photos 1 --out build/gallery.png
+	--held-out "second renderer" $(SECOND_JSON) $(SECOND_DIR)/images --photos 1 --out build/gallery.png \
+	--attention-out build/attention.png
 # 2,000 training images estimate the pooled features' mean and shrunk covariance (the held-out sets
 # then set the threshold); fitting on all 6,000 takes `make model` longer and was not measured to help.
 DOMAIN_ARGS ?= --fit-annotations $(TRAIN_JSON) --fit-max-images 2000 $(HELD_OUT_ARGS) --images $(DATA)/images

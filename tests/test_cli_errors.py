@@ -1,10 +1,11 @@
-"""The training tools refuse what their user can fix in one line: numbers an option cannot mean, caption
-files that are not caption files, and say so before doing any work."""
+"""The training tools' command lines: numbers an option cannot mean and caption files that are not caption
+files are refused in one line before any work, and the files a tool writes are where it says."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -183,3 +184,30 @@ def test_the_training_command_says_an_empty_caption_file_or_a_split_with_nothing
                              capture_output=True, text=True, timeout=120)
         assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
         assert run.stderr.strip().splitlines()[-1].startswith(words), run.stderr
+
+
+# --- the gallery's paths ------------------------------------------------------------------------------
+
+
+def test_the_gallery_prints_the_files_it_wrote_and_puts_the_attention_sheet_beside_its_out(tmp_path, monkeypatch,
+                                                                                           capsys):
+    from ops.tiny_model import write_tiny_export
+    from training import gallery
+    from training.shapes_dataset import generate
+
+    export = write_tiny_export(tmp_path / "export", seed=1, decoder="soft_attention")
+    data = generate(tmp_path / "shapes", train=1, val=2, seed=3, canvas=32)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # the default once wrote build/attention.png here, wherever --out was
+    argv = ["--export-dir", str(export), "--annotations", str(data / "annotations" / "captions_val.json"),
+            "--images", str(data / "images"), "--count", "2", "--attention-count", "1"]
+    gallery.main(gallery.get_args_parser().parse_args([*argv, "--out", str(tmp_path / "x" / "gal3")]))
+    written = [line.removeprefix("wrote ") for line in capsys.readouterr().out.splitlines()]
+    assert written == [str(tmp_path / "x" / "gal3.png"), str(tmp_path / "x" / "gal3_attention.png")]
+    assert all(Path(path).is_file() for path in written)
+    assert not any((tmp_path / "cwd").iterdir())
+
+    gallery.main(gallery.get_args_parser().parse_args([*argv, "--out", str(tmp_path / "y.png"),
+                                                       "--attention-out", str(tmp_path / "maps")]))
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {tmp_path / 'maps.png'}"
+    assert (tmp_path / "maps.png").is_file() and (tmp_path / "y.png").is_file()

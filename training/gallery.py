@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -71,10 +72,34 @@ def save_figure(fig, title: str, out: Path, fontsize: int = 11) -> Path:
 
     fig.suptitle(title, fontsize=fontsize)
     fig.tight_layout()
+    out = with_picture_suffix(out, fig.canvas.get_supported_filetypes())
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return out
+
+
+def with_picture_suffix(out: Path, known: Iterable[str]) -> Path:
+    """`out`, with ".png" added when its name has no suffix the writer knows (`known`: "png", "pdf", ...).
+
+    Given `--out build/gal3`, matplotlib writes `build/gal3.png` on its own and
+    PIL refuses the name: the path the command prints is the file it wrote.
+    """
+    formats = {suffix.lower().lstrip(".") for suffix in known}
+    return out if out.suffix.lower().lstrip(".") in formats else out.with_name(out.name + ".png")
+
+
+def attention_path(args: argparse.Namespace, gallery: Path) -> Path | None:
+    """Where the attention sheet goes: --attention-out, none for '', else beside the gallery it belongs to.
+
+    Beside the gallery rather than in a fixed folder, so `--out /elsewhere/g.png`
+    writes nothing into the directory the command happens to run from.
+    """
+    if args.attention_out == "":
+        return None
+    if args.attention_out is not None:
+        return Path(args.attention_out)
+    return gallery.with_name(f"{gallery.stem}_attention.png")
 
 
 @torch.inference_mode()
@@ -106,6 +131,8 @@ def draw_attention_gallery(
     for picture in pictures:
         sheet.paste(picture, (0, top))
         top += picture.height
+    Image.init()  # every format plugin, so the suffixes PIL knows are all registered
+    out = with_picture_suffix(out, Image.registered_extensions())
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out
@@ -157,9 +184,10 @@ def main(args: argparse.Namespace) -> Path:
         entries += photo_entries(model, vocab, args.export_dir, args.photos, device)
     path = draw_gallery(entries, Path(args.out))
     print(f"wrote {path}")
-    if model.config.attention_grid and args.attention_out:
+    attention_out = attention_path(args, path)
+    if model.config.attention_grid and attention_out is not None:
         paths = [entry[0] for entry in entries[: args.attention_count]]
-        print(f"wrote {draw_attention_gallery(model, vocab, paths, Path(args.attention_out), device)}")
+        print(f"wrote {draw_attention_gallery(model, vocab, paths, attention_out, device)}")
     return path
 
 
@@ -174,9 +202,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--held-out-count", type=positive_int, default=4, help="images of each --held-out set")
     parser.add_argument("--photos", type=non_negative_int, default=0,
                         help="add this many package-shipped photos with the domain flag (at most 3)")
-    parser.add_argument("--out", default="build/gallery.png")
-    parser.add_argument("--attention-out", default="build/attention.png",
-                        help="attention models: per-word attention maps of held-out images ('' for none)")
+    parser.add_argument("--out", default="build/gallery.png", help="the picture (.png added to a name without a "
+                        "picture suffix)")
+    parser.add_argument("--attention-out", default=None,
+                        help="attention models: per-word attention maps of held-out images (default: beside --out, "
+                             "OUT_attention.png, e.g. build/gallery_attention.png; '' for none)")
     parser.add_argument("--attention-count", type=positive_int, default=3, help="images in --attention-out")
     return parser
 
