@@ -324,3 +324,13 @@ def test_resume_goes_on_from_the_saved_object_map_head_and_takes_a_checkpoint_wi
     save_checkpoint({k: v for k, v in saved.items() if k != "object_map_head"}, tmp_path / "old.pt")
     train.main(train_args(dataset, tmp_path / "from_old", "--epochs", "2", *heads, "--resume", str(tmp_path / "old.pt")))
     assert load_checkpoint(tmp_path / "from_old" / "checkpoint.pt")["epoch"] == 1 and len(loaded) == 1
+
+
+def test_the_progress_bar_of_a_max_steps_epoch_counts_the_steps_that_run(dataset, tmp_path, capsys):
+    args = train_args(dataset, tmp_path, "--epochs", "1", "--max-steps", "2")  # 24 images of 8: 3 batches an epoch
+    args.quiet = False
+    train.main(args)
+    bars = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.startswith("epoch 1:")]
+    assert bars and "2/2" in bars[-1] and "100%" in bars[-1], bars
+    assert not any("/3" in bar for bar in bars), bars
+    assert len(load_checkpoint(tmp_path / "checkpoint.pt")["history"]["train_loss"]) == 2

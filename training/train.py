@@ -35,6 +35,7 @@ import sys
 import time
 import warnings
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -293,10 +294,11 @@ def train_one_epoch(
     training_loss.train()
     parameters = [p for p in training_loss.parameters() if p.requires_grad]
     losses = []
-    progress = tqdm(loader, desc=f"epoch {epoch}", disable=quiet, unit="batch")
-    for step, batch in enumerate(progress):
-        if max_steps is not None and step >= max_steps:
-            break
+    # Only the steps that will run: the bar's total and ETA are those of a --max-steps epoch, and no batch
+    # past the last is loaded.
+    steps = len(loader) if max_steps is None else min(len(loader), max_steps)
+    progress = tqdm(islice(loader, steps), total=steps, desc=f"epoch {epoch}", disable=quiet, unit="batch")
+    for batch in progress:
         batch = batch.to(device)
         if channels_last and batch.images.dim() == 4:  # clips (5-D) go channels-last frame by frame
             batch.images = batch.images.contiguous(memory_format=torch.channels_last)
