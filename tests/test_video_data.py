@@ -190,3 +190,33 @@ def test_the_reader_refuses_what_it_should(tmp_path):
         with pytest.raises(VideoReadError, match=named) as caught:
             read_clip(data, 4, limits)
         assert caught.value.kind == "too_large"
+
+
+def test_a_truncated_clip_of_the_set_is_named_with_its_id_by_the_dataset_and_the_training_command(tmp_path):
+    import subprocess
+    import sys
+
+    from model.transforms import eval_transform
+    from model.vocabulary import Vocabulary
+    from training.coco_data import UnreadableImage, caption_set
+
+    train_json, val_json = generate(tmp_path / "videos", train=3, val=1, seed=3, frame_size=32)
+    coco = load_coco(train_json)
+    broken = sorted(coco.imgs)[1]
+    clip = tmp_path / "videos" / "clips" / coco.imgs[broken]["file_name"]
+    clip.write_bytes(clip.read_bytes()[:300])  # a download cut short
+    vocab = Vocabulary.build([a["caption"] for a in coco.anns.values()], min_count=1)
+    dataset = caption_set(coco, tmp_path / "videos" / "clips", vocab,
+                          eval_transform(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3), num_frames=2)
+    assert dataset[0][0].shape == (2, 3, 32, 32)
+    with pytest.raises(UnreadableImage, match=rf"clip {clip} \(id {broken}\) cannot be read: .*drop the clip"):
+        dataset[1]
+
+    run = subprocess.run([
+        sys.executable, "-m", "training.train", "--annotations", str(train_json), "--val-annotations", str(val_json),
+        "--images", str(tmp_path / "videos" / "clips"), "--output-dir", str(tmp_path / "run"), "--encoder-weights",
+        "none", "--backbone", "resnet18", "--num-frames", "2", "--embed-size", "16", "--hidden-size", "16",
+        "--image-size", "32", "--min-word-count", "1", "--epochs", "1", "--quiet",
+    ], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith(f"error: clip {clip} (id {broken}) cannot be read"), run.stderr

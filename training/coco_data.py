@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from model.transforms import to_rgb
 from model.video import ClipTransform
-from model.video_frames import VideoLimits, read_clip
+from model.video_frames import VideoLimits, VideoReadError, read_clip
 from model.vocabulary import Vocabulary
 
 _SHOWN_MISSING = 3  # file names a missing-images message lists
@@ -39,7 +39,7 @@ class MissingImages(FileNotFoundError):
 
 
 class UnreadableImage(OSError):
-    """An image file of the set that cannot be decoded, named with its id so it can be fixed or dropped."""
+    """An image (or clip) file of the set that cannot be decoded, named with its id so it can be fixed or dropped."""
 
 
 class NotACaptionFile(ValueError):
@@ -310,7 +310,13 @@ class VideoCaptions(CocoCaptions):
         path = self.image_dir / self.coco.imgs[image_id]["file_name"]
         limits = VideoLimits(max_video_bytes=1 << 40, max_video_seconds=float("inf"), max_video_frames=1 << 30,
                              max_frame_pixels=1 << 40)  # the set's own files: no request limits
-        return read_clip(path.read_bytes(), self.num_frames, limits).frames
+        try:
+            return read_clip(path.read_bytes(), self.num_frames, limits).frames
+        except (OSError, VideoReadError) as error:  # the reader's message names neither the file nor its id
+            raise UnreadableImage(
+                f"clip {path} (id {image_id}) cannot be read: {error}; replace the file, or drop the clip "
+                "from the caption file"
+            ) from error
 
 
 @dataclass
