@@ -17,6 +17,7 @@ is read, so argparse names the option and the tool does no work first.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -48,7 +49,7 @@ def _number(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):  # nan and inf pass float() but mean nothing here
+    if not math.isfinite(value):  # "nan" and "inf" pass float() but mean nothing here
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
 
