@@ -22,10 +22,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from model.export_format import ExportError
-from training.coco_data import NotACaptionFile, NothingToTrainOn, UnreadableImage
+from training.coco_data import NotACaptionFile, NothingToTrainOn, SharedImages, UnreadableImage
 
 USER_ERRORS = (
-    FileNotFoundError, NotADirectoryError, UnreadableImage, NotACaptionFile, NothingToTrainOn, ExportError,
+    FileNotFoundError, NotADirectoryError, UnreadableImage, NotACaptionFile, NothingToTrainOn, SharedImages,
+    ExportError,
 )
 
 

@@ -54,6 +54,10 @@ class NothingToTrainOn(ValueError):
     """A split that leaves no images to train on (`--val-fraction` holding out every image)."""
 
 
+class SharedImages(ValueError):
+    """Two image sets that must be apart share images (held-out images that are also fitting images)."""
+
+
 def missing_image_ids(coco: COCO, image_dir: Path, image_ids: Sequence[int]) -> list[int]:
     """The ids among `image_ids` whose file is not under `image_dir` (a stat per file: seconds for all of COCO)."""
     return [i for i in image_ids if not (image_dir / coco.imgs[i]["file_name"]).exists()]

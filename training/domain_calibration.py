@@ -37,7 +37,7 @@ from model.export_format import load_exported_captioner, write_domain_statistics
 from model.transforms import eval_transform
 from model.vocabulary import Vocabulary
 from training.cli import positive_int, user_errors
-from training.coco_data import CocoCaptions, caption_set, load_captions
+from training.coco_data import CocoCaptions, SharedImages, caption_set, load_captions
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def fit_export_domain(model: Captioner, vocab: Vocabulary, sources: DomainSource
     for name, inputs in held_out.items():
         shared = fit.files() & inputs.files()
         if shared:
-            raise ValueError(f"{len(shared)} held-out images of {name} are also fitting images (e.g. "
+            raise SharedImages(f"{len(shared)} held-out images of {name} are also fitting images (e.g. "
                              f"{sorted(shared)[0]}); calibrate on images the statistics were not fitted on")
     return fit_and_calibrate(model, fit, held_out, quantile=sources.quantile, safety=sources.safety,
                              device=sources.device, batch_size=sources.batch_size, quiet=sources.quiet)
