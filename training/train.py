@@ -625,10 +625,7 @@ def main(args: argparse.Namespace) -> Path:
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                **({"concept_head": concept_head.state_dict()} if concept_head is not None else {}),
-                **({"position_head": position_head.state_dict()} if position_head is not None else {}),
-                **({"scene_head": scene_head.state_dict()} if scene_head is not None else {}),
-                **({"object_map_head": object_map_head.state_dict()} if object_map_head is not None else {}),
+                **{name: head.state_dict() for name, head in heads if head is not None},
                 "epoch": epoch,
                 "args": {k: v for k, v in vars(args).items()},
                 "config": config.to_dict(),
