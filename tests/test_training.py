@@ -282,13 +282,21 @@ def test_ctrl_c_says_in_one_line_where_the_last_checkpoint_is_and_how_to_resume(
         "--epochs", "1000",
     ]
     checkpoint = out / "checkpoint.pt"
+    # A shell starts background jobs with SIGINT ignored, and Python then never raises KeyboardInterrupt:
+    # the training process gets SIGINT's default back, as a terminal's foreground command has it.
     with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr)
-        deadline = time.monotonic() + 120
-        while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        process.wait(timeout=60)
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            deadline = time.monotonic() + 120
+            while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:  # never leave a 1,000-epoch run behind
+                process.kill()
+                process.wait()
     err = (tmp_path / "stderr").read_text()
     assert process.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == (
