@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import grpc
 
+from client.rest import CaptionClient
 from client.retry import WORKER_DIED, backoff_s
 
 T = TypeVar("T")
@@ -43,11 +44,11 @@ def is_transient(error: Exception) -> bool:
 class GrpcRetries:
     """How often and how long a gRPC client sends an inference call again (`CaptionClient`'s defaults)."""
 
-    retries: int = 12
-    backoff: float = 0.25
-    max_backoff: float = 5.0
-    give_up_after: float = 60.0
-    worker_died_retries: int = 2
+    retries: int = CaptionClient.retries
+    backoff: float = CaptionClient.backoff
+    max_backoff: float = CaptionClient.max_backoff
+    give_up_after: float = CaptionClient.give_up_after
+    worker_died_retries: int = CaptionClient.worker_died_retries
     retried: int = 0  # calls sent again, over this object's life
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _rng: random.Random = field(default_factory=random.Random, repr=False)
