@@ -27,6 +27,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler.inputs import model_input
 from handler.open_inference import v2_error, v2_response
 from handler.request_parsing import BadRequest, CaptionRequest, Failed, RequestLimits, parse_request
+from handler.settings import SETTINGS_KEY, settings_problems
 from handler.streaming import WordStreamer, to_json
 from model.batch_captioning import decode_mixed
 from model.decoding import Caption
@@ -34,12 +35,11 @@ from model.detokenize import detokenize
 from model.domain import DomainVerdict, domain_scorer
 from model.export_format import load_exported_captioner, read_domain_statistics
 from model.precision import PrecisionError, choose_precision, prepare_inference, projection_dtype, read_cpu_flags
-from model.transforms import eval_transform, to_rgb
+from model.transforms import to_rgb
 from model.word_attention import word_maps
 
 logger = logging.getLogger(__name__)
 
-SETTINGS_KEY = "captioner"  # section of model-config.yaml read by this handler
 
 
 class CaptionHandler(BaseHandler):
@@ -48,7 +48,10 @@ class CaptionHandler(BaseHandler):
     def initialize(self, context) -> None:
         properties = context.system_properties
         self.device = worker_device(properties)
-        settings = (context.model_yaml_config or {}).get(SETTINGS_KEY, {}) or {}
+        model_yaml = context.model_yaml_config or {}
+        settings = model_yaml.get(SETTINGS_KEY, {}) or {}
+        for problem in settings_problems(model_yaml):  # ops.archive refuses these; an archive packed by hand may not
+            logger.warning("model-config.yaml: %s", problem)
         threads = settings.get("torch_threads")
         if threads and self.device.type == "cpu":
             torch.set_num_threads(int(threads))

@@ -94,7 +94,7 @@ def load_exported_captioner(export_dir: Path | str, device: torch.device | str =
     except RuntimeError as error:
         raise ExportError(
             f"{export_dir / WEIGHTS_FILE} does not fit config.json (backbone {config.backbone}, "
-            f"decoder {config.decoder}): {str(error)[:400]}"
+            f"decoder {config.decoder}): {' '.join(str(error).split())[:400]}"
         ) from error
     return model.to(device).eval(), vocab
 

@@ -7,6 +7,12 @@ packages are staged under their own names first:
 
     stage/handler/...  stage/model/...  stage/config.json  stage/vocab.json  stage/model.safetensors
     (and stage/domain.safetensors when the export has domain statistics)
+
+Before anything is staged, the export is loaded as the worker will load it
+(weights against config, vocabulary, domain statistics) and the `captioner:`
+section of the model-config.yaml is checked (`handler/settings.py`): a
+misspelt setting or a value the worker would refuse stops the build here, with
+one line, instead of at registration, when the worker dies or runs on defaults.
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from model.export_format import EXPORT_FILES, export_file_names
+import yaml
+
+from handler.settings import SETTINGS_KEY, settings_problems
+from model.export_format import EXPORT_FILES, export_file_names, load_exported_captioner, read_domain_statistics
 from training.cli import user_errors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,11 +39,46 @@ PACKAGES = ("handler", "model")
 CALIBRATION_FOLDER = "calibration"  # read by the handler for `precision: int8`
 
 
-def stage(export_dir: Path, stage_dir: Path) -> Path:
-    """Copy the code packages and the export into a fresh staging folder."""
+class ArchiveError(ValueError):
+    """The model-config.yaml to pack holds settings the worker would ignore or refuse."""
+
+
+def check_inputs(export_dir: Path, config_file: Path) -> str:
+    """Load the export as a worker would, and check the settings file; raises what a worker would meet.
+
+    Returns the export's folder of int8 calibration images the settings name (`calibration_images`).
+
+    Raises:
+        FileNotFoundError: the export lacks a file, or there is no `config_file`.
+        ExportError: the weights do not fit config.json, or the domain statistics do not fit the model.
+        ArchiveError: `config_file` is not YAML, or its `captioner:` section has unknown keys or bad values.
+    """
     missing = [name for name in EXPORT_FILES if not (export_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{export_dir} lacks {', '.join(missing)}; run `make model` first")
+    model, _ = load_exported_captioner(export_dir)
+    read_domain_statistics(export_dir, model.encoder.domain_layout)
+    if not config_file.is_file():
+        raise FileNotFoundError(f"no model-config.yaml at {config_file}")
+    try:
+        model_yaml = yaml.safe_load(config_file.read_text())
+    except yaml.YAMLError as error:
+        raise ArchiveError(f"{config_file} is not valid YAML: {error}") from None
+    problems = settings_problems(model_yaml or {})
+    if problems:
+        raise ArchiveError(f"{config_file}: " + "; ".join(problems))
+    section = (model_yaml or {}).get(SETTINGS_KEY) or {}
+    calibration = str(section.get("calibration_images", CALIBRATION_FOLDER))
+    folder = export_dir / calibration
+    if str(section.get("precision", "")).strip().lower() == "int8" and not any(
+            path.suffix.lower() in (".jpg", ".jpeg", ".png") for path in folder.glob("*")):
+        raise ArchiveError(f"{config_file}: precision int8 calibrates on the images in {folder}, and it has "
+                           "none; put held-out JPEGs or PNGs there, or choose precision bf16 or fp32")
+    return calibration
+
+
+def stage(export_dir: Path, stage_dir: Path, calibration: str = CALIBRATION_FOLDER) -> Path:
+    """Copy the code packages and the export (checked by `check_inputs`) into a fresh staging folder."""
     if stage_dir.exists():
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True)
@@ -43,9 +87,8 @@ def stage(export_dir: Path, stage_dir: Path) -> Path:
         shutil.copytree(ROOT / package, stage_dir / package, ignore=ignore)
     for name in export_file_names(export_dir):  # the optional domain statistics too, when present
         shutil.copy2(export_dir / name, stage_dir / name)
-    calibration = export_dir / CALIBRATION_FOLDER  # int8's calibration images, when the export has them
-    if calibration.is_dir():
-        shutil.copytree(calibration, stage_dir / CALIBRATION_FOLDER)
+    if (export_dir / calibration).is_dir():  # int8's calibration images, when the export has them
+        shutil.copytree(export_dir / calibration, stage_dir / calibration)
     return stage_dir
 
 
@@ -60,7 +103,7 @@ def build_archive(
     requirements_file: Path | str | None = None,
     archive_format: str = "default",
 ) -> Path:
-    """Stage and archive; returns the path of `<out_dir>/<model_name>.mar` (overwritten if present).
+    """Check, stage and archive; returns the path of `<out_dir>/<model_name>.mar` (overwritten if present).
 
     `requirements_file` is packed for TorchServe's per-model `pip install`, which this
     project's config.properties turns off (the tests use it to show that it stays off).
@@ -68,8 +111,10 @@ def build_archive(
     TorchServe registers it by name without unpacking, and it is quick to write.
     """
     out_dir = Path(out_dir)
+    calibration = check_inputs(Path(export_dir), Path(config_file))
     out_dir.mkdir(parents=True, exist_ok=True)
-    stage_dir = stage(Path(export_dir), Path(stage_root or out_dir.parent / "mar_stage") / f"{model_name}-{version}")
+    stage_dir = stage(Path(export_dir), Path(stage_root or out_dir.parent / "mar_stage") / f"{model_name}-{version}",
+                      calibration)
     command = [
         str(Path(sys.executable).parent / "torch-model-archiver"),
         "--model-name", model_name,
@@ -106,7 +151,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 if __name__ == "__main__":
     args = get_args_parser().parse_args()
     with user_errors():
-        path = build_archive(
-            args.export_dir, args.out, model_name=args.model_name, version=args.version, config_file=args.config_file
-        )
+        try:
+            path = build_archive(
+                args.export_dir, args.out, model_name=args.model_name, version=args.version,
+                config_file=args.config_file,
+            )
+        except ArchiveError as error:
+            raise SystemExit(f"error: {error}") from None
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

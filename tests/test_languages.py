@@ -21,7 +21,7 @@ from model.vocabulary import Vocabulary, tokenize
 from ops.archive import build_archive
 from tests.helpers import shape_image_bytes
 from training import train
-from training.caption_languages import LANGUAGES, get_language
+from training.caption_languages import get_language
 from training.coco_data import caption_languages, load_captions
 from training.evaluate import evaluate_model
 from training.export import export_checkpoint
