@@ -7,7 +7,8 @@ It exports a tiny random model to a temporary folder, loads the handler on it
 with a real TorchServe `Context`, and runs every strategy of
 `ops.fuzzing.request_strategies` as batches mixing fuzzed and valid requests
 (`ops.fuzzing.in_process`). It prints one JSON object: requests per strategy,
-the statuses they got, time, and the first problems found; it exits 1 when any
+the statuses they got, time, and the first problems found (a progress bar goes to
+stderr, so stdout is the report alone); it exits 1 when any
 request broke the property. The test suite runs the same checks on a few
 hundred cases (tests/test_fuzz_handler.py).
 """
@@ -24,6 +25,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from hypothesis import given, seed, settings
+from tqdm import tqdm
 
 from bench.environment import cpu_model
 
@@ -34,9 +36,11 @@ from ops.tiny_model import write_tiny_export
 from training.cli import positive_int
 
 
-def run_strategy(service: InProcessService, name: str, count: int, random_seed: int, figures: dict) -> None:
+def run_strategy(service: InProcessService, name: str, count: int, random_seed: int, figures: dict,
+                 progress: tqdm) -> None:
     """Run `count` batches of strategy `name`; a property failure is recorded, not raised."""
     statuses: Counter = figures["statuses"][name]
+    progress.set_postfix_str(name)
 
     @seed(random_seed)
     @settings(FUZZ, max_examples=count)
@@ -44,6 +48,7 @@ def run_strategy(service: InProcessService, name: str, count: int, random_seed: 
     def fuzz(batch):
         result = check_batch(service, batch)
         figures["batches"][name] += 1
+        progress.update()
         for strategy, answer in result.answers:
             (statuses if strategy != "valid" else figures["statuses"]["valid"])[answer.status] += 1
         assert not result.problems, "\n".join(result.problems)
@@ -66,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         service = InProcessService(write_tiny_export(Path(folder) / "export", seed=1, image_size=16))
-        for name in args.strategies:
-            run_strategy(service, name, args.batches, args.seed, figures)
+        # On stderr, so that stdout stays the one JSON report. Hypothesis may run a few batches more
+        # (shrinking a failure) or fewer (a strategy with few distinct cases) than asked.
+        with tqdm(total=args.batches * len(args.strategies), desc="fuzzing", unit="batch") as progress:
+            for name in args.strategies:
+                run_strategy(service, name, args.batches, args.seed, figures, progress)
         service.close()
     elapsed = time.perf_counter() - started
 

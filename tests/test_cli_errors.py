@@ -3,6 +3,7 @@ files are refused in one line before any work, and the files a tool writes are w
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from functools import partial
@@ -111,6 +112,15 @@ def test_fuzz_batches_and_the_tiny_models_names_are_checked(capsys):
                              capture_output=True, text=True, timeout=120, check=False)
         last = run.stderr.strip().splitlines()[-1]
         assert run.returncode == 2 and f"invalid choice: '{name}'" in last and known in last, run.stderr
+
+
+def test_fuzz_shows_its_progress_on_stderr_and_keeps_stdout_to_the_report():
+    run = subprocess.run([sys.executable, "-m", "ops.fuzz", "--batches", "2", "--strategies", "content-types"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout)
+    assert report["batches"] == {"content-types": 2} and report["failures"] == 0
+    assert "fuzzing: 100%" in run.stderr and "2/2" in run.stderr, run.stderr[-2000:]
 
 
 # --- caption files that are not caption files ------------------------------------------------------
