@@ -342,3 +342,31 @@ def test_the_progress_bar_of_a_max_steps_epoch_counts_the_steps_that_run(dataset
     assert bars and "2/2" in bars[-1] and "100%" in bars[-1], bars
     assert not any("/3" in bar for bar in bars), bars
     assert len(load_checkpoint(tmp_path / "checkpoint.pt")["history"]["train_loss"]) == 2
+
+
+def test_a_resumed_run_trains_as_the_uninterrupted_run_would(dataset, tmp_path, monkeypatch, capsys):
+    """Batch order, caption picks and dropout come back with the checkpoint: stopping after epoch 1 and
+    resuming ends with the weights of a run that never stopped (24 images of 8: 3 batches an epoch)."""
+    epochs = ("--epochs", "3", "--workers", "0", "--lr", "2e-2")
+    straight = load_checkpoint(train.main(train_args(dataset, tmp_path / "straight", *epochs)))["model"]
+
+    one_epoch = train.train_one_epoch
+    calls = []
+
+    def stop_in_the_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", stop_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(train_args(dataset, tmp_path / "first", *epochs))
+    monkeypatch.setattr(train, "train_one_epoch", one_epoch)
+    capsys.readouterr()
+    first = tmp_path / "first" / "checkpoint.pt"
+    resumed = load_checkpoint(train.main(train_args(dataset, tmp_path / "resumed", *epochs, "--resume", str(first))))
+    assert f"resuming from {first} at epoch 2 of 3" in capsys.readouterr().out
+    assert resumed["epoch"] == 2
+    differ = [k for k in straight if not torch.allclose(straight[k], resumed["model"][k], rtol=1e-5, atol=1e-7)]
+    assert not differ, differ

@@ -5,8 +5,9 @@
         --output-dir build/train --encoder-weights none --train-backbone --image-size 96
 
 Writes `checkpoint.pt` every epoch (model, optimizer, epoch, arguments,
-config, vocabulary, loss history; resume with `--resume`, which also restores
-the learning-rate schedule's position), `history.json` and
+config, vocabulary, loss history, random states; resume with `--resume`, which
+also restores the learning-rate schedule's position and the random states, so a
+run resumed with `--workers 0` trains as the uninterrupted run would), `history.json` and
 `loss_curve.png`. With a frozen backbone and no augmentation, backbone features
 are computed once and reused every epoch: the pooled vector of each image, or
 for the soft-attention decoder its G x G grid of the last feature map (G x G
@@ -53,7 +54,7 @@ from model.encoder import image_summary
 from model.transforms import eval_transform, train_transform
 from model.vocabulary import PAD, SPECIAL_TOKENS, Vocabulary
 from training import distributed
-from training.checkpoints import load_checkpoint, save_checkpoint
+from training.checkpoints import load_checkpoint, random_states, restore_random_states, save_checkpoint
 from training.auxiliary_losses import (
     ConceptHead, ObjectMapHead, SceneHead, WordPositionHead, clip_object_map_labels, doubly_stochastic_penalty,
     object_map_labels,
@@ -588,6 +589,8 @@ def main(args: argparse.Namespace) -> Path:
                 scheduler.step()
         if start_epoch >= args.epochs and place.is_main:
             print(f"checkpoint already finished epoch {checkpoint['epoch'] + 1} of {args.epochs}; nothing to do")
+        elif place.is_main:
+            print(f"resuming from {args.resume} at epoch {start_epoch + 1} of {args.epochs}", flush=True)
 
     training_loss: torch.nn.Module = TrainingLoss(
         model, uses_features=uses_features, concept_head=concept_head, concept_weight=args.concept_weight,
@@ -599,6 +602,9 @@ def main(args: argparse.Namespace) -> Path:
     if place.enabled:  # wrapped once every weight is loaded: DDP starts all ranks from rank 0's
         training_loss = distributed.wrap(training_loss, place, device)
     checkpoint_path = output_dir / "checkpoint.pt"
+    if checkpoint is not None and not restore_random_states(checkpoint.get("random_states"), generator) \
+            and place.is_main and start_epoch < args.epochs:
+        print("this checkpoint predates saved random states: the resumed epochs draw their batches in a new order")
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
         if sampler is not None:
@@ -631,6 +637,7 @@ def main(args: argparse.Namespace) -> Path:
                 "config": config.to_dict(),
                 "vocab": vocab.to_dict(),
                 "history": history,
+                "random_states": random_states(generator),
             },
             checkpoint_path,
         )
