@@ -10,13 +10,15 @@ is read by Pillow's WebP reader alone, its frame count and length taken from
 its chunks); the frame size, duration and frame count are
 checked against `VideoLimits` from the headers and a packet pass before a
 single frame is decoded; and only the sampled frames are kept as pictures,
-turned upright as a player shows them when the stream's display matrix says
-the clip is rotated (a phone's portrait clip).
+turned upright (and mirrored back) as a player shows them when the stream's
+display matrix says the clip is rotated (a phone's portrait clip) or mirrored.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import sys
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -125,12 +127,12 @@ def read_clip(data: bytes, num_frames: int, limits: VideoLimits = VideoLimits())
         if container_name == "webp":
             total, fps, duration, width, height = _survey_webp(data, limits)
             indices = sample_frame_indices(total, num_frames)
-            frames, turn = _decode_webp(data, set(indices)), 0
+            frames, swapped = _decode_webp(data, set(indices)), False
         else:
             fmt = CONTAINERS[container_name]
             total, fps, duration, width, height = _survey(av, data, fmt, limits)
             indices = sample_frame_indices(total, num_frames)
-            frames, turn = _decode_frames(av, data, fmt, set(indices))
+            frames, swapped = _decode_frames(av, data, fmt, set(indices))
     except VideoReadError:
         raise
     except (av.error.FFmpegError, ValueError, IndexError, OSError, EOFError, SyntaxError) as error:
@@ -139,7 +141,7 @@ def read_clip(data: bytes, num_frames: int, limits: VideoLimits = VideoLimits())
         raise VideoReadError(f"no frame of the {container_name} could be decoded (truncated or corrupt?)", "corrupt")
     # A decoder can yield fewer frames than the container has packets; the last good frame stands in.
     picked = [frames[max((k for k in frames if k <= i), default=min(frames))] for i in indices]
-    if turn in (90, 270):
+    if swapped:
         width, height = height, width  # the size a player shows
     return Clip(SampledFrames(picked, indices, total), total, fps, duration, width, height, container_name, indices)
 
@@ -189,38 +191,63 @@ def _survey(av, data: bytes, fmt: str, limits: VideoLimits) -> tuple[int, float 
     return total, fps, duration, width, height
 
 
-def _decode_frames(av, data: bytes, fmt: str, wanted: set[int]) -> tuple[dict[int, Image.Image], int]:
+def _decode_frames(av, data: bytes, fmt: str, wanted: set[int]) -> tuple[dict[int, Image.Image], bool]:
     """Decode every frame in order (each may depend on the ones before), keeping only the wanted ones, upright.
 
-    Also returns the quarter turn applied (0, 90, 180 or 270 degrees counter-clockwise).
+    Also returns whether the display matrix swapped width and height (a quarter turn, or a transpose).
     """
     kept: dict[int, Image.Image] = {}
-    turn = 0
+    swapped = False
     with av.open(io.BytesIO(data), mode="r", format=fmt) as container:
         stream = container.streams.video[0]
         for index, frame in enumerate(container.decode(stream)):
             if index in wanted:
-                turn = _quarter_turn(frame.rotation)
+                orientation = display_orientation(_display_matrix(frame))
                 image = frame.to_image().convert("RGB")
-                kept[index] = image.transpose(QUARTER_TURNS[turn]) if turn else image
+                kept[index] = image.transpose(orientation) if orientation is not None else image
+                swapped = orientation in SWAPS_SIDES
             if index >= max(wanted):
                 break
-    return kept, turn
+    return kept, swapped
 
 
-# counter-clockwise degrees -> the PIL transpose that turns a picture that way
-QUARTER_TURNS = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+SWAPS_SIDES = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.TRANSPOSE,
+               Image.Transpose.TRANSVERSE)
 
 
-def _quarter_turn(rotation: float) -> int:
-    """The display matrix's rotation as players apply it: 0, 90, 180 or 270 degrees counter-clockwise.
+def _display_matrix(frame) -> tuple[int, ...] | None:
+    """The frame's 3x3 display matrix (FFmpeg's layout, 16.16 fixed point), or None when it has none."""
+    for side_data in frame.side_data:
+        if side_data.type.name == "DISPLAYMATRIX":
+            raw = bytes(side_data)
+            return tuple(int.from_bytes(raw[i:i + 4], sys.byteorder, signed=True) for i in range(0, 36, 4))
+    return None
 
-    PyAV's `frame.rotation` is FFmpeg's `av_display_rotation_get`: the degrees the display
-    matrix turns the coded picture counter-clockwise (a phone's portrait clip, tagged
-    `rotate=90`, reads -90: turned a quarter clockwise). Other angles are rounded to the
-    nearest quarter turn, as FFmpeg's autorotate does; flips in the matrix are not applied.
+
+def display_orientation(matrix: tuple[int, ...] | None) -> Image.Transpose | None:
+    """The PIL transpose that shows the coded picture as players do, for one of the eight orientations.
+
+    FFmpeg's own autorotation (fftools) reads the display matrix so: its clockwise angle
+    theta, then the signs of the matrix's entries for a mirror. A phone's portrait clip
+    (MP4 `rotate=90`, matrix [0 1; -1 0]) is turned a quarter clockwise; a front camera's
+    mirrored one ([0 1; 1 0]) is transposed. Angles between quarter turns are rounded to
+    the nearest one (phones write only quarter turns; FFmpeg would turn by the exact
+    angle and fill the corners).
     """
-    return round(rotation / 90) % 4 * 90
+    if matrix is None:
+        return None
+    a, b, c, d = matrix[0], matrix[1], matrix[3], matrix[4]
+    if not (math.hypot(a, c) and math.hypot(b, d)):
+        return None  # a degenerate matrix: show the picture as coded
+    theta = round(math.degrees(math.atan2(b / math.hypot(b, d), a / math.hypot(a, c))) / 90) % 4 * 90  # clockwise
+    if theta == 90:
+        return Image.Transpose.TRANSPOSE if c > 0 else Image.Transpose.ROTATE_270
+    if theta == 270:
+        return Image.Transpose.TRANSVERSE if c < 0 else Image.Transpose.ROTATE_90
+    if theta == 180:
+        return {(True, True): Image.Transpose.ROTATE_180, (True, False): Image.Transpose.FLIP_LEFT_RIGHT,
+                (False, True): Image.Transpose.FLIP_TOP_BOTTOM}.get((a < 0, d < 0))
+    return Image.Transpose.FLIP_TOP_BOTTOM if d < 0 else None
 
 
 def _webp_is_animated(data: bytes) -> bool:

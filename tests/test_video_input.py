@@ -104,7 +104,8 @@ def test_a_v2_clip_comes_as_one_input_named_video_or_image():
             parse_request({"body": {"inputs": inputs}}, LIMITS, MEDIA)
 
 
-def _clip(fmt: str, frames: list[Image.Image], start: int = 0, rotation: int | None = None) -> bytes:
+def _clip(fmt: str, frames: list[Image.Image], start: int = 0, rotation: int | None = None,
+          hflip: bool = False, vflip: bool = False) -> bytes:
     """A real clip at 10 fps ("mp4": H.264, "webm": VP9) whose first frame is at `start` tenths of a second."""
     import av
 
@@ -115,7 +116,8 @@ def _clip(fmt: str, frames: list[Image.Image], start: int = 0, rotation: int | N
         stream.width, stream.height = frames[0].size
         stream.pix_fmt = "yuv420p"
         if rotation is not None:
-            stream.set_display_rotation(rotation)  # degrees counter-clockwise, as frame.rotation reads it
+            # degrees counter-clockwise, as frame.rotation reads it; the mirror after the turn
+            stream.set_display_rotation(rotation, hflip=hflip, vflip=vflip)
         for number, image in enumerate(frames):
             frame = av.VideoFrame.from_image(image)
             frame.pts, frame.time_base = start + number, Fraction(1, 10)
@@ -166,6 +168,51 @@ def test_a_rotated_clip_is_read_upright_as_a_player_shows_it(fmt, rotation, size
     assert all(frame.size == size and _reddest_side(frame) == red_side for frame in clip.frames)
     frames = parse_request({"body": bytearray(data)}, LIMITS, MEDIA).image
     assert [frame.size for frame in frames] == [size] * 4
+
+
+def _corner_marked(size=(96, 48)) -> Image.Image:
+    """Blue, with a red top-left corner block and a green top-right one: each of the 8 orientations differs."""
+    image = Image.new("RGB", size, (0, 0, 255))
+    width, height = size
+    image.paste((255, 0, 0), (0, 0, width // 3, height // 2))
+    image.paste((0, 255, 0), (width * 2 // 3, 0, width, height // 2))
+    return image
+
+
+def _corners(frame: Image.Image) -> tuple[str, ...]:
+    """Which colour each corner (top-left, top-right, bottom-right, bottom-left) shows."""
+    width, height = frame.size
+    points = ((width // 10, height // 10), (width * 9 // 10, height // 10), (width * 9 // 10, height * 9 // 10),
+              (width // 10, height * 9 // 10))
+    names = {0: "red", 1: "green", 2: "blue"}
+    return tuple(names[max(range(3), key=lambda k, p=p: frame.getpixel(p)[k])] for p in points)
+
+
+@pytest.mark.parametrize("rotation,hflip,vflip,corners", [
+    # a mirror: a front camera's clip, or an editor's flip
+    (0, True, False, ("green", "red", "blue", "blue")),
+    (0, False, True, ("blue", "blue", "green", "red")),
+    (-90, True, False, ("red", "blue", "blue", "green")),  # a front camera's portrait clip: transposed
+    (90, True, False, ("blue", "green", "red", "blue")),
+    (180, True, False, ("blue", "blue", "green", "red")),  # turned and mirrored: a vertical flip
+    # plain quarter turns, for comparison
+    (-90, False, False, ("blue", "red", "green", "blue")),
+    (90, False, False, ("green", "blue", "blue", "red")),
+    (180, False, False, ("blue", "blue", "red", "green")),
+])
+def test_a_mirrored_clip_is_shown_as_a_player_shows_it(rotation, hflip, vflip, corners):
+    """The picture a player shows: the coded picture turned `rotation` degrees counter-clockwise, then
+    mirrored left-right (hflip) or top-bottom (vflip)."""
+    coded = _corner_marked()
+    expected = coded.rotate(rotation, expand=True)
+    if hflip:
+        expected = expected.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if vflip:
+        expected = expected.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    assert _corners(expected) == corners  # the table above is what that means
+    clip = read_clip(_clip("mp4", [coded] * 5, rotation=rotation, hflip=hflip, vflip=vflip), 2)
+    assert (clip.width, clip.height) == expected.size
+    assert all(frame.size == expected.size and _corners(frame) == corners for frame in clip.frames)
 
 
 @pytest.mark.parametrize("fmt,start", [("mp4", 6_000), ("webm", 36_000)])  # 10 minutes, 1 hour (tenths of a s)
