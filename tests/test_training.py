@@ -259,12 +259,24 @@ def test_a_video_set_trains_its_backbone_with_every_sampled_frames_object_map(tm
         "--images", str(tmp_path / "videos" / "clips"), "--output-dir", str(tmp_path / "run"),
         "--encoder-weights", "none", "--backbone", "resnet18", "--train-backbone", "--num-frames", "4",
         "--embed-size", "16", "--hidden-size", "32", "--image-size", "32", "--batch-size", "4",
-        "--min-word-count", "1", "--quiet", "--epochs", "1", "--object-map-weight", "1.0",
+        "--min-word-count", "1", "--quiet", "--epochs", "1", "--object-map-weight", "1.0", "--eval-captions",
     ])
     checkpoint = load_checkpoint(train.main(args))
     config = checkpoint["config"]
     assert (config["modality"], config["backbone"], config["num_frames"]) == ("video", "resnet18", 4)
     assert checkpoint["model"]["encoder.linear.weight"].shape == (16, 512)
+    metrics = checkpoint["history"]["val_metrics"][0]  # --eval-captions scores the clips' captions each epoch
+    assert 0 <= metrics["motion_accuracy"] <= 1 and "bleu4" in metrics, metrics
+
+
+@pytest.mark.parametrize("languages", [("en",), ("fr", "en")], ids=["one language", "multilingual"])
+def test_eval_captions_scores_the_model_in_its_first_language_each_epoch(tmp_path, capsys, languages):
+    dataset = generate(tmp_path / "shapes", train=16, val=4, seed=3, canvas=64, languages=languages)
+    checkpoint = load_checkpoint(train.main(train_args(dataset, tmp_path / "run", "--epochs", "1", "--eval-captions")))
+    assert tuple(checkpoint["config"]["languages"]) == languages
+    metrics = checkpoint["history"]["val_metrics"][0]
+    assert {"bleu4", "cider", "attribute_accuracy"} <= set(metrics), metrics
+    assert "attribute_accuracy" in capsys.readouterr().out.splitlines()[-1]
 
 
 def test_ctrl_c_says_in_one_line_where_the_last_checkpoint_is_and_how_to_resume(dataset, tmp_path):

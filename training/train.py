@@ -330,11 +330,22 @@ def evaluate_loss(model: Captioner, loader: DataLoader, device: torch.device, *,
 def caption_metrics(
     model: Captioner, vocab: Vocabulary, val_set: CocoCaptions, device: torch.device, batch_size: int
 ) -> dict[str, Any]:
-    """Greedy captions of the val images, scored as `training.evaluate` does."""
+    """Greedy captions of the val images, scored as `training.evaluate` does.
+
+    In the model's first language that every val image has captions in (a multilingual
+    model starts each caption with that language's token); {} when there is none.
+    """
     from training.evaluate import caption_dataset, clips_of, scenes_of, score_captions
 
-    predictions = caption_dataset(model, vocab, val_set, device=device, batch_size=batch_size, quiet=True)
-    return score_captions(predictions, val_set.references(), scenes_of(val_set), clips_of(val_set))
+    for language in model.config.languages:
+        references = val_set.references(language)
+        if references and all(references.values()):
+            break
+    else:
+        return {}
+    predictions = caption_dataset(model, vocab, val_set, device=device, batch_size=batch_size, quiet=True,
+                                  language=language)
+    return score_captions(predictions, references, scenes_of(val_set), language, clips_of(val_set))
 
 
 def plot_losses(history: dict[str, Any], path: Path, train_label: str = "train (smoothed)") -> None:
