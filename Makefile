@@ -2,6 +2,8 @@
 # `make help` lists the targets.
 
 SHELL := /bin/bash
+# A recipe's pipeline fails when any command in it fails (`training.evaluate ... | tee` would not).
+.SHELLFLAGS := -o pipefail -c
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3

@@ -369,3 +369,12 @@ def test_torchserve_answers_what_kserves_wrapper_forwards_for_v2_over_rest_and_g
     caption = {tensor["name"]: tensor["data"] for tensor in by_rest["outputs"]}["caption"]
     assert {tensor["name"]: tensor["data"] for tensor in by_grpc["outputs"]}["caption"] == caption
     assert {tensor["name"]: tensor["data"] for tensor in refused["outputs"]}["status"] == [415]
+
+
+def test_a_make_recipe_whose_pipeline_fails_fails(tmp_path):
+    """`training.evaluate ... | tee build/eval.json` in `make model`: an evaluation that fails stops make."""
+    probe = tmp_path / "probe.mk"
+    probe.write_text(f"include {ROOT / 'Makefile'}\nprobe-failing-pipeline:\n\tfalse | tee {tmp_path / 'out'}\n")
+    result = subprocess.run(["make", "-f", str(probe), "probe-failing-pipeline"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode != 0, result.stdout + result.stderr
