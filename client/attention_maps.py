@@ -11,7 +11,7 @@ import textwrap
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 Grid = Sequence[Sequence[float]]  # G rows of G weights, top row first
 
@@ -36,7 +36,7 @@ def attention_figure(image: Image.Image, words: Sequence[str], maps: Sequence[Gr
 
     if len(words) != len(maps):
         raise ValueError(f"{len(words)} words but {len(maps)} attention maps; they go one per word")
-    picture = image.convert("RGB")
+    picture = ImageOps.exif_transpose(image).convert("RGB")  # upright, as the service read it before captioning
     panels = len(words) + 1
     rows = (panels + columns - 1) // columns
     fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)

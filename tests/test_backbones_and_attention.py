@@ -308,6 +308,61 @@ def test_the_gallery_draws_per_word_maps_for_an_attention_model_only(exports, tm
         assert sheet.height > 3 * 100, "one row of panels per image, three images"
 
 
+def _sideways_and_see_through(tmp_path):
+    """Files a browser shows differently from their raw pixels: a JPEG stored sideways with EXIF
+    orientation 6, and a PNG whose shapes stand on a transparent ground (raw pixels: black)."""
+    import io
+
+    from PIL import Image
+
+    upright = Image.open(io.BytesIO(JPEG)).convert("RGB").resize((64, 40))
+    sideways = tmp_path / "sideways.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn it a quarter clockwise to show it
+    upright.transpose(Image.Transpose.ROTATE_90).save(sideways, exif=exif)
+    rgba = upright.convert("RGBA")
+    rgba.putalpha(Image.eval(upright.convert("L"), lambda level: 0 if level > 200 else 255))
+    rgba = Image.composite(rgba, Image.new("RGBA", rgba.size, (0, 0, 0, 0)), rgba.getchannel("A"))
+    see_through = tmp_path / "see_through.png"
+    rgba.save(see_through)
+    return [sideways, see_through]
+
+
+def test_the_attention_gallery_reads_images_as_the_service_does_and_writes_its_caption(exports, tmp_path,
+                                                                                      monkeypatch):
+    from training import gallery
+
+    drawn = []
+    draw = gallery.attention_figure
+    monkeypatch.setattr(gallery, "attention_figure",
+                        lambda image, words, maps, **kw: drawn.append((image.size, list(words))) or draw(
+                            image, words, maps, **kw))
+    model, vocab = load_exported_captioner(exports["soft_attention"])
+    files = _sideways_and_see_through(tmp_path)
+    gallery.draw_attention_gallery(model, vocab, files, tmp_path / "sheet.png", torch.device("cpu"))
+    out, statuses = _handle(exports["soft_attention"],
+                            [{"body": {"image": base64.b64encode(f.read_bytes()).decode()}} for f in files])
+    assert statuses == [200, 200]
+    assert [words for _, words in drawn] == [json.loads(o)["tokens"] for o in out]
+    assert drawn[0][0] == (64, 40), "drawn upright, as EXIF says"
+
+
+def test_the_client_draws_attention_over_the_image_upright(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from client.attention_maps import attention_figure
+
+    sideways = _sideways_and_see_through(tmp_path)[0]
+    with Image.open(sideways) as image:
+        assert image.size == (40, 64)
+        figure = attention_figure(image, ["a"], [[[1.0, 0.0], [0.0, 0.0]]])
+    assert [ax.images[0].get_array().shape[:2] for ax in figure.axes[:2]] == [(40, 64)] * 2
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+
+
 def test_the_gallery_adds_rows_of_another_held_out_set_and_photos(exports, tmp_path):
     from PIL import Image
 

@@ -30,7 +30,8 @@ from model.decoding import greedy_decode
 from model.detokenize import detokenize
 from model.domain import domain_scorer
 from model.export_format import load_exported_captioner, read_domain_statistics
-from model.transforms import eval_transform
+from model.step_decoder import WithoutTokens
+from model.transforms import eval_transform, to_rgb
 from model.vocabulary import Vocabulary
 from model.word_attention import word_maps
 from training.cli import non_negative_int, positive_int, user_errors
@@ -56,10 +57,10 @@ def draw_gallery(entries: list[tuple[Path | Image.Image, str, bool | None]], out
         ax.axis("off")
     for ax, (path, caption, correct) in zip(axes.flat, entries):
         if isinstance(path, Image.Image):
-            ax.imshow(path.convert("RGB"))
+            ax.imshow(to_rgb(path))
         else:
             with Image.open(path) as image:
-                ax.imshow(image.convert("RGB"))
+                ax.imshow(to_rgb(image))  # as the model saw it: upright, transparency on white
         color = "black" if correct is None else ("darkgreen" if correct else "firebrick")
         ax.set_title("\n".join(textwrap.wrap(caption, 30)), fontsize=9, color=color)
     return save_figure(fig, "held-out images and predicted captions (green: every colour and shape right; "
@@ -114,12 +115,12 @@ def draw_attention_gallery(
     pictures = []
     for path in image_paths:
         with Image.open(path) as image:
-            image = image.convert("RGB")
+            image = to_rgb(image)  # the preprocessing of training and serving
         pixels = transform(image).unsqueeze(0).to(device)  # (1, 3, S, S)
         caption = greedy_decode(
-            model.decoder, model.encode(pixels), start_id=vocab.start_id_for(config.languages[0]), end_id=vocab.end_id,
-            max_length=config.max_length,
-        ).captions[0]
+            WithoutTokens(model.decoder, list(vocab.unwritten_ids)), model.encode(pixels),
+            start_id=vocab.start_id_for(config.languages[0]), end_id=vocab.end_id, max_length=config.max_length,
+        ).captions[0]  # the service's greedy caption: padding, start and language tokens are never chosen
         words, maps = word_maps(caption, vocab, config.grid_size)
         figure = attention_figure(image, words, maps, columns=min(len(words) + 1, 8), title=path.name)
         buffer = io.BytesIO()
