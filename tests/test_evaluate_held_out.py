@@ -80,10 +80,38 @@ def test_without_held_out_sets_the_report_is_todays(tmp_path, capsys):
 
 @pytest.mark.parametrize("names, message", [
     (["second renderer"], "a word"), (["a", "a"], "must differ"),
+    (["images"], "'images' is one of the report's own fields"), (["bleu4"], "one of the report's own fields"),
 ])
 def test_held_out_names_must_be_words_each_given_once(names, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(evaluate.BadOption, match=message):
         evaluate.check_held_out_names(names)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--do-sample", "--top-p", "0"], "--top-p must be above 0 and at most 1, got 0"),
+    (["--do-sample", "--top-p", "5"], "--top-p must be above 0 and at most 1, got 5"),
+    (["--beam-size", "3", "--num-captions", "5"], "--num-captions 5 needs --beam-size of at least 5"),
+    (["--beam-size", "4", "--beam-groups", "3"], "--beam-groups must divide --beam-size (4), got 3"),
+    (["--beam-size", "4", "--beam-groups", "2", "--diversity", "-3"], "--diversity must be 0 or more, got -3"),
+    (["--held-out", "images", "a.json", "img"], "'images' is one of the report's own fields"),
+])
+def test_options_the_service_would_refuse_stop_evaluation_before_any_work(tmp_path, options, message):
+    """Checked before the export is read: the folder given here does not even exist."""
+    args = evaluate.get_args_parser().parse_args(
+        ["--export-dir", str(tmp_path / "none"), "--annotations", "a.json", "--images", "img", *options])
+    with pytest.raises(evaluate.BadOption) as refused:
+        evaluate.main(args)
+    assert message in str(refused.value)
+
+
+def test_the_command_says_a_refused_option_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "training.evaluate", "--export-dir", str(tmp_path / "none"), "--annotations", "a.json",
+         "--images", "img", "--do-sample", "--top-p", "0"], capture_output=True, text=True, timeout=120, check=False)
+    assert (run.returncode, run.stderr) == (1, "error: --top-p must be above 0 and at most 1, got 0\n")
 
 
 def _captions_one_language_at_a_time(model, vocab, dataset, spec, batch_size):

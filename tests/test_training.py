@@ -382,3 +382,21 @@ def test_a_resumed_run_trains_as_the_uninterrupted_run_would(dataset, tmp_path, 
     assert resumed["epoch"] == 2
     differ = [k for k in straight if not torch.allclose(straight[k], resumed["model"][k], rtol=1e-5, atol=1e-7)]
     assert not differ, differ
+
+
+def test_options_the_data_cannot_serve_stop_the_run_before_the_feature_pass(dataset, tmp_path, monkeypatch):
+    """Refused before the frozen backbone's features are computed (on COCO a long pass), not after."""
+    calls = []
+    monkeypatch.setattr(train, "compute_backbone_features", lambda *a, **k: calls.append(1))
+    with pytest.raises(SystemExit, match="--object-map-weight trains the backbone's layer3: add --train-backbone"):
+        train.main(train_args(dataset, tmp_path / "a", "--object-map-weight", "1.0"))
+    record = json.loads((dataset / "annotations" / "captions_train.json").read_text())
+    for image in record["images"]:
+        image.pop("objects", None)  # as COCO's own records are
+    no_scenes = tmp_path / "no_scenes.json"
+    no_scenes.write_text(json.dumps(record))
+    args = train_args(dataset, tmp_path / "b", "--scene-weight", "1.0")
+    args.annotations = str(no_scenes)
+    with pytest.raises(SystemExit, match="--scene-weight needs the scene of every training image"):
+        train.main(args)
+    assert calls == []

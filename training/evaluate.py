@@ -385,19 +385,50 @@ def decode_spec_from_args(args: argparse.Namespace, max_length: int) -> DecodeSp
 RUN_FIELDS = ("decoding", "num_captions")
 
 
+# The report's own keys (score_captions, diversity_metrics, evaluate_model), which a held-out set's NAME
+# would overwrite; checked before any image is captioned. The report is checked again once it is made.
+REPORT_FIELDS = frozenset((
+    *RUN_FIELDS, "cider", "attribute_accuracy", "by_objects", "motion_accuracy", "images", "language", "languages",
+    "seconds", "captions_per_image", "distinct1", "distinct2", "mbleu4", "oracle_bleu4", "oracle_attribute_accuracy",
+    "attribute_accuracy_all",
+))
+
+
+class BadOption(ValueError):
+    """A command-line value that cannot be used; the command says so in one line before any work."""
+
+
 def check_held_out_names(names: Sequence[str]) -> None:
-    """Each `--held-out` NAME becomes a JSON key: a plain word, each used once."""
+    """Each `--held-out` NAME becomes a JSON key: a plain word, each used once, none of the report's own."""
     for name in names:
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
-            raise ValueError(f"--held-out NAME must be a word of letters, digits, _ or -, got {name!r}")
+            raise BadOption(f"--held-out NAME must be a word of letters, digits, _ or -, got {name!r}")
+        if name in REPORT_FIELDS or re.fullmatch(r"bleu\d", name):
+            raise BadOption(f"--held-out name {name!r} is one of the report's own fields; choose another")
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise ValueError(f"--held-out names must differ; {', '.join(repeated)} given more than once")
+        raise BadOption(f"--held-out names must differ; {', '.join(repeated)} given more than once")
+
+
+def check_decoding(spec: DecodeSpec) -> None:
+    """The service's rules for a request's options (handler/request_parsing.py), before any image is captioned."""
+    if spec.sample:
+        if not 0.0 < spec.top_p <= 1.0:
+            raise BadOption(f"--top-p must be above 0 and at most 1, got {spec.top_p:g}")
+        return
+    if spec.n_best > spec.beam_size:
+        raise BadOption(f"--num-captions {spec.n_best} needs --beam-size of at least {spec.n_best} "
+                        f"(beam search returns at most beam_size captions), or --do-sample")
+    if spec.beam_size % spec.beam_groups:
+        raise BadOption(f"--beam-groups must divide --beam-size ({spec.beam_size}), got {spec.beam_groups}")
+    if spec.diversity < 0:
+        raise BadOption(f"--diversity must be 0 or more, got {spec.diversity:g}")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     names = [name for name, _, _ in args.held_out]
     check_held_out_names(names)
+    check_decoding(decode_spec_from_args(args, max_length=1))
     device = torch.device(args.device)
     model, vocab = load_exported_captioner(args.export_dir, device)
     spec = decode_spec_from_args(args, model.config.max_length)
@@ -415,6 +446,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )
         metrics[name] = {key: value for key, value in block.items() if key not in RUN_FIELDS}
     if args.predictions_out:
+        Path(args.predictions_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.predictions_out).write_text(json.dumps({str(k): " ".join(v) for k, v in predictions.items()}))
     print(json.dumps(metrics), flush=True)
     return metrics
@@ -422,4 +454,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 if __name__ == "__main__":
     with user_errors():
-        main(get_args_parser().parse_args())
+        try:
+            main(get_args_parser().parse_args())
+        except BadOption as error:
+            raise SystemExit(f"error: {error}") from None

@@ -536,6 +536,10 @@ def main(args: argparse.Namespace) -> Path:
         print(f"training step in {'fp32' if autocast_dtype is None else 'bf16 autocast'} on {device.type}")
 
     uses_features = not config.train_backbone and not args.augment
+    # What the run's options need of the data, checked before the feature pass (on COCO, minutes) and not after.
+    if args.object_map_weight > 0 and uses_features:
+        raise SystemExit("--object-map-weight trains the backbone's layer3: add --train-backbone")
+    scenes = scene_targets(train_set) if args.scene_weight > 0 else None
     if uses_features:
         # The backbone is frozen and inputs never change: compute its features once.
         train_features = compute_backbone_features(model, train_set, device, args.batch_size, args.quiet)
@@ -559,13 +563,10 @@ def main(args: argparse.Namespace) -> Path:
         if args.word_position_weight > 0 else None
     )
     scene_head = (
-        SceneHead(config.embed_size, *scene_layout(train_set), scene_targets(train_set)).to(device)
-        if args.scene_weight > 0 else None
+        SceneHead(config.embed_size, *scene_layout(train_set), scenes).to(device) if scenes is not None else None
     )
     object_map_head = None
     if args.object_map_weight > 0:
-        if uses_features:
-            raise SystemExit("--object-map-weight trains the backbone's layer3: add --train-backbone")
         object_map_head = object_map_head_for(model, train_set, config.image_size).to(device)
     backbone = [p for p in model.encoder.backbone.parameters() if p.requires_grad]
     others = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.backbone.")]
