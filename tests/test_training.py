@@ -400,3 +400,13 @@ def test_options_the_data_cannot_serve_stop_the_run_before_the_feature_pass(data
     with pytest.raises(SystemExit, match="--scene-weight needs the scene of every training image"):
         train.main(args)
     assert calls == []
+
+
+def test_a_run_with_nothing_held_out_says_so_instead_of_a_loss_of_zero(dataset, tmp_path, capsys):
+    args = train_args(dataset, tmp_path, "--epochs", "1", "--val-fraction", "0", "--eval-captions")
+    args.val_annotations = None  # hold out from the training file itself: 0 of it
+    history = load_checkpoint(train.main(args))["history"]
+    assert history["val_loss"] == [None] and history["val_metrics"] == [{}]
+    printed = capsys.readouterr().out
+    assert "no held-out images" in printed and "val loss" not in printed, printed
+    assert (tmp_path / "loss_curve.png").is_file()

@@ -315,8 +315,8 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate_loss(model: Captioner, loader: DataLoader, device: torch.device, *, uses_features: bool) -> float:
-    """Mean teacher-forced loss over `loader`."""
+def evaluate_loss(model: Captioner, loader: DataLoader, device: torch.device, *, uses_features: bool) -> float | None:
+    """Mean teacher-forced loss over `loader`; None when it holds nothing (`--val-fraction 0`)."""
     model.eval()
     held_out = TrainingLoss(model, uses_features=uses_features)  # no auxiliary heads: the caption loss alone
     total, count = 0.0, 0
@@ -324,7 +324,7 @@ def evaluate_loss(model: Captioner, loader: DataLoader, device: torch.device, *,
         loss = held_out(batch.to(device))
         total += loss.item() * len(batch.lengths)
         count += len(batch.lengths)
-    return total / max(count, 1)
+    return total / count if count else None
 
 
 def caption_metrics(
@@ -337,6 +337,8 @@ def caption_metrics(
     """
     from training.evaluate import caption_dataset, clips_of, scenes_of, score_captions
 
+    if not val_set.image_ids:
+        return {}
     for language in model.config.languages:
         references = val_set.references(language)
         if references and all(references.values()):
@@ -360,9 +362,11 @@ def plot_losses(history: dict[str, Any], path: Path, train_label: str = "train (
     smoothed = [sum(steps[max(0, i - window + 1) : i + 1]) / len(steps[max(0, i - window + 1) : i + 1]) for i in range(len(steps))]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(range(1, len(steps) + 1), smoothed, label=train_label)
-    if history["val_loss"]:
+    measured = [(i, loss) for i, loss in enumerate(history["val_loss"]) if loss is not None]
+    if measured:
         per_epoch = len(steps) / len(history["val_loss"])
-        ax.plot([per_epoch * (i + 1) for i in range(len(history["val_loss"]))], history["val_loss"], "o-", label="held-out caption loss")
+        ax.plot([per_epoch * (i + 1) for i, _ in measured], [loss for _, loss in measured], "o-",
+                label="held-out caption loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
@@ -635,7 +639,8 @@ def main(args: argparse.Namespace) -> Path:
         history["val_metrics"].append(metrics)
         print(
             f"epoch {epoch + 1}/{args.epochs}: train loss {sum(losses) / max(len(losses), 1):.4f}, "
-            f"val loss {val_loss:.4f}, {history['epoch_seconds'][-1]:.0f}s"
+            + ("no held-out images" if val_loss is None else f"val loss {val_loss:.4f}")
+            + f", {history['epoch_seconds'][-1]:.0f}s"
             + "".join(f", {k} {v}" for k, v in metrics.items() if k in ("bleu4", "cider", "attribute_accuracy", "motion_accuracy")),
             flush=True,
         )
