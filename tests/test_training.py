@@ -52,10 +52,11 @@ def test_frozen_backbone_features_are_computed_once(dataset, tmp_path, monkeypat
     assert len(calls) == 2, "once for the training images, once for the validation images, not per epoch"
 
 
-def test_resume_continues_from_the_checkpoint_epoch(dataset, tmp_path):
+def test_resume_continues_from_the_checkpoint_epoch(dataset, tmp_path, capsys):
     first = tmp_path / "first"
     train.main(train_args(dataset, first, "--epochs", "1", "--train-backbone"))
     assert load_checkpoint(first / "checkpoint.pt")["epoch"] == 0
+    assert "earlier run's checkpoint" not in capsys.readouterr().out
     resumed = tmp_path / "resumed"
     train.main(train_args(dataset, resumed, "--epochs", "3", "--train-backbone", "--resume", str(first / "checkpoint.pt")))
     checkpoint = load_checkpoint(resumed / "checkpoint.pt")
@@ -64,6 +65,13 @@ def test_resume_continues_from_the_checkpoint_epoch(dataset, tmp_path):
     first_weights = load_checkpoint(first / "checkpoint.pt")["model"]
     changed = [k for k in first_weights if not torch.equal(first_weights[k], checkpoint["model"][k])]
     assert changed, "training went on from the loaded weights"
+
+    # Going on in the run's own folder replaces its checkpoint, as asked; a new run there is told it replaces one.
+    train.main(train_args(dataset, first, "--epochs", "2", "--train-backbone", "--resume", str(first / "checkpoint.pt")))
+    assert "earlier run's checkpoint" not in capsys.readouterr().out
+    train.main(train_args(dataset, first, "--epochs", "1"))
+    assert f"{first / 'checkpoint.pt'} holds an earlier run's checkpoint; this run's first epoch replaces it" in (
+        capsys.readouterr().out)
 
 
 def test_export_rebuilds_an_identical_model(dataset, tmp_path):

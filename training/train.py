@@ -482,6 +482,11 @@ def main(args: argparse.Namespace) -> Path:
         args.quiet = True
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    earlier = output_dir / "checkpoint.pt"
+    resumed_here = args.resume and earlier.resolve() in (Path(args.resume).resolve(),
+                                                         Path(args.resume, "checkpoint.pt").resolve())
+    if earlier.is_file() and place.is_main and not resumed_here:
+        print(f"{earlier} holds an earlier run's checkpoint; this run's first epoch replaces it", flush=True)
 
     if args.resume and args.init_from:
         raise SystemExit("--resume continues a run and --init-from starts a new one from a checkpoint: give one")
