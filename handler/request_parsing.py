@@ -511,7 +511,7 @@ def _v2_element(tensor: dict[str, Any], datatypes: frozenset[str] | set[str]) ->
     name, datatype, shape = tensor["name"], tensor.get("datatype"), tensor.get("shape")
     if datatype not in datatypes:
         raise BadRequest(f"input {name!r} must have datatype {' or '.join(sorted(datatypes))}, "
-                         f"got {_shown([str(datatype)])}")
+                         f"got {_shown([str(datatype)])[1:-1]}")
     if (
         not isinstance(shape, list)
         or not all(isinstance(size, int) and not isinstance(size, bool) and size == 1 for size in shape)

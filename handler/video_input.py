@@ -38,7 +38,9 @@ class VideoInput:
 
     num_frames: int
     limits: VideoLimits
-    json_fields: tuple[str, ...] = ("video", "frames")
+    # "image" too: the clip file under the image model's name, as KServe v2's input may be (below), so a
+    # client that sends every file as "image" works with both models.
+    json_fields: tuple[str, ...] = ("video", "frames", "image")
     missing_json: str = ('JSON body lacks "video" (the clip file, base64-encoded) or "frames" '
                          '(a list of base64 images, in order)')
     # KServe v2: the clip file as input "video", or as "image" (the name it had before "video" was read).
@@ -52,11 +54,12 @@ class VideoInput:
             raise BadRequest(error.message, status=STATUS_OF[error.kind]) from error
 
     def from_json(self, document: dict[str, Any], limits: RequestLimits) -> list[Image.Image]:
-        if "video" in document and "frames" in document:
-            raise BadRequest('give "video" or "frames", not both')
-        if "video" in document:
-            return self.from_bytes(_base64_image(document["video"], where='JSON field "video"'), limits)
-        return self._frames(document["frames"], limits)
+        given = [name for name in self.json_fields if name in document]
+        if len(given) > 1:
+            raise BadRequest(f"give one of the fields {', '.join(given)}, not {len(given)}")
+        if given[0] == "frames":
+            return self._frames(document["frames"], limits)
+        return self.from_bytes(_base64_image(document[given[0]], where=f'JSON field "{given[0]}"'), limits)
 
     def _frames(self, frames: Any, limits: RequestLimits) -> list[Image.Image]:
         """Decode the sampled ones of a list of base64 frames (the others are never decoded)."""

@@ -59,6 +59,11 @@ def test_refusals_never_echo_a_long_field_name_or_value():
         assert error.status == 400 and len(error.message) < 400, error.message[:200]
 
 
+def test_a_v2_datatype_refusal_names_the_datatype_sent():
+    tensor = {"name": "image", "datatype": "FP32", "shape": [1], "data": [1.0]}
+    assert _refusal({"body": {"inputs": [tensor]}}).message == "input 'image' must have datatype BYTES, got 'FP32'"
+
+
 def test_a_v2_shape_that_multiplies_to_one_only_by_its_signs_is_refused():
     tensor = {"name": "image", "datatype": "BYTES", "shape": [-1, -1], "data": [base64.b64encode(JPEG).decode()]}
     assert "shape [1]" in _refusal({"body": {"inputs": [tensor]}}).message

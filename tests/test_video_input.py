@@ -68,12 +68,14 @@ def test_json_frames_are_sampled_in_order_and_one_frame_is_a_one_frame_clip():
 
 
 @pytest.mark.parametrize("body,status,words", [
-    ({"video": "AAAA", "frames": ["AAAA"]}, 400, 'give "video" or "frames", not both'),
+    ({"video": "AAAA", "frames": ["AAAA"]}, 400, "give one of the fields video, frames, not 2"),
+    ({"video": "AAAA", "image": "AAAA"}, 400, "give one of the fields video, image, not 2"),
     ({"frames": []}, 400, "non-empty list"),
     ({"frames": "not a list"}, 400, "non-empty list"),
     ({"frames": ["%%%"]}, 400, "frame 0 is not valid base64"),
     ({"frames": [_png(Image.new("RGB", (8, 8)))] * 31}, 413, "max_video_frames=30"),
-    ({"image": "AAAA"}, 400, "unknown JSON fields ['image']"),
+    ({"image": _b64(b"not a video")}, 415, "not a video container"),  # "image": the clip file, as "video"
+    ({"clip": "AAAA"}, 400, "unknown JSON fields ['clip']; allowed: video, frames, image"),
     ({"beam_size": 2}, 400, 'lacks "video"'),
     ({"video": _b64(b"not a video")}, 415, "not a video container"),
 ])
@@ -81,6 +83,15 @@ def test_bad_json_clips_say_what_is_wrong(body, status, words):
     with pytest.raises(BadRequest) as caught:
         parse_request({"body": body}, LIMITS, MEDIA)
     assert caught.value.status == status and words in caught.value.message
+
+
+def test_a_clip_sent_as_json_image_is_read_as_the_clip_file():
+    """A client that sends every file as "image" (the image model's field) gets the video model's caption."""
+    data = _clip("mp4", _frames(20))
+    by_image = parse_request({"body": {"image": _b64(data), "max_length": 3}}, LIMITS, MEDIA)
+    by_video = parse_request({"body": {"video": _b64(data)}}, LIMITS, MEDIA)
+    assert by_image.image.indices == by_video.image.indices and by_image.options.max_length == 3
+    assert [_level(f) for f in by_image.image] == [_level(f) for f in by_video.image]
 
 
 def test_frame_pixel_limit_applies_to_json_frames():
