@@ -16,6 +16,7 @@ REQUIRED = {  # each parser's required options, so only the option under test is
     "training.evaluate": ["--annotations", "a.json", "--images", "img"],
     "training.gallery": ["--annotations", "a.json", "--images", "img"],
     "training.shapes_dataset": ["--out", "out"],
+    "training.second_renderer": ["--out", "out"],
     "training.video_data": [],
     "training.domain_calibration": [],
     "training.domain_report": [],
@@ -42,6 +43,9 @@ REFUSED = [  # (module, option, value, what argparse says of it)
     ("training.domain_report", "--domain-batch-size", "0", "must be at least 1"),
     ("training.gallery", "--count", "0", "must be at least 1"),
     ("training.shapes_dataset", "--train", "-5", "must be 0 or more, got -5"),
+    ("training.second_renderer", "--count", "-5", "must be at least 1, got -5"),
+    ("training.second_renderer", "--count", "0", "must be at least 1, got 0"),
+    ("training.second_renderer", "--first-id", "-1", "must be 0 or more, got -1"),
     ("training.shapes_dataset", "--canvas", "8", "must be from 32 to 2048, got 8"),
     ("training.shapes_dataset", "--canvas", "4096", "must be from 32 to 2048, got 4096"),
     ("training.video_data", "--frame-size", "63", "must be even, got 63"),
@@ -72,6 +76,7 @@ def test_a_number_an_option_cannot_mean_is_refused_naming_the_option(module, opt
     ("training.evaluate", "--top-k", "0", 0),
     ("training.gallery", "--photos", "0", 0),
     ("training.shapes_dataset", "--val", "0", 0),
+    ("training.second_renderer", "--first-id", "0", 0),
     ("training.shapes_dataset", "--canvas", "32", 32),
     ("training.video_data", "--frame-size", "16", 16),
     ("training.domain_report", "--fresh-scenes", "0", 0),
@@ -222,3 +227,158 @@ def test_the_gallery_prints_the_files_it_wrote_and_puts_the_attention_sheet_besi
                                                        "--attention-out", str(tmp_path / "maps")]))
     assert capsys.readouterr().out.splitlines()[-1] == f"wrote {tmp_path / 'maps.png'}"
     assert (tmp_path / "maps.png").is_file() and (tmp_path / "y.png").is_file()
+
+
+# --- checkpoints that are not checkpoints ---------------------------------------------------------
+
+
+def _damaged_files(folder: Path) -> dict[str, str]:
+    """Files given as checkpoints that are not one -> what the one line says of each."""
+    import torch
+
+    folder.mkdir()
+    (folder / "garbage.pt").write_text("garbage\n")
+    (folder / "empty.pt").write_bytes(b"")
+    torch.save({"model": {"w": torch.zeros(2)}}, folder / "whole.pt")
+    whole = (folder / "whole.pt").read_bytes()
+    (folder / "truncated.pt").write_bytes(whole[: len(whole) // 2])
+    (folder / "garbage.safetensors").write_text("garbage")
+    return {
+        "garbage.pt": "is not a checkpoint this project wrote: it is not a PyTorch file of tensors",
+        "empty.pt": "is not a checkpoint this project wrote: the file is empty",
+        "truncated.pt": "is not a checkpoint this project wrote: it is cut short or damaged",
+        "garbage.safetensors": "is not a checkpoint this project wrote: it is not a safetensors file",
+    }
+
+
+def test_a_damaged_checkpoint_is_named_in_one_line_without_advice_to_load_it_unsafely(tmp_path):
+    from training.checkpoints import load_checkpoint, load_tensors
+
+    for name, words in _damaged_files(tmp_path / "bad").items():
+        path = tmp_path / "bad" / name
+        message = one_line_error(partial(load_checkpoint, path))
+        assert message.startswith(f"error: {path} {words}") and "weights_only" not in message, message
+        weights = one_line_error(partial(load_tensors, path))
+        assert weights.startswith(f"error: {path} is not a weights file") and "weights_only" not in weights, weights
+
+
+def test_a_state_dict_is_not_taken_for_a_training_checkpoint_nor_a_checkpoint_for_weights(tmp_path):
+    import torch
+
+    from training.checkpoints import load_checkpoint, load_tensors, save_checkpoint
+
+    weights, checkpoint = tmp_path / "weights.pt", tmp_path / "run" / "checkpoint.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, weights)
+    save_checkpoint({"model": {"w": torch.zeros(2)}, "config": {}, "vocab": {}}, checkpoint)
+    assert one_line_error(partial(load_checkpoint, weights)) == (
+        f"error: {weights} is a state_dict (weights alone), not a training checkpoint: it has no config or "
+        "vocabulary; give the checkpoint.pt a training run wrote")
+    assert one_line_error(partial(load_tensors, checkpoint)) == (
+        f"error: {checkpoint} is a training checkpoint, not a state_dict of weights; start a run from its weights "
+        "with --init-from")
+    assert torch.equal(load_tensors(weights)["fc.weight"], torch.zeros(2, 2))
+
+
+def test_resume_from_a_runs_output_folder_reads_the_checkpoint_in_it(tmp_path):
+    import torch
+
+    from training.checkpoints import load_checkpoint, save_checkpoint
+
+    save_checkpoint({"model": {"w": torch.ones(2)}, "config": {}, "vocab": {}, "epoch": 3}, tmp_path / "run" / "checkpoint.pt")
+    assert load_checkpoint(tmp_path / "run")["epoch"] == 3
+    (tmp_path / "empty").mkdir()
+    assert one_line_error(partial(load_checkpoint, tmp_path / "empty")).startswith(
+        f"error: no checkpoint at {tmp_path / 'empty'}")
+
+
+def test_export_and_train_say_a_damaged_checkpoint_in_one_line(tmp_path):
+    garbage = tmp_path / "g.pt"
+    garbage.write_text("garbage\n")
+    commands = [
+        ["training.export", "--checkpoint", str(garbage), "--out", str(tmp_path / "x")],
+        ["training.train", "--annotations", "a.json", "--images", "img", "--encoder-weights", str(garbage),
+         "--output-dir", str(tmp_path / "out")],
+    ]
+    for command in commands:
+        run = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, timeout=120,
+                             check=False)
+        assert run.returncode == 1 and "Traceback" not in run.stderr and "weights_only" not in run.stderr, run.stderr
+        assert run.stderr.strip().splitlines()[-1].startswith(f"error: {garbage} is not a"), run.stderr
+
+
+# --- an error in a data-loader process --------------------------------------------------------------
+
+
+class _UnreadableSet:
+    """A dataset whose second item cannot be read, as a corrupt image file makes `CocoCaptions`."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> int:
+        from training.coco_data import UnreadableImage
+
+        if index == 1:
+            raise UnreadableImage("image img/2.png (id 2) cannot be read: truncated; replace the file")
+        return index
+
+
+def test_a_users_mistake_found_in_a_loader_process_is_its_own_message_in_one_line():
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_UnreadableSet(), batch_size=1, num_workers=1)
+    assert one_line_error(lambda: list(loader)) == (
+        "error: image img/2.png (id 2) cannot be read: truncated; replace the file")
+
+
+# --- output folders that are files ---------------------------------------------------------------
+
+
+def test_an_output_folder_that_is_a_file_is_said_in_one_line(tmp_path):
+    from training import second_renderer
+
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    (tmp_path / "out" / "images").parent.mkdir()
+    (tmp_path / "out" / "images").write_text("")
+    for out, blocker in ((taken, taken), (taken / "deeper", taken), (tmp_path / "out", tmp_path / "out" / "images")):
+        args = second_renderer.get_args_parser().parse_args(["--out", str(out), "--count", "1", "--quiet"])
+        assert one_line_error(partial(second_renderer.main, args)) == (
+            f"error: cannot make the folder {out / 'images'}: {blocker} is a file; give another path, or move the "
+            "file away")
+    run = subprocess.run([sys.executable, "-m", "training.second_renderer", "--out", str(taken), "--count", "1"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 1 and run.stderr.strip().startswith("error: cannot make the folder"), run.stderr
+
+
+# --- the diversity table ---------------------------------------------------------------------------
+
+
+def test_the_diversity_table_says_a_missing_export_in_one_line():
+    run = subprocess.run([sys.executable, "-m", "training.diversity_table", "--export-dir", "nope",
+                          "--annotations", "a.json", "--images", "img"], capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.strip().splitlines() == ["error: nope lacks config.json, vocab.json, model.safetensors; run "
+                                               "`make model` (or training.export) first"]
+
+
+def test_the_diversity_table_says_whether_the_model_or_the_file_lacks_the_language(tmp_path):
+    from model.export_format import export_captioner
+    from model.modalities import build_captioner
+    from model.vocabulary import Vocabulary
+    from ops.tiny_model import SHAPE_WORDS, tiny_config
+    from training import diversity_table
+    from training.shapes_dataset import generate
+
+    vocab = Vocabulary(SHAPE_WORDS, languages=("en", "fr"))
+    model = build_captioner(tiny_config(len(vocab), languages=("en", "fr"), backbone="resnet18")).eval()
+    export = export_captioner(model, vocab, tmp_path / "export")
+    data = generate(tmp_path / "data", train=0, val=2, seed=1, canvas=32, languages=("en", "de"))
+    captions = data / "annotations" / "captions_val.json"
+    argv = ["--export-dir", str(export), "--annotations", str(captions), "--images", str(data / "images"), "--quiet"]
+    parser = diversity_table.get_args_parser()
+    assert one_line_error(partial(diversity_table.main, parser.parse_args([*argv, "--language", "de"]))) == (
+        "error: --language de: the model captions in en, fr only; choose one of those")
+    assert one_line_error(partial(diversity_table.main, parser.parse_args([*argv, "--language", "fr"]))).startswith(
+        f"error: {captions} has no captions in fr for 2 of its 2 images, e.g. image id ")

@@ -193,3 +193,90 @@ def test_the_commands_say_a_missing_input_in_one_line(tmp_path):
         run = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, timeout=300)
         assert run.returncode == 1 and "Traceback" not in run.stderr, (command, run.stderr)
         assert run.stderr.strip().splitlines()[-1].startswith("error: ") and words in run.stderr, run.stderr
+
+
+# --- caption files whose records are wrong ---------------------------------------------------------
+
+def _broken(records: dict, change) -> dict:
+    """A copy of a caption document with `change` applied to it."""
+    document = json.loads(json.dumps(records))
+    change(document)
+    return document
+
+
+BROKEN_RECORDS = {  # how a caption file is wrong -> (the change, what the one line says after the file's name)
+    "a null caption": (lambda d: d["annotations"][4].update(caption=None),
+                       "annotation 201 has a caption of null, not text; fix or drop it"),
+    "a caption that is a number": (lambda d: d["annotations"][4].update(caption=7),
+                                   "annotation 201 has a caption of 7, not text; fix or drop it"),
+    "a caption without an image": (lambda d: d["annotations"][4].pop("image_id"),
+                                   'annotation 201 has no "image_id"; every caption names the image it describes'),
+    "an image without a file": (lambda d: d["images"][1].pop("file_name"),
+                                'image 22 has no "file_name"; every image record needs the name of its file in the '
+                                "image folder"),
+    "only blank captions": (lambda d: [a.update(caption=" \t") for a in d["annotations"]],
+                            "every one of its 15 captions is blank; give a caption file with the captions written in"),
+}
+
+
+def test_training_evaluation_and_the_domain_fit_name_a_broken_caption_record_in_one_line(tmp_path):
+    from functools import partial
+
+    from ops.tiny_model import write_tiny_export
+    from tests.test_cli_errors import one_line_error
+    from model.export_format import load_exported_captioner
+    from training import evaluate, train
+    from training.domain_calibration import DomainSources, ImageSet, fit_export_domain
+
+    path, image_dir = _write_coco_file(tmp_path)
+    good = json.loads(path.read_text())
+    export = write_tiny_export(tmp_path / "export", seed=1, backbone="resnet18")
+    model, vocab = load_exported_captioner(export)
+    for how, (change, words) in BROKEN_RECORDS.items():
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(_broken(good, change)))
+        runs = {
+            "train": partial(train.main, train.get_args_parser().parse_args([
+                "--annotations", str(bad), "--images", str(image_dir), "--encoder-weights", "none",
+                "--output-dir", str(tmp_path / "out")])),
+            "evaluate": partial(evaluate.main, evaluate.get_args_parser().parse_args([
+                "--export-dir", str(export), "--annotations", str(bad), "--images", str(image_dir), "--quiet"])),
+            "domain fit": partial(fit_export_domain, model, vocab, DomainSources(
+                ImageSet(bad, image_dir), (ImageSet(path, image_dir),), quiet=True)),
+        }
+        for tool, run in runs.items():
+            assert one_line_error(run) == f"error: {bad}: {words}", (how, tool)
+
+
+def test_images_without_captions_or_without_the_language_asked_for_are_user_errors(tmp_path):
+    import pytest
+
+    from training.coco_data import NoCaptionsInLanguage, NotACaptionFile
+
+    path, image_dir = _write_coco_file(tmp_path, images=3)
+    document = json.loads(path.read_text())
+    document["images"].append({"id": 99, "file_name": "img1.png"})
+    path.write_text(json.dumps(document))
+    coco = load_coco(path)
+    vocab = Vocabulary.build([a["caption"] for a in coco.anns.values()], min_count=1)
+    transform = eval_transform(image_size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
+    with pytest.raises(NotACaptionFile, match="^1 images have no captions, e.g. image id 99; caption them"):
+        CocoCaptions(coco, image_dir, vocab, transform)
+    with pytest.raises(NoCaptionsInLanguage, match=r"^3 images have no captions in de, e.g. image id 11 \(the set's "
+                                                   r"captions are in en\)$"):
+        CocoCaptions(coco, image_dir, vocab, transform, image_ids=[11, 22, 33], languages=["de"])
+
+
+def test_captions_of_images_the_file_does_not_list_are_left_out_with_one_warning(tmp_path, capsys):
+    from training.coco_data import load_captions
+
+    path, _ = _write_coco_file(tmp_path, images=2)
+    load_coco(path)
+    assert capsys.readouterr().err == "", "no warning when every caption's image is listed"
+    document = json.loads(path.read_text())
+    document["annotations"] += [{"id": 900 + k, "image_id": 555, "caption": "a lost caption"} for k in range(3)]
+    path.write_text(json.dumps(document))
+    coco = load_captions(path)
+    assert len(coco.anns) == 9 and sum(len(coco.imgToAnns[i]) for i in coco.imgs) == 6
+    assert capsys.readouterr().err.splitlines() == [
+        f'warning: {path}: left out 3 captions of images not listed in "images"']

@@ -9,6 +9,10 @@ is a bug and keeps its traceback.
         with user_errors():
             main(get_args_parser().parse_args())
 
+A mistake found in a data-loader process reaches the command re-raised by
+torch with that process's whole traceback as its message; the line printed is
+still the original message alone.
+
 The argparse types below refuse numbers an option cannot mean (0 epochs, a
 batch of -4, a limit of -8 that would slice from the end) when the command line
 is read, so argparse names the option and the tool does no work first.
@@ -20,14 +24,23 @@ import argparse
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from model.export_format import ExportError
-from training.coco_data import NotACaptionFile, NothingToTrainOn, SharedImages, UnreadableImage
-
-USER_ERRORS = (
-    FileNotFoundError, NotADirectoryError, UnreadableImage, NotACaptionFile, NothingToTrainOn, SharedImages,
-    ExportError,
+from training.checkpoints import CheckpointError
+from training.coco_data import (
+    NoCaptionsInLanguage, NotACaptionFile, NothingToTrainOn, SharedImages, UnreadableImage,
 )
+
+# FileExistsError is here because every folder these tools create is one their user named
+# (--out, --output-dir): it means that path is taken by a file.
+USER_ERRORS = (
+    FileNotFoundError, NotADirectoryError, FileExistsError, UnreadableImage, NotACaptionFile, NothingToTrainOn,
+    NoCaptionsInLanguage, SharedImages, ExportError, CheckpointError,
+)
+
+# How torch.utils.data re-raises an error from a loader process: this, then the process's traceback.
+_WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):\n"
 
 
 @contextmanager
@@ -35,7 +48,40 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except USER_ERRORS as error:
-        raise SystemExit(f"error: {error}") from None
+        raise SystemExit(f"error: {one_line(error)}") from None
+
+
+def one_line(error: BaseException) -> str:
+    """The error's own message: for one re-raised from a data-loader process, the last line of its traceback.
+
+    That line reads `package.module.Class: message`; the class prefix is dropped
+    so the line is the one the same mistake prints with `--workers 0`.
+    """
+    message = str(error)
+    if _WORKER_TRACEBACK not in message:
+        return message
+    last = message.rstrip().splitlines()[-1]
+    kind = type(error)
+    for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
+        if last.startswith(prefix):
+            return last[len(prefix):]
+    return last
+
+
+def make_folder(path: Path | str) -> Path:
+    """`mkdir -p` of a folder the user named, with an error naming the part of the path that is a file.
+
+    The OS's own errors ("[Errno 17] File exists") name the folder asked for,
+    not the file in its way.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise NotADirectoryError(f"cannot make the folder {path}: {blocker} is a file; give another path, or move "
+                                 "the file away") from None
+    return path
 
 
 def _whole_number(text: str) -> int:

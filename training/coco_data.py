@@ -17,6 +17,7 @@ import contextlib
 import io
 import json
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,6 +33,7 @@ from model.video_frames import VideoLimits, VideoReadError, read_clip
 from model.vocabulary import Vocabulary
 
 _SHOWN_MISSING = 3  # file names a missing-images message lists
+_SHOWN_VALUE = 40  # characters of a wrong value a message quotes
 
 
 class MissingImages(FileNotFoundError):
@@ -54,6 +56,10 @@ class NothingToTrainOn(ValueError):
     """A split that leaves no images to train on (`--val-fraction` holding out every image)."""
 
 
+class NoCaptionsInLanguage(ValueError):
+    """Captions asked for in a language that the set (or the model reading it) does not have them in."""
+
+
 class SharedImages(ValueError):
     """Two image sets that must be apart share images (held-out images that are also fitting images)."""
 
@@ -69,24 +75,47 @@ def _missing_message(coco: COCO, image_dir: Path, missing: Sequence[int], total:
     return f"{len(missing)} of {total} images the captions name are not in {image_dir} ({names}{more})"
 
 
-def load_coco(annotation_file: Path | str) -> COCO:
-    """Open a COCO caption file, with a clear error when it is missing."""
+def load_coco(annotation_file: Path | str, *, warn_unlisted: bool = True) -> COCO:
+    """Open a COCO caption file, with a clear error when it is missing.
+
+    `warn_unlisted`: say how many captions name images the file does not list
+    (off when files are merged: another file may list them).
+    """
     path = Path(annotation_file)
     if not path.is_file():
         raise FileNotFoundError(
             f"no COCO annotation file at {path}; run `make data` for the generated set, "
             "or point --annotations at captions_train2017.json from cocodataset.org"
         )
-    document = read_caption_document(path)
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress chatter
-        coco = COCO()
-        coco.dataset = document
-        coco.createIndex()
+    coco = _indexed(read_caption_document(path))
     if not any(image_id in coco.imgToAnns for image_id in coco.imgs):
         unmatched = ", none of a listed image" if coco.imgs and coco.anns else ""
         raise NotACaptionFile(f"{path} holds no captioned images ({len(coco.imgs)} images, {len(coco.anns)} "
                               f"captions{unmatched}); give a caption file whose captions name its images")
+    if warn_unlisted:
+        warn_of_unlisted_images(coco, str(path))
     return coco
+
+
+def _indexed(document: dict) -> COCO:
+    """pycocotools' index over a caption document already checked by `read_caption_document`."""
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress chatter
+        coco = COCO()
+        coco.dataset = document
+        coco.createIndex()
+    return coco
+
+
+def warn_of_unlisted_images(coco: COCO, source: str) -> None:
+    """One line on stderr counting the captions of images the `images` list lacks.
+
+    No dataset reads them (they have no file name), so they are left out; the
+    line says so, because a file cut from a larger one loses them without a sign.
+    """
+    unlisted = sum(1 for annotation in coco.anns.values() if annotation["image_id"] not in coco.imgs)
+    if unlisted:
+        print(f"warning: {source}: left out {unlisted} captions of images not listed in \"images\"",
+              file=sys.stderr, flush=True)
 
 
 def read_caption_document(path: Path) -> dict:
@@ -117,7 +146,31 @@ def read_caption_document(path: Path) -> dict:
     if any(not isinstance(a, dict) or "caption" not in a for a in document["annotations"]):
         raise NotACaptionFile(f"{path} is not {what}: its annotations have no \"caption\" (an instances or "
                               "keypoints file? COCO's captions are captions_train2017.json and captions_val2017.json)")
+    check_caption_records(path, document)
     return document
+
+
+def check_caption_records(path: Path, document: dict) -> None:
+    """Every field the datasets read, present and of its kind, so a bad record is named by its id.
+
+    Unchecked, a caption of null fails as an AttributeError in the tokenizer and a
+    record without `image_id` or `file_name` as a KeyError, neither saying where.
+    """
+    for image in document["images"]:
+        if not isinstance(image.get("file_name"), str):
+            raise NotACaptionFile(f"{path}: image {image['id']} has no \"file_name\"; every image record needs "
+                                  "the name of its file in the image folder")
+    for annotation in document["annotations"]:
+        name = f"annotation {annotation.get('id', '(without an id)')}"
+        if "image_id" not in annotation:
+            raise NotACaptionFile(f"{path}: {name} has no \"image_id\"; every caption names the image it describes")
+        if not isinstance(annotation["caption"], str):
+            shown = json.dumps(annotation["caption"])
+            shown = shown if len(shown) <= _SHOWN_VALUE else shown[:_SHOWN_VALUE] + "..."
+            raise NotACaptionFile(f"{path}: {name} has a caption of {shown}, not text; fix or drop it")
+    if document["annotations"] and not any(a["caption"].strip() for a in document["annotations"]):
+        raise NothingToTrainOn(f"{path}: every one of its {len(document['annotations'])} captions is blank; "
+                               "give a caption file with the captions written in")
 
 
 def video_set_as_coco(document: dict) -> dict:
@@ -165,7 +218,7 @@ def load_captions(sources: Path | str | Sequence[Path | str]) -> COCO:
     annotations: list[dict] = []
     for source in sources:
         language, _, path = str(source).partition("=") if "=" in str(source) else ("", "", str(source))
-        coco = load_coco(path)
+        coco = load_coco(path, warn_unlisted=False)
         for image in coco.dataset["images"]:
             images.setdefault(image["id"], image)
         for annotation in coco.dataset["annotations"]:
@@ -173,10 +226,8 @@ def load_captions(sources: Path | str | Sequence[Path | str]) -> COCO:
             if language:
                 tagged["language"] = language
             annotations.append(tagged)
-    merged = COCO()
-    merged.dataset = {"images": list(images.values()), "annotations": annotations, "info": {}, "licenses": []}
-    with contextlib.redirect_stdout(io.StringIO()):
-        merged.createIndex()
+    merged = _indexed({"images": list(images.values()), "annotations": annotations, "info": {}, "licenses": []})
+    warn_of_unlisted_images(merged, " + ".join(str(source) for source in sources))
     return merged
 
 
@@ -250,13 +301,27 @@ class CocoCaptions(Dataset):
             raise ValueError(f"captions_per_image must be at least 1, got {captions_per_image}")
         self.captions_per_image = captions_per_image
         self.languages = None if languages is None else frozenset(languages)
-        missing = [
-            i for i in self.image_ids
-            if not any(self.languages is None or caption_language(a) in self.languages for a in coco.imgToAnns[i])
-        ]
+        self._check_every_image_has_captions()
+
+    def _check_every_image_has_captions(self) -> None:
+        """Refuse images without a caption (in the languages asked for) before any is read.
+
+        An image without one would give a training step no target and an
+        evaluation no reference.
+        """
+        uncaptioned = [i for i in self.image_ids if not self.coco.imgToAnns[i]]
+        if uncaptioned:
+            raise NotACaptionFile(f"{len(uncaptioned)} images have no captions, e.g. image id {uncaptioned[0]}; "
+                                  "caption them, or drop them from the caption file's \"images\"")
+        if self.languages is None:
+            return
+        missing = [i for i in self.image_ids
+                   if not any(caption_language(a) in self.languages for a in self.coco.imgToAnns[i])]
         if missing:
-            wanted = "" if self.languages is None else f" in {', '.join(sorted(self.languages))}"
-            raise ValueError(f"{len(missing)} images have no captions{wanted}, e.g. image id {missing[0]}")
+            wanted = ", ".join(sorted(self.languages))
+            have = ", ".join(caption_languages(self.coco, self.image_ids))
+            raise NoCaptionsInLanguage(f"{len(missing)} images have no captions in {wanted}, e.g. image id "
+                                       f"{missing[0]} (the set's captions are in {have})")
 
     def __len__(self) -> int:
         return len(self.image_ids)

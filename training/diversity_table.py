@@ -6,7 +6,8 @@
 Each row is `training.evaluate` with that setting (n captions per image where the
 method gives several): BLEU-4 and attribute accuracy of the best caption, and
 over all n the diversity figures (distinct-1/2, mBLEU-4) and the oracle ones.
-Prints a markdown table and writes every figure as JSON (`--out`).
+Prints a markdown table and writes every figure as JSON (`--out`); each pass's
+progress goes to stderr (`--quiet` for none).
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from model.export_format import load_exported_captioner
 from model.batch_captioning import DecodeSpec
+from training.cli import user_errors
+from training.coco_data import NoCaptionsInLanguage, caption_language, caption_languages, load_captions
 from training.evaluate import evaluate_model
 
 NUM_CAPTIONS = 5
@@ -59,14 +64,36 @@ def markdown(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def check_language(language: str, model_languages: Sequence[str], annotations: Path | str) -> None:
+    """Refuse, before the first of the passes, a language the model or the caption file lacks.
+
+    `evaluate_model` scores a language only where every image has a reference in
+    it, and says nothing of which side lacked the one asked for.
+    """
+    if language not in model_languages:
+        raise NoCaptionsInLanguage(f"--language {language}: the model captions in {', '.join(model_languages)} "
+                                   "only; choose one of those")
+    coco = load_captions([annotations])
+    lacking = [i for i in coco.imgs if not any(caption_language(a) == language for a in coco.imgToAnns[i])]
+    if lacking:
+        raise NoCaptionsInLanguage(
+            f"{annotations} has no captions in {language} for {len(lacking)} of its {len(coco.imgs)} images, e.g. "
+            f"image id {lacking[0]} (its captions are in {', '.join(caption_languages(coco))}); choose a --language "
+            "every image has captions in")
+
+
 def main(args: argparse.Namespace) -> list[tuple[str, dict]]:
     device = torch.device(args.device)
     model, vocab = load_exported_captioner(args.export_dir, device)
     language = args.language or model.config.languages[0]
+    check_language(language, model.config.languages, args.annotations)
     rows = []
-    for label, spec in settings(model.config.max_length, args.seed):
+    passes = settings(model.config.max_length, args.seed)
+    for number, (label, spec) in enumerate(passes, 1):
+        if not args.quiet:  # each pass has its own bar: say which setting it belongs to
+            print(f"pass {number} of {len(passes)}: {label}", file=sys.stderr, flush=True)
         metrics, _ = evaluate_model(model, vocab, args.annotations, args.images, device=device, spec=spec,
-                                    quiet=True, languages=[language])
+                                    quiet=args.quiet, languages=[language])
         rows.append((label, metrics))
         print(f"{label}: {json.dumps(metrics)}", flush=True)
     table = markdown(rows)
@@ -89,8 +116,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (image i uses seed + its id)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="build/diversity.json")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    with user_errors():
+        main(get_args_parser().parse_args())

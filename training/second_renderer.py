@@ -62,6 +62,7 @@ from tqdm import tqdm
 
 from training import second_drawing as drawing
 from training.caption_languages import LANGUAGES, get_language
+from training.cli import make_folder, non_negative_int, positive_int, user_errors
 from training.shapes_dataset import COLORS, COLUMNS, SHAPES, ShapeObject, describe
 from training.shapes_world import column_of
 
@@ -276,8 +277,8 @@ def generate(out_dir: Path | str, *, count: int, seed: int = 7, languages: Seque
     out_dir = Path(out_dir)
     for code in languages:
         get_language(code)  # an unknown code fails before anything is written
-    image_dir = out_dir / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
+    image_dir = make_folder(out_dir / "images")
+    annotation_dir = make_folder(out_dir / "annotations")  # before any image, so a bad --out costs no rendering
     images, annotations = [], []
     for image_id in tqdm(range(first_id, first_id + count), desc="rendering second set", unit="img", disable=quiet):
         record, data, objects = render_record(image_id, seed)
@@ -291,17 +292,16 @@ def generate(out_dir: Path | str, *, count: int, seed: int = 7, languages: Seque
         "info": {"description": f"shapes captions drawn by the second renderer (seed {seed})", "version": "1.0"},
         "licenses": [], "images": images, "annotations": annotations,
     }
-    (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
-    (out_dir / "annotations" / "captions_val.json").write_text(json.dumps(coco))
+    (annotation_dir / "captions_val.json").write_text(json.dumps(coco))
     return out_dir
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Render a held-out shapes set with the second renderer.")
     parser.add_argument("--out", required=True, help="output folder (images/ and annotations/ are created)")
-    parser.add_argument("--count", type=int, default=300, help="images")
+    parser.add_argument("--count", type=positive_int, default=300, help="images")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--first-id", type=int, default=1, help="the first image id")
+    parser.add_argument("--first-id", type=non_negative_int, default=1, help="the first image id")
     parser.add_argument("--languages", nargs="+", default=["en"], choices=list(LANGUAGES),
                         help="caption languages (ISO 639-1), five captions per image in each")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -316,4 +316,5 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    with user_errors():
+        main(get_args_parser().parse_args())
