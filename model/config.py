@@ -47,7 +47,7 @@ class CaptionerConfig:
         modality: "image" (one picture in) or "video" (a clip in: `model/video.py`).
         num_frames: frames sampled uniformly from a clip (video only; 1 for images).
         temporal: how a clip's frame embeddings become one (video only): a name in
-            `model.video.TEMPORAL_MODULES` ("lstm", "attention", "mean").
+            `model.video.TEMPORAL_MODULES` ("concat", "lstm", "mean").
     """
 
     vocab_size: int
