@@ -18,6 +18,7 @@ REQUIRED = {  # each parser's required options, so only the option under test is
     "training.shapes_dataset": ["--out", "out"],
     "training.second_renderer": ["--out", "out"],
     "training.video_data": [],
+    "training.video_gallery": ["--annotations", "a.json", "--videos", "clips"],
     "training.domain_calibration": [],
     "training.domain_report": [],
 }
@@ -50,6 +51,12 @@ REFUSED = [  # (module, option, value, what argparse says of it)
     ("training.shapes_dataset", "--canvas", "4096", "must be from 32 to 2048, got 4096"),
     ("training.video_data", "--frame-size", "63", "must be even, got 63"),
     ("training.video_data", "--frame-size", "8", "must be from 16 to 1024, got 8"),
+    ("training.video_gallery", "--count", "0", "must be at least 1, got 0"),
+    ("training.train", "--device", "gpu", "expected cpu, cuda or cuda:N, got 'gpu'"),
+    ("training.evaluate", "--device", "tpu", "expected cpu, cuda or cuda:N, got 'tpu'"),
+    ("training.domain_calibration", "--device", "cuda:x", "expected cpu, cuda or cuda:N, got 'cuda:x'"),
+    # cuda:99 is on no machine: "no CUDA device" here, "has N CUDA device(s)" on a GPU machine
+    ("training.train", "--device", "cuda:99", "'cuda:99': this machine has "),
 ]
 
 

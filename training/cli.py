@@ -29,7 +29,11 @@ from pathlib import Path
 from model.export_format import ExportError
 from training.checkpoints import CheckpointError
 from training.coco_data import (
-    NoCaptionsInLanguage, NotACaptionFile, NothingToTrainOn, SharedImages, UnreadableImage,
+    NoCaptionsInLanguage,
+    NotACaptionFile,
+    NothingToTrainOn,
+    SharedImages,
+    UnreadableImage,
 )
 
 # FileExistsError is here because every folder these tools create is one their user named
@@ -162,3 +166,26 @@ def int_between(minimum: int, maximum: int, *, even: bool = False) -> Callable[[
 
     parse.__name__ = f"int_between_{minimum}_{maximum}"
     return parse
+
+
+def torch_device(text: str) -> str:
+    """cpu, cuda or cuda:N, refused when the command line is read if this machine has no such device.
+
+    Otherwise a CUDA device missing here fails deep in the first tensor move, after
+    the data is read, with torch's own traceback.
+    """
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has no CUDA device; use cpu")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} CUDA device(s), cuda:0..{count - 1}")
+    return text

@@ -21,9 +21,9 @@ from typing import Sequence
 
 import torch
 
-from model.export_format import load_exported_captioner
 from model.batch_captioning import DecodeSpec
-from training.cli import user_errors
+from model.export_format import load_exported_captioner
+from training.cli import torch_device, user_errors
 from training.coco_data import NoCaptionsInLanguage, caption_language, caption_languages, load_captions
 from training.evaluate import evaluate_model
 
@@ -114,7 +114,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", required=True)
     parser.add_argument("--language", default=None, help="one of the model's languages (default: its first)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (image i uses seed + its id)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="build/diversity.json")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser

@@ -36,7 +36,7 @@ from model.domain import DEFAULT_QUANTILE, DEFAULT_SAFETY, DomainStatistics, cal
 from model.export_format import load_exported_captioner, write_domain_statistics
 from model.transforms import eval_transform
 from model.vocabulary import Vocabulary
-from training.cli import positive_int, user_errors
+from training.cli import positive_int, torch_device, user_errors
 from training.coco_data import CocoCaptions, SharedImages, caption_set, load_captions
 
 
@@ -177,7 +177,7 @@ def add_domain_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fit-max-images", type=positive_int, default=None,
                        help="fit on at most this many training images (default: all)")
     group.add_argument("--domain-batch-size", type=positive_int, default=64)
-    group.add_argument("--device", default="cpu", help="where features are computed (cpu, cuda)")
+    group.add_argument("--device", type=torch_device, default="cpu", help="where features are computed (cpu, cuda)")
     group.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

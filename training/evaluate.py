@@ -60,8 +60,15 @@ from model.captioner import Captioner
 from model.export_format import load_exported_captioner
 from model.transforms import eval_transform
 from model.vocabulary import Vocabulary, tokenize
-from training.cli import non_negative_int, positive_float, positive_int, user_errors
-from training.coco_data import DEFAULT_LANGUAGE, CocoCaptions, caption_set, is_video_set, load_captions
+from training.cli import non_negative_int, positive_float, positive_int, torch_device, user_errors
+from training.coco_data import (
+    DEFAULT_LANGUAGE,
+    CocoCaptions,
+    NoCaptionsInLanguage,
+    caption_set,
+    is_video_set,
+    load_captions,
+)
 from training.shapes_dataset import names_every_object
 from training.video_data import names_clip
 
@@ -318,7 +325,10 @@ def evaluate_model(
     # Only the languages the file has captions in can be scored.
     references = {language: refs for language, refs in references.items() if all(refs.values())}
     if not references:
-        raise ValueError(f"{annotations} has no captions in the model's languages {list(config.languages)}")
+        asked = list(config.languages if languages is None else languages)
+        raise NoCaptionsInLanguage(f"{annotations} has no captions in {', '.join(asked)} for every image "
+                                   f"(the languages scored: the model's {', '.join(config.languages)}"
+                                   f"{'' if languages is None else ', as asked'})")
     captioned = caption_every_language(
         model, vocab, dataset, device=device, spec=spec, languages=list(references), batch_size=batch_size,
         quiet=quiet,
@@ -365,7 +375,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     decoding.add_argument("--top-k", type=non_negative_int, default=0, help="0 = no limit")
     decoding.add_argument("--top-p", type=float, default=1.0)
     decoding.add_argument("--seed", type=int, default=0, help="sampling seed (image i uses seed + its id)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--predictions-out", default=None,
                         help="also write the first set's predictions as JSON here")
     parser.add_argument("--quiet", action="store_true")

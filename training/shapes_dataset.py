@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from training.caption_languages import LANGUAGES, get_language
-from training.cli import int_between, non_negative_int
+from training.cli import int_between, make_folder, non_negative_int, user_errors
 from training.shapes_render import encode, render
 from training.shapes_world import (
     COLORS, COLUMNS, DEFAULT_RANGES, SHAPES, SIZES, Scene, ShapeObject, WorldRanges, random_scene,
@@ -111,8 +111,7 @@ def write_split(
     renderer's name.
     """
     images, annotations = [], []
-    image_dir = out_dir / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
+    image_dir = make_folder(out_dir / "images")
     for image_id in tqdm(range(first_id, first_id + count), desc=f"generating {name}", unit="img"):
         scene = random_scene(rng, max_objects, ranges)
         data, extension = encode(render_scene(scene, rng), rng)
@@ -141,8 +140,7 @@ def write_split(
         "images": images,
         "annotations": annotations,
     }
-    (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
-    (out_dir / "annotations" / f"captions_{name}.json").write_text(json.dumps(coco))
+    (make_folder(out_dir / "annotations") / f"captions_{name}.json").write_text(json.dumps(coco))
     return first_id + count
 
 
@@ -200,4 +198,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    with user_errors():
+        main(get_args_parser().parse_args())

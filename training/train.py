@@ -60,7 +60,7 @@ from training.auxiliary_losses import (
     object_map_labels,
 )
 from training.cli import (
-    fraction_below_one, non_negative_float, non_negative_int, positive_float, positive_int, user_errors,
+    fraction_below_one, non_negative_float, non_negative_int, positive_float, positive_int, torch_device, user_errors,
 )
 from training.coco_data import (
     CaptionBatch, CocoCaptions, caption_language, caption_languages, caption_set, collate_captions,
@@ -159,7 +159,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="start a new run (fresh optimizer and schedule) from a checkpoint's weights, vocabulary and "
         "image size; e.g. train the decoder on a backbone fine-tuned by an earlier run, now frozen",
     )
-    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    run.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu")
     run.add_argument("--workers", type=non_negative_int, default=1, help="data loader processes")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -14,7 +14,7 @@ import torch
 
 from model.export_format import load_exported_captioner
 from model.transforms import eval_transform
-from training.cli import user_errors
+from training.cli import positive_int, user_errors
 from training.coco_data import caption_set, load_coco
 from training.evaluate import evaluate_model
 from training.gallery import save_figure
@@ -85,7 +85,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export-dir", default="build/video-export")
     parser.add_argument("--annotations", required=True)
     parser.add_argument("--videos", required=True, help="folder of the clip files")
-    parser.add_argument("--count", type=int, default=10)
+    parser.add_argument("--count", type=positive_int, default=10)
     parser.add_argument("--out", default="build/video_gallery.png")
     return parser
 
