@@ -139,11 +139,25 @@ def build_archive(
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    def model_name(text: str) -> str:
+        # torch-model-archiver's own rule (model_archiver's check_model_name_regex_or_exit:
+        # ^[A-Za-z0-9][A-Za-z0-9_\-.]*$), which TorchServe's management API shares.
+        if not (text[:1].isalnum() and all(c.isascii() and (c.isalnum() or c in "_-.") for c in text)):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a model name: use letters, digits, '_', '-' and '.', "
+                                             "starting with a letter or digit")
+        return text
+
+    def version(text: str) -> str:
+        # The version is a segment of the management API's URLs (/models/<name>/<version>).
+        if not text or any(c.isspace() or c == "/" for c in text):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a version: give one such as 1.0, without spaces or '/'")
+        return text
+
     parser = argparse.ArgumentParser(description="Pack an exported captioner into a TorchServe .mar")
     parser.add_argument("--export-dir", default="build/export")
     parser.add_argument("--out", default="build/model_store", help="model store folder")
-    parser.add_argument("--model-name", default="captioner")
-    parser.add_argument("--version", default="1.0")
+    parser.add_argument("--model-name", type=model_name, default="captioner", help="letters, digits, '_', '-' and '.'")
+    parser.add_argument("--version", type=version, default="1.0")
     parser.add_argument("--config-file", default=str(MODEL_CONFIG), help="model-config.yaml to pack")
     return parser
 

@@ -39,8 +39,9 @@ from typing import Any, Callable
 
 from client.rest import CaptionClient
 from ops.load import LoadReport, Sample, caption_senders, closed_loop
-from ops.own_server import archive_name, own_server
+from ops.own_server import archive_name, check_export, own_server
 from ops.request_corpus import scene_images
+from training.cli import positive_float, positive_int, user_errors
 
 NEW_VERSION = "2.0"
 
@@ -173,17 +174,19 @@ def run_drill(client: CaptionClient, *, new_archive: str, concurrency: int = 8, 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Scale, switch versions and roll back under a steady load.")
     parser.add_argument("--export-dir", default="build/export", help="exported model to pack and serve")
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--dwell-requests", type=int, default=40,
+    parser.add_argument("--concurrency", type=positive_int, default=8)
+    parser.add_argument("--dwell-requests", type=positive_int, default=40,
                         help="requests to finish in each steady phase before the next operation")
-    parser.add_argument("--attempt-timeout", type=float, default=20.0,
+    parser.add_argument("--attempt-timeout", type=positive_float, default=20.0,
                         help="seconds a client waits for one attempt before sending it again")
-    parser.add_argument("--give-up-after", type=float, default=120.0, help="seconds after which a client gives up")
+    parser.add_argument("--give-up-after", type=positive_float, default=120.0,
+                        help="seconds after which a client gives up")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    check_export(args.export_dir)
     with own_server(args.export_dir, versions=("1.0", NEW_VERSION), prefix="drill-") as (_, client):
         client.register(archive_name("1.0"))
         report = run_drill(client, new_archive=archive_name(NEW_VERSION), concurrency=args.concurrency,
@@ -201,4 +204,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with user_errors():
+        sys.exit(main())

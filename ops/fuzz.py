@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=positive_int, default=350, help="batches per strategy (each 1-5 fuzzed requests)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--strategies", nargs="*", default=sorted(STRATEGIES), choices=sorted(STRATEGIES))
+    parser.add_argument("--strategies", nargs="+", default=sorted(STRATEGIES), choices=sorted(STRATEGIES),
+                        help="strategies to run (default: all)")
     args = parser.parse_args(argv)
     logging.disable(logging.CRITICAL)  # TorchServe's reader logs a traceback for each mistyped body
 

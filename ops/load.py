@@ -18,10 +18,17 @@ BENCHMARKS.md:
 
     report = closed_loop(make_send, requests=1000, concurrency=16)
     print(report.summary())          # or report.by_label() when phases were labelled
+
+Run as a command, it sends that load of valid images to a TorchServe already
+running from a working folder (`make serve`, `python -m ops.server start`) and
+prints the summary as one JSON object; it exits 1 when a request failed:
+
+    python -m ops.load --workdir build/serve --requests 500 --concurrency 8
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import itertools
 import json
@@ -30,6 +37,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -37,6 +45,9 @@ from tqdm import tqdm
 
 from client.rest import CaptionClient
 from client.retry import Delivery
+from ops.request_corpus import scene_images
+from ops.server import TorchServe
+from training.cli import positive_float, positive_int, user_errors
 
 PERCENTILES = (50, 90, 99)
 
@@ -167,6 +178,8 @@ def closed_loop(
         on_sample: called after each request with the number finished so far, one call at a time.
         progress: a progress bar with this title on stderr.
     """
+    if concurrency < 1:  # no client would send anything, and a caller waiting for requests would wait forever
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     sends = [make_send() for _ in range(concurrency)]
     counter = itertools.count()
     report = LoadReport()
@@ -258,3 +271,44 @@ def _json_object(text: str) -> dict:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Send a closed loop of valid images to a TorchServe already running from --workdir "
+                    "(`make serve`) and print what the clients saw as one JSON object.")
+    parser.add_argument("--workdir", default="build/serve",
+                        help="the server's working folder (`ops.server start --workdir`), holding its "
+                             "config.properties and key_file.json")
+    parser.add_argument("--model", default="captioner", help="registered model to caption with")
+    parser.add_argument("--requests", type=positive_int, default=200)
+    parser.add_argument("--concurrency", type=positive_int, default=8, help="clients sending at once")
+    parser.add_argument("--time-limit", type=positive_float, default=None,
+                        help="seconds after which no request starts")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    config = Path(args.workdir) / "config.properties"
+    server = TorchServe(args.workdir, args.workdir, base_config=config) if config.is_file() else None
+    if server is None or server.pid() is None:
+        raise FileNotFoundError(f"no TorchServe runs from {args.workdir}; start one with `make serve`, "
+                                "or pass the --workdir it was started with")
+    client = CaptionClient(server.url("inference"), server.url("management"), server.tokens(), model=args.model)
+    report = closed_loop(caption_senders(client, scene_images(8, seed=300)), requests=args.requests,
+                         concurrency=args.concurrency, time_limit_s=args.time_limit, progress="load")
+    print(json.dumps({"workdir": str(args.workdir), "model": args.model, "concurrency": args.concurrency,
+                      **report.summary()}))
+    problems = report.problems(limit=10)
+    for problem in problems:
+        print(f"FAILED: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    with user_errors():
+        sys.exit(main())

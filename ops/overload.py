@@ -22,8 +22,9 @@ from typing import Any
 
 from client.rest import CaptionClient
 from ops.load import LoadReport, caption_senders, closed_loop
-from ops.own_server import own_server
+from ops.own_server import check_export, own_server
 from ops.request_corpus import scene_images
+from training.cli import positive_int, user_errors
 
 
 def run_overload(client: CaptionClient, *, requests: int = 300, concurrency: int = 48,
@@ -48,15 +49,17 @@ def overload_failures(summary: dict[str, Any]) -> list[str]:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Overload TorchServe's job queue and count what the clients saw.")
     parser.add_argument("--export-dir", default="build/export", help="exported model to pack and serve")
-    parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--concurrency", type=int, default=48)
-    parser.add_argument("--job-queue-size", type=int, default=4, help="TorchServe's job_queue_size for this run")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--requests", type=positive_int, default=300)
+    parser.add_argument("--concurrency", type=positive_int, default=48)
+    parser.add_argument("--job-queue-size", type=positive_int, default=4,
+                        help="TorchServe's job_queue_size for this run")
+    parser.add_argument("--workers", type=positive_int, default=1)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    check_export(args.export_dir)
     overrides = {"job_queue_size": str(args.job_queue_size)}
     with own_server(args.export_dir, overrides=overrides, prefix="overload-") as (_, client):
         client.register("captioner.mar")
@@ -76,4 +79,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with user_errors():
+        sys.exit(main())

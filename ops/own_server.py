@@ -27,6 +27,12 @@ def archive_name(version: str, first: str = "1.0") -> str:
     return f"{MODEL_NAME}.mar" if version == first else f"{MODEL_NAME}-{version}.mar"
 
 
+def check_export(export_dir: Path | str) -> None:
+    """Raise FileNotFoundError, saying what to do, when `export_dir` holds no exported model."""
+    if not (Path(export_dir) / "model.safetensors").exists():
+        raise FileNotFoundError(f"no exported model in {export_dir}; run `make model` first, or pass --export-dir")
+
+
 @contextmanager
 def own_server(
     export_dir: Path | str,
@@ -38,8 +44,7 @@ def own_server(
 ) -> Iterator[tuple[TorchServe, CaptionClient]]:
     """Yield a started server whose store holds the export packed once per version, and a client for it."""
     export_dir = Path(export_dir)
-    if not (export_dir / "model.safetensors").exists():
-        raise FileNotFoundError(f"no exported model in {export_dir}; run `make model` first, or pass --export-dir")
+    check_export(export_dir)
     with tempfile.TemporaryDirectory(prefix=prefix) as folder:
         root = Path(folder)
         store = root / "model_store"

@@ -24,6 +24,7 @@ import psutil
 import requests
 
 from client.auth import TokenStore
+from training.cli import make_folder, user_errors
 
 PORT_KEYS = {
     "inference": ("inference_address", "http://127.0.0.1:{}"),
@@ -74,13 +75,17 @@ def read_properties(path: Path) -> dict[str, str]:
     return properties
 
 
+class AlreadyRunning(RuntimeError):
+    """A server already runs from the working folder that `start` was asked to use."""
+
+
 class TorchServe:
     """One TorchServe process tree.
 
     Args:
         workdir: its working folder (logs/, key_file.json, tmp/, config.properties).
         model_store: folder of `.mar` files.
-        base_config: config.properties to start from.
+        base_config: config.properties to start from; None for none (enough to stop a server or ask if it runs).
         overrides: properties replacing the base ones (e.g. ports for a test server).
         env: environment variables for the server and its workers, on top of `WORKER_ENV`
             and this process's environment; None as a value removes the variable.
@@ -90,13 +95,14 @@ class TorchServe:
         self,
         workdir: Path | str,
         model_store: Path | str,
-        base_config: Path | str = Path(__file__).resolve().parent.parent / "config.properties",
+        base_config: Path | str | None = Path(__file__).resolve().parent.parent / "config.properties",
         overrides: dict[str, str] | None = None,
         env: dict[str, str | None] | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.model_store = Path(model_store).resolve()
-        self.properties = {**read_properties(Path(base_config)), **(overrides or {})}
+        base = read_properties(Path(base_config)) if base_config is not None else {}
+        self.properties = {**base, **(overrides or {})}
         self.tmpdir = self.workdir / "tmp"
         self.extra_env = dict(env or {})
 
@@ -163,7 +169,8 @@ class TorchServe:
     def start(self, timeout: float = 90.0) -> "TorchServe":
         """Write the config, start the server, and wait until /ping answers."""
         if self.pid() is not None:
-            raise RuntimeError(f"TorchServe already runs from {self.workdir} (pid {self.pid()}); stop it first")
+            raise AlreadyRunning(f"TorchServe already runs from {self.workdir} (pid {self.pid()}); stop it first "
+                                 f"(`python -m ops.server stop --workdir {self.workdir}`)")
         self.tmpdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "config.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in self.properties.items()))
@@ -217,25 +224,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("start", "stop", "status"))
     parser.add_argument("--workdir", default="build/serve")
     parser.add_argument("--model-store", default="build/model_store")
-    parser.add_argument("--config", default="config.properties")
+    parser.add_argument("--config", default="config.properties", help="properties to start from (start only)")
     args = parser.parse_args(argv)
-    Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    server = TorchServe(args.workdir, args.model_store, args.config)
     if args.action == "start":
-        server.start()
-        print(f"TorchServe is up (pid {server.pid()}): inference {server.url('inference')}, "
-              f"management {server.url('management')}, metrics {server.url('metrics')}; "
-              f"tokens in {server.key_file}")
-    elif args.action == "stop":
-        pid = server.pid()
+        return start_server(args.workdir, args.model_store, args.config)
+    server = TorchServe(args.workdir, args.model_store, base_config=None)  # stop and status read only the PID file
+    pid = server.pid()
+    if args.action == "stop":
         server.stop()
         print("TorchServe stopped" if pid else "TorchServe was not running")
-    else:
-        pid = server.pid()
-        print(f"running (pid {pid})" if pid else "not running")
-        return 0 if pid else 1
+        return 0
+    print(f"running (pid {pid})" if pid else "not running")
+    return 0 if pid else 1
+
+
+def start_server(workdir: str, model_store: str, config: str) -> int:
+    """`ops.server start`: what its user can get wrong is checked before TorchServe is launched."""
+    if not Path(config).is_file():
+        raise FileNotFoundError(f"no TorchServe config at {config}; pass --config config.properties")
+    if not Path(model_store).is_dir():
+        raise FileNotFoundError(f"no model store at {model_store}; run `make mar` first, or pass --model-store")
+    server = TorchServe(make_folder(workdir), model_store, config)
+    try:
+        server.start()
+    except AlreadyRunning as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"TorchServe is up (pid {server.pid()}): inference {server.url('inference')}, "
+          f"management {server.url('management')}, metrics {server.url('metrics')}; "
+          f"tokens in {server.key_file}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with user_errors():
+        sys.exit(main())

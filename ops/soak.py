@@ -46,7 +46,8 @@ import requests
 from client.rest import CaptionClient
 from ops.load import LoadReport, Outcome, Sample, Send, caption_check, closed_loop
 from ops.request_corpus import Probe, bad_input_corpus, scene_images
-from ops.own_server import own_server
+from ops.own_server import check_export, own_server
+from training.cli import non_negative_float, positive_int, user_errors
 
 MEMORY_GROWTH_PERCENT = 5.0
 
@@ -67,7 +68,7 @@ class SoakReport:
     seconds: float = 0.0
     load: LoadReport = field(default_factory=LoadReport)
     worker_memory_mb: dict[str, float | None] = field(default_factory=dict)  # start, middle, end
-    kill: dict[str, Any] | None = None
+    kill: dict[str, Any] | None = None  # None or empty: no worker was killed
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -81,7 +82,7 @@ class SoakReport:
     def _comparable(self) -> bool:
         """Memory is compared only when the same workers ran throughout (no kill) and every reading was made."""
         readings = [self.worker_memory_mb.get(when) for when in ("start", "middle", "end")]
-        return self.kill is None and all(reading is not None and reading > 0 for reading in readings)
+        return not self.kill and all(reading is not None and reading > 0 for reading in readings)
 
     @property
     def memory_growth_mb(self) -> float | None:
@@ -110,7 +111,7 @@ class SoakReport:
         if percent is not None and max_memory_growth_percent is not None and percent > max_memory_growth_percent:
             failures.append(
                 f"worker memory grew by {percent:.1f}% ({memory}; bound {max_memory_growth_percent:g}%)")
-        if self.kill is not None and self.kill.get("worker_ready_s") is None:
+        if self.kill and self.kill.get("worker_ready_s") is None:
             failures.append("no new worker became ready after the kill")
         return failures
 
@@ -129,7 +130,7 @@ class SoakReport:
                 "growth_percent": None if self.memory_growth_percent is None else round(self.memory_growth_percent, 2),
             },
         }
-        if self.kill is not None:
+        if self.kill:
             figures["worker_kill"] = self.kill
         return figures
 
@@ -270,7 +271,7 @@ def run_soak(
             report.bad_as_defined += outcome.ok
     report.problems += load.problems(limit=len(load.samples))
     if killer is not None:
-        report.kill = killer.wait()
+        report.kill = killer.wait() or None  # {} when the kill point was never reached
     report.worker_memory_mb.setdefault("middle", None)
     report.worker_memory_mb["end"] = worker_memory_mb(client)
     return report
@@ -286,23 +287,46 @@ def _labelled(label: str, check: Callable[[int, str], str | None]) -> Callable[[
     return labelled
 
 
+def fraction(text: str) -> float:
+    """A share in [0, 1]: of the requests, those that are bad inputs (1: all of them)."""
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
+    return value
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Load TorchServe with good and bad requests and check every answer.")
     parser.add_argument("--export-dir", default="build/export", help="exported model to pack and serve")
-    parser.add_argument("--requests", type=int, default=10_000)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--bad-fraction", type=float, default=0.05)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--kill-worker-after", type=int, default=None, help="kill the worker after this many answers")
-    parser.add_argument("--max-memory-growth-percent", type=float, default=MEMORY_GROWTH_PERCENT,
+    parser.add_argument("--requests", type=positive_int, default=10_000)
+    parser.add_argument("--concurrency", type=positive_int, default=16)
+    parser.add_argument("--bad-fraction", type=fraction, default=0.05, help="share of bad inputs, from 0 to 1")
+    parser.add_argument("--workers", type=positive_int, default=1)
+    parser.add_argument("--kill-worker-after", type=positive_int, default=None,
+                        help="kill the worker after this many answers (fewer than --requests)")
+    parser.add_argument("--max-memory-growth-percent", type=non_negative_float, default=MEMORY_GROWTH_PERCENT,
                         help="most growth of the workers' memory over its first reading, in percent")
-    parser.add_argument("--max-memory-growth-mb", type=float, default=None, help="also an absolute bound, in MB")
+    parser.add_argument("--max-memory-growth-mb", type=non_negative_float, default=None,
+                        help="also an absolute bound, in MB")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with the checks that compare two options."""
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    # The kill happens once that many answers are in: at or past the last one it would never
+    # happen, and the run would report a kill with no worker to wait for.
+    if args.kill_worker_after is not None and args.kill_worker_after >= args.requests:
+        parser.error(f"argument --kill-worker-after: must be below --requests ({args.requests}), "
+                     f"got {args.kill_worker_after}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(argv)
+    check_export(args.export_dir)
     with own_server(args.export_dir, prefix="soak-") as (_, client):
         client.register("captioner.mar")
         client.scale(args.workers)  # model-config.yaml's minWorkers would win over initial_workers
@@ -325,4 +349,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with user_errors():
+        sys.exit(main())
