@@ -168,20 +168,8 @@ def test_fuzz_refuses_strategies_given_with_no_names(capsys):
     assert "argument --strategies: expected at least one argument" in capsys.readouterr().err
 
 
-def test_the_load_summary_is_one_json_object(capsys, monkeypatch, tmp_path):
-    """`ops.load` against a server: the URLs and tokens come from the server's working folder."""
-    (tmp_path / "config.properties").write_text(
-        "inference_address=http://127.0.0.1:1\nmanagement_address=http://127.0.0.1:2\n"
-        "disable_token_authorization=true\n")
-    monkeypatch.setattr(load.TorchServe, "pid", lambda self: os.getpid())
-    seen = {}
-
-    def fake_loop(make_send, *, requests, concurrency, time_limit_s, progress):
-        seen.update(requests=requests, concurrency=concurrency)
-        return load.LoadReport()
-
-    monkeypatch.setattr(load, "closed_loop", fake_loop)
-    monkeypatch.setattr(load, "scene_images", lambda count, seed: [b""] * count)
-    assert load.main(["--workdir", str(tmp_path), "--requests", "3", "--concurrency", "2"]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert seen == {"requests": 3, "concurrency": 2} and summary["requests"] == 0
+def test_the_load_command_runs_against_the_server_started_from_its_workdir(registered, torchserve, capsys):
+    """`ops.load --workdir` of a running server: its URLs and tokens come from that folder."""
+    assert load.main(["--workdir", str(torchserve.workdir), "--requests", "4", "--concurrency", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["requests"] == 4 and summary["model"] == "captioner", summary
