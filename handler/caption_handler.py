@@ -41,7 +41,6 @@ from model.word_attention import word_maps
 logger = logging.getLogger(__name__)
 
 
-
 class CaptionHandler(BaseHandler):
     """Captions images with the exported captioner packed in the archive (its config names backbone and decoder)."""
 
