@@ -3,10 +3,16 @@
 gRPC carries no per-request HTTP status from the handler, so a refused image
 comes back as a normal reply whose JSON holds `error` and `status`; this client
 turns that into `ServiceError`, like the REST client does.
+
+A request larger than TorchServe's `max_request_size` gets no such reply: the
+server resets the stream, and the call fails CANCELLED "Stream removed
+(RST_STREAM ...)", which names no size; `transport_error_message` says when the
+file's size is the likely cause.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any, Iterator
 
@@ -15,8 +21,13 @@ import grpc
 from client.auth import TokenStore
 from client.grpc_retry import GrpcRetries
 from client.grpc_stubs import import_stubs
-from client.rest import ServiceError
+from client.rest import ServiceError, option_text, worker_bounds
 from client.retry import call_again
+
+# config.properties' max_request_size as this project ships it (TorchServe's gRPC message limit too), and
+# gRPC's own default message limit: a file below that is too small for size to explain a reset stream.
+SHIPPED_MAX_REQUEST_SIZE = 10 * 1024 * 1024
+GRPC_DEFAULT_MESSAGE_SIZE = 4 * 1024 * 1024
 
 
 def _is_uncaught(error: Exception) -> bool:
@@ -25,9 +36,24 @@ def _is_uncaught(error: Exception) -> bool:
 
 
 def _option_bytes(value: Any) -> bytes:
-    if isinstance(value, bool):
-        return b"true" if value else b"false"
-    return str(value).encode()
+    return option_text(value).encode()
+
+
+def transport_error_message(error: grpc.RpcError, sent_bytes: int) -> str:
+    """`gRPC CODE: details`, and for a reset or refused call carrying a large file, that size is the likely cause."""
+    code = error.code()
+    message = f"gRPC {code.name}: {error.details()}"
+    reset = code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    if reset and sent_bytes > GRPC_DEFAULT_MESSAGE_SIZE:
+        message += (f"; the file is {sent_bytes / 2**20:.1f} MiB, and TorchServe resets a gRPC request over its "
+                    f"max_request_size (config.properties; {SHIPPED_MAX_REQUEST_SIZE // 2**20} MiB as shipped): "
+                    "that is the likely cause; send a smaller file, or raise max_request_size")
+    return message
+
+
+def is_unreachable(error: Exception) -> bool:
+    """The server cannot be reached at all (UNAVAILABLE once the retries are spent): no other file will get through."""
+    return isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.UNAVAILABLE
 
 
 class GrpcCaptionClient:
@@ -109,12 +135,24 @@ class GrpcCaptionClient:
         return self._decode(reply.prediction)
 
     def caption_stream(self, image: bytes, *, field: str = "image", **options: Any) -> Iterator[dict[str, Any]]:
-        """Yield word chunks as they are decoded, then the full result (`field` as in `caption`)."""
-        replies = self.inference.StreamPredictions(
-            self._request(image, {**options, "stream": True}), metadata=self._metadata("inference"),
-            timeout=self.timeout,
-        )
-        for reply in replies:
+        """Yield word chunks as they are decoded, then the full result (`field` as in `caption`).
+
+        TorchServe refuses a stream it cannot serve now (no worker, a full queue) in its
+        first reply, so the call is made again as `caption` is until a first reply
+        arrives; after that, words have been given out and nothing is sent again.
+        """
+
+        def first_reply():
+            replies = self.inference.StreamPredictions(
+                self._request(image, {**options, "stream": True}), metadata=self._metadata("inference"),
+                timeout=self.timeout,
+            )
+            return replies, next(replies, None)
+
+        replies, first = self.retries.call(first_reply)
+        if first is None:
+            return
+        for reply in itertools.chain([first], replies):
             for line in reply.prediction.splitlines():
                 chunk = self._decode(line)
                 if chunk is not None:
@@ -143,9 +181,10 @@ class GrpcCaptionClient:
         `attempts` times in all. TorchServe's own failures (INTERNAL for workers that did
         not start, NOT_FOUND, INVALID_ARGUMENT) are raised at once.
         """
+        minimum, maximum = worker_bounds(min_workers, max_workers)  # ValueError before sending, as over REST
         request = self.mpb.ScaleWorkerRequest(
-            model_name=self.model, model_version=self.version or "", min_worker=min_workers,
-            max_worker=max_workers or min_workers, synchronous=True,
+            model_name=self.model, model_version=self.version or "", min_worker=minimum,
+            max_worker=maximum, synchronous=True,
         )
         return call_again(lambda: self._manage("ScaleWorker", request), _is_uncaught, attempts,
                           lambda retry: 0.25 * 2**retry)

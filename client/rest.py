@@ -11,11 +11,17 @@ retries or `give_up_after` seconds, whichever comes first, and then `caption`
 raises `RetriesExhausted` naming the status and what was tried. The handler's own
 4xx answers are never retried, and a request that itself kills every worker it
 reaches is sent at most `worker_died_retries + 1` times.
+
+A file with options travels as a multipart form: the file's bytes in the field
+`data`, each option a field beside it, as TorchServe hands every form field to the
+handler. A JSON body would carry the file in base64, a third larger, so a file
+that fits under the server's `max_request_size` alone would not fit with an
+option; and the form's `data` is read as an image by the image models and as a
+clip by the video models, so no field name depends on the model.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import random
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import requests
+from urllib3.exceptions import NewConnectionError
 
 from client.auth import TokenStore
 from client.retry import (  # noqa: F401 - RETRY_STATUSES, WORKER_DIED and should_retry are part of this API
@@ -42,12 +49,19 @@ from client.retry import (  # noqa: F401 - RETRY_STATUSES, WORKER_DIED and shoul
 logger = logging.getLogger(__name__)
 
 
+# What an answer without a body means: TorchServe's frontend refuses a body over `max_request_size`
+# with a bare 413, before the handler (whose own 413s say which limit) sees it.
+EMPTY_ANSWERS = {413: "the request is over the server's max_request_size (config.properties)"}
+
+
 class ServiceError(RuntimeError):
     """The service answered with an error; `status` is the HTTP code, `body` the parsed reply."""
 
     def __init__(self, status: int, body: Any) -> None:
         # TorchServe leaves "message" out when the exception behind a 500 has none; its "type" then says what broke.
         message = (body.get("error") or body.get("message") or body.get("type")) if isinstance(body, dict) else body
+        if not message:
+            message = EMPTY_ANSWERS.get(status, "(the answer had no body)")
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.body = body
@@ -75,11 +89,56 @@ class RetriesExhausted(ServiceError):
 
 
 class Unreachable(requests.ConnectionError):
-    """No attempt reached the server before the client's retry bounds were reached."""
+    """The last attempt did not reach the server, and the client's retry bounds were reached.
+
+    `refused` is True when that attempt could not even open a connection (refused, no
+    route): the server is down or elsewhere, so every other request would wait the same
+    retries for nothing. A connection that opened and then broke is about one request.
+    """
 
     def __init__(self, url: str, delivery: Delivery) -> None:
-        super().__init__(f"cannot reach {url}: {delivery.error}; {delivery.give_up_message()}")
+        self.refused = could_not_connect(delivery.error)
+        reason = str(delivery.error)
+        if self.refused and NEW_CONNECTION_FAILED in reason:  # urllib3 wraps the OS's reason in two reprs
+            reason = reason.split(NEW_CONNECTION_FAILED, 1)[1].rstrip("\"')")
+        super().__init__(f"cannot reach {url}: {reason}; {delivery.give_up_message()}")
         self.delivery = delivery
+
+
+NEW_CONNECTION_FAILED = "Failed to establish a new connection: "
+
+
+def could_not_connect(error: BaseException | None) -> bool:
+    """Whether a `requests` error is a connection that never opened (urllib3's NewConnectionError inside)."""
+    if isinstance(error, requests.ConnectTimeout):
+        return True
+    reason = error.args[0] if isinstance(error, requests.ConnectionError) and error.args else None
+    return isinstance(getattr(reason, "reason", reason), NewConnectionError)
+
+
+def option_text(value: Any) -> str:
+    """An option as text, for a form field or a gRPC input: booleans as the handler reads them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def worker_bounds(min_workers: int, max_workers: int | None = None) -> tuple[int, int]:
+    """(min, max) worker counts to send, refused here when TorchServe would take them and break.
+
+    TorchServe 0.12 applies a negative minimum (describe shows minWorkers -1 and no
+    worker), answers 500 "Index -1 out of bounds", and every request of the model
+    fails afterwards; a maximum below the minimum is no bound. No max means max = min;
+    a max of 0 is a max given (and refused with a minimum above it), not "none".
+    """
+    maximum = min_workers if max_workers is None else max_workers
+    for name, count in (("min_workers", min_workers), ("max_workers", maximum)):
+        if count < 0:
+            raise ValueError(f"{name} must be 0 or more, got {count}")
+    if maximum < min_workers:
+        raise ValueError(f"max_workers ({maximum}) must be at least min_workers ({min_workers}); "
+                         f"leave it out for max = min")
+    return min_workers, maximum
 
 
 @dataclass
@@ -162,6 +221,8 @@ class CaptionClient:
             delivery.waits.append(wait)
             with self._retried_lock:
                 self.retried += 1
+            if delivery.response is not None:
+                delivery.response.close()  # a streamed answer holds its connection until closed
             time.sleep(wait)
 
     def _tell_unreachable(self, error: Exception) -> None:
@@ -206,37 +267,44 @@ class CaptionClient:
 
     def result(self, delivery: Delivery) -> dict[str, Any]:
         """The caption a delivery brought, or the error explaining why there is none."""
+        self._raise_for_failure(delivery)
+        return delivery.response.json()
+
+    def _raise_for_failure(self, delivery: Delivery) -> None:
         if delivery.response is None:
             raise self._unreachable(delivery)
         if delivery.gave_up:
             raise RetriesExhausted(delivery)
         if delivery.response.status_code != 200:
             raise ServiceError(delivery.response.status_code, _parse(delivery.response))
-        return delivery.response.json()
+
+    def _send(self, image: bytes, options: dict[str, Any], **kwargs: Any) -> Delivery:
+        """Deliver one file: its raw bytes when there are no options, else a multipart form (module docstring)."""
+        form = {name: option_text(value) for name, value in options.items() if value is not None}
+        if not form:
+            return self.deliver(data=image, extra_headers={"Content-Type": "application/octet-stream"}, **kwargs)
+        return self.deliver(files={"data": ("file", image, "application/octet-stream")}, data=form, **kwargs)
 
     def caption(self, image: bytes, *, field: str = "image", **options: Any) -> dict[str, Any]:
-        """Caption one image (or a clip, with `field="video"`, for a video model). Options (README
-        "Calling the service"): max_length, beam_size, num_captions (n_best), beam_groups, diversity,
-        do_sample, temperature, top_k, top_p, seed.
+        """Caption one image (or a video model's clip). Options (README "Calling the service"): max_length,
+        beam_size, num_captions (n_best), beam_groups, diversity, do_sample, temperature, top_k, top_p, seed,
+        language, attention.
 
-        Without options the raw bytes are posted; with options, a JSON body holding them under `field`.
+        `field` names the JSON field older versions of this client put the file under; the file now
+        always travels as the raw body or the form's `data` field, which image and video models both
+        read, so it is accepted and needs no value.
         """
-        if options:
-            body = {field: base64.b64encode(image).decode("ascii"), **options}
-            delivery = self.deliver(json=body)
-        else:
-            delivery = self.deliver(data=image, extra_headers={"Content-Type": "application/octet-stream"})
-        return self.result(delivery)
+        return self.result(self._send(image, options))
 
     def caption_stream(self, image: bytes, *, field: str = "image", **options: Any) -> Iterator[dict[str, Any]]:
-        """Yield `{"index", "token"}` chunks as words are decoded, then the full result."""
-        body = {field: base64.b64encode(image).decode("ascii"), "stream": True, **options}
-        with self.session.post(
-            self._predictions_url(), json=body, headers=self.tokens.header("inference"), stream=True,
-            timeout=self.timeout,
-        ) as response:
-            if response.status_code != 200:
-                raise ServiceError(response.status_code, _parse(response))
+        """Yield `{"index", "token"}` chunks as words are decoded, then the full result (`field` as in `caption`).
+
+        Sent and retried as `caption` is, so a request refused before its stream starts
+        (a 503 while the model has no worker) is sent again; once words flow, it is not.
+        """
+        delivery = self._send(image, {**options, "stream": True}, stream=True)
+        self._raise_for_failure(delivery)
+        with delivery.response as response:
             for line in response.iter_lines():
                 if line.strip():
                     yield json.loads(line)
@@ -274,10 +342,12 @@ class CaptionClient:
         bounds are already set. Setting the same bounds again is safe and stops the
         rest, so such an answer is sent again, `attempts` times in all, with the
         client's backoff in between. Any other error, TorchServe's own 500 for workers
-        that failed to start included, is raised at once.
+        that failed to start included, is raised at once. Counts TorchServe would take
+        and break on (`worker_bounds`) raise ValueError before anything is sent.
         """
+        minimum, maximum = worker_bounds(min_workers, max_workers)
         path = f"/models/{self.model}" + (f"/{version}" if version else "")
-        bounds = {"min_worker": min_workers, "max_worker": max_workers or min_workers, "synchronous": "true"}
+        bounds = {"min_worker": minimum, "max_worker": maximum, "synchronous": "true"}
 
         def before_sending_again(retry: int) -> float:
             with self._retried_lock:

@@ -164,12 +164,28 @@ def test_torchserves_own_500_for_workers_that_did_not_start_is_not_sent_again():
 
 
 def test_a_scale_the_server_refuses_is_not_sent_again():
-    bad = {"code": 400, "type": "BadRequestException", "message": "max_worker cannot be less than min_worker."}
-    with RefusingServer(refusals=100, status=400, refusal=bad, answer=SCALED) as server:
+    missing = {"code": 404, "type": "ModelNotFoundException", "message": "Model not found: captioner"}
+    with RefusingServer(refusals=100, status=404, refusal=missing, answer=SCALED) as server:
         with pytest.raises(ServiceError) as error:
-            server.client(backoff=0.01).scale(2, 1)
-    assert server.requests == ["PUT /models/captioner?min_worker=2&max_worker=1&synchronous=true"]
-    assert str(error.value) == "HTTP 400: max_worker cannot be less than min_worker."
+            server.client(backoff=0.01).scale(1)
+    assert server.requests == [SCALE_TO_1]
+    assert str(error.value) == "HTTP 404: Model not found: captioner"
+
+
+def test_worker_counts_torchserve_would_break_on_are_refused_before_sending():
+    """TorchServe 0.12 applies min_worker=-1 and then fails every request of the model: nothing of that is sent."""
+    with RefusingServer(refusals=0, answer=SCALED) as server:
+        client = server.client()
+        for min_workers, max_workers, words in [(-1, None, "min_workers must be 0 or more, got -1"),
+                                                (1, -1, "max_workers must be 0 or more, got -1"),
+                                                (1, 0, r"max_workers \(0\) must be at least min_workers \(1\)"),
+                                                (2, 1, r"max_workers \(1\) must be at least min_workers \(2\)")]:
+            with pytest.raises(ValueError, match=words):
+                client.scale(min_workers, max_workers)
+        assert server.requests == []
+        assert client.scale(0, 0) == client.scale(1, 3) == SCALED
+    assert server.requests == ["PUT /models/captioner?min_worker=0&max_worker=0&synchronous=true",
+                               "PUT /models/captioner?min_worker=1&max_worker=3&synchronous=true"]
 
 
 def test_the_cli_behind_make_scale_sends_a_failed_scale_again_and_says_so(capsys):
