@@ -275,7 +275,11 @@ def test_the_handler_refuses_a_weights_file_carrying_a_pickle(tmp_path):
 def test_torchserve_refuses_an_archive_whose_weights_carry_a_pickle(registered, model_store, tmp_path):
     marker = tmp_path / "payload-ran"
     export_dir = tampered_export(tmp_path / "export", marker)
-    build_archive(export_dir, model_store, model_name="tampered", stage_root=tmp_path / "stage")
+    with pytest.raises(ExportError, match="not a valid safetensors"):  # ops.archive refuses to pack it
+        build_archive(export_dir, model_store, model_name="tampered", stage_root=tmp_path / "stage")
+    assert not (model_store / "tampered.mar").exists() and not marker.exists()
+    # An archive packed by other means, as a tampered one would be: the worker refuses it too.
+    build_archive(export_dir, model_store, model_name="tampered", stage_root=tmp_path / "stage", check=False)
     tampered = CaptionClient(registered.inference_url, registered.management_url, registered.tokens, model="tampered")
     try:
         with pytest.raises(ServiceError) as error:
