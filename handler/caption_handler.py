@@ -27,7 +27,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler.inputs import model_input
 from handler.open_inference import v2_error, v2_response
 from handler.request_parsing import BadRequest, CaptionRequest, Failed, RequestLimits, parse_request
-from handler.settings import SETTINGS_KEY, settings_problems
+from handler.settings import SETTINGS_KEY, calibration_files, calibration_folder, settings_problems
 from handler.streaming import WordStreamer, to_json
 from model.batch_captioning import decode_mixed
 from model.decoding import Caption
@@ -304,9 +304,9 @@ def _calibration_batches(model_dir: str, settings: dict[str, Any], transform, ba
     """int8's calibration images: the JPEGs and PNGs in `calibration_images` (a folder in the archive)."""
     from PIL import Image
 
-    folder = Path(model_dir) / str(settings.get("calibration_images", "calibration"))
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    files = calibration_files(model_dir, settings)
     if not files:
+        folder = Path(model_dir) / calibration_folder(settings)
         raise PrecisionError(f"precision int8 needs calibration images, and {folder} has none; pack some "
                              "held-out images in a `calibration/` folder of the export before packing it (ops.archive "
                              "copies that folder into the archive), or use precision bf16 or fp32")

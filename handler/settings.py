@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from handler.request_parsing import RequestLimits
@@ -74,3 +75,18 @@ def settings_problems(model_yaml: Any) -> list[str]:
         except (TypeError, ValueError) as error:
             problems.append(f"a {name} value of `{SETTINGS_KEY}:` cannot be used: {error}")
     return problems
+
+
+CALIBRATION_FOLDER = "calibration"  # the archive's folder of int8 calibration images, unless settings name another
+CALIBRATION_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def calibration_folder(settings: Mapping[str, Any]) -> str:
+    """The folder, inside the archive (and the export it is packed from), of int8's calibration images."""
+    return str(settings.get("calibration_images", CALIBRATION_FOLDER))
+
+
+def calibration_files(model_dir: Path | str, settings: Mapping[str, Any]) -> list[Path]:
+    """int8's calibration images in `model_dir`: the JPEGs and PNGs of `calibration_folder`, in name order."""
+    folder = Path(model_dir) / calibration_folder(settings)
+    return sorted(path for path in folder.glob("*") if path.suffix.lower() in CALIBRATION_SUFFIXES)

@@ -26,17 +26,16 @@ from pathlib import Path
 
 import yaml
 
-from handler.settings import SETTINGS_KEY, settings_problems
-from model.export_format import EXPORT_FILES, export_file_names, load_exported_captioner, read_domain_statistics
+from handler.settings import (
+    CALIBRATION_FOLDER, SETTINGS_KEY, calibration_files, calibration_folder, settings_problems,
+)
+from model.export_format import export_file_names, load_exported_captioner, read_domain_statistics
 from training.cli import user_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER_FILE = ROOT / "handler" / "caption_handler.py"
 MODEL_CONFIG = ROOT / "handler" / "model-config.yaml"
 PACKAGES = ("handler", "model")
-
-
-CALIBRATION_FOLDER = "calibration"  # read by the handler for `precision: int8`
 
 
 class ArchiveError(ValueError):
@@ -53,10 +52,7 @@ def check_inputs(export_dir: Path, config_file: Path) -> str:
         ExportError: the weights do not fit config.json, or the domain statistics do not fit the model.
         ArchiveError: `config_file` is not YAML, or its `captioner:` section has unknown keys or bad values.
     """
-    missing = [name for name in EXPORT_FILES if not (export_dir / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{export_dir} lacks {', '.join(missing)}; run `make model` first")
-    model, _ = load_exported_captioner(export_dir)
+    model, _ = load_exported_captioner(export_dir)  # names the files a folder lacks
     read_domain_statistics(export_dir, model.encoder.domain_layout)
     if not config_file.is_file():
         raise FileNotFoundError(f"no model-config.yaml at {config_file}")
@@ -68,13 +64,12 @@ def check_inputs(export_dir: Path, config_file: Path) -> str:
     if problems:
         raise ArchiveError(f"{config_file}: " + "; ".join(problems))
     section = (model_yaml or {}).get(SETTINGS_KEY) or {}
-    calibration = str(section.get("calibration_images", CALIBRATION_FOLDER))
-    folder = export_dir / calibration
-    if str(section.get("precision", "")).strip().lower() == "int8" and not any(
-            path.suffix.lower() in (".jpg", ".jpeg", ".png") for path in folder.glob("*")):
-        raise ArchiveError(f"{config_file}: precision int8 calibrates on the images in {folder}, and it has "
-                           "none; put held-out JPEGs or PNGs there, or choose precision bf16 or fp32")
-    return calibration
+    int8 = str(section.get("precision", "")).strip().lower() == "int8"
+    if int8 and not calibration_files(export_dir, section):
+        raise ArchiveError(f"{config_file}: precision int8 calibrates on the images in "
+                           f"{export_dir / calibration_folder(section)}, and it has none; put held-out JPEGs or PNGs "
+                           "there, or choose precision bf16 or fp32")
+    return calibration_folder(section)
 
 
 def stage(export_dir: Path, stage_dir: Path, calibration: str = CALIBRATION_FOLDER) -> Path:
