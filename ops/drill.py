@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from client.rest import CaptionClient
-from ops.load import LoadReport, Sample, caption_senders, closed_loop
+from ops.load import LoadReport, Sample, caption_senders, closed_loop, exit_status
 from ops.own_server import archive_name, check_export, own_server
 from ops.request_corpus import scene_images
 from training.cli import positive_float, positive_int, user_errors
@@ -197,10 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                       "client": {"retries": client.retries, "attempt_timeout_s": args.attempt_timeout,
                                  "give_up_after_s": args.give_up_after},
                       **report.figures()}))
-    failures = report.failures()
-    for failure in failures:
-        print(f"FAILED: {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    return exit_status(report.failures())
 
 
 if __name__ == "__main__":

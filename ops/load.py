@@ -291,6 +291,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_status(failures: Sequence[str]) -> int:
+    """A load command's end: each failure as a `FAILED:` line on stderr; status 1 when there is any."""
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     config = Path(args.workdir) / "config.properties"
@@ -303,10 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                          concurrency=args.concurrency, time_limit_s=args.time_limit, progress="load")
     print(json.dumps({"workdir": str(args.workdir), "model": args.model, "concurrency": args.concurrency,
                       **report.summary()}))
-    problems = report.problems(limit=10)
-    for problem in problems:
-        print(f"FAILED: {problem}", file=sys.stderr)
-    return 1 if problems else 0
+    return exit_status(report.problems(limit=10))
 
 
 if __name__ == "__main__":

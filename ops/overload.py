@@ -21,7 +21,7 @@ import sys
 from typing import Any
 
 from client.rest import CaptionClient
-from ops.load import LoadReport, caption_senders, closed_loop
+from ops.load import LoadReport, caption_senders, closed_loop, exit_status
 from ops.own_server import check_export, own_server
 from ops.request_corpus import scene_images
 from training.cli import positive_int, user_errors
@@ -72,10 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": described.get("batchSize"), "concurrency": args.concurrency,
         "client": {"retries": client.retries, "give_up_after_s": client.give_up_after}, **summary,
     }))
-    failures = overload_failures(summary) + report.problems(limit=10)
-    for failure in failures:
-        print(f"FAILED: {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    return exit_status(overload_failures(summary) + report.problems(limit=10))
 
 
 if __name__ == "__main__":

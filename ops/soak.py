@@ -44,7 +44,7 @@ import psutil
 import requests
 
 from client.rest import CaptionClient
-from ops.load import LoadReport, Outcome, Sample, Send, caption_check, closed_loop
+from ops.load import LoadReport, Outcome, Sample, Send, caption_check, closed_loop, exit_status
 from ops.request_corpus import Probe, bad_input_corpus, scene_images
 from ops.own_server import check_export, own_server
 from training.cli import non_negative_float, positive_int, user_errors
@@ -342,10 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = {"export_dir": str(args.export_dir), "workers": args.workers, "concurrency": args.concurrency,
                **report.figures()}
     print(json.dumps(figures, indent=2))
-    failures = report.failures(args.max_memory_growth_mb, args.max_memory_growth_percent)
-    for failure in failures:
-        print(f"FAILED: {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    return exit_status(report.failures(args.max_memory_growth_mb, args.max_memory_growth_percent))
 
 
 if __name__ == "__main__":

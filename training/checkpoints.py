@@ -9,7 +9,7 @@ pickle) is a `CheckpointError` saying so, never advice to load it unsafely.
 from __future__ import annotations
 
 import os
-import pickle
+import pickle  # for its UnpicklingError only: checkpoints are read with weights_only, never unpickled
 import random
 from pathlib import Path
 from typing import Any
