@@ -47,7 +47,7 @@ from client.rest import CaptionClient
 from ops.load import LoadReport, Outcome, Sample, Send, caption_check, closed_loop, exit_status
 from ops.request_corpus import Probe, bad_input_corpus, scene_images
 from ops.own_server import check_export, own_server
-from training.cli import non_negative_float, positive_int, user_errors
+from training.cli import fraction, non_negative_float, positive_int, user_errors
 
 MEMORY_GROWTH_PERCENT = 5.0
 
@@ -271,7 +271,7 @@ def run_soak(
             report.bad_as_defined += outcome.ok
     report.problems += load.problems(limit=len(load.samples))
     if killer is not None:
-        report.kill = killer.wait() or None  # {} when the kill point was never reached
+        report.kill = killer.wait()  # {} when the kill point was never reached: no kill, as SoakReport reads it
     report.worker_memory_mb.setdefault("middle", None)
     report.worker_memory_mb["end"] = worker_memory_mb(client)
     return report
@@ -285,14 +285,6 @@ def _labelled(label: str, check: Callable[[int, str], str | None]) -> Callable[[
         return None if problem is None else f"{label}: {problem}"
 
     return labelled
-
-
-def fraction(text: str) -> float:
-    """A share in [0, 1]: of the requests, those that are bad inputs (1: all of them)."""
-    value = non_negative_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
-    return value
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -141,6 +141,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """A share in [0, 1], both ends meant: of a load's requests, those that are bad inputs (1: all of them)."""
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
+    return value
+
+
 def fraction_below_one(text: str) -> float:
     """A share in [0, 1): of the images held out, at least one must be left to train on."""
     value = _number(text)
